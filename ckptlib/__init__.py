@@ -1,0 +1,62 @@
+"""ckptlib: TensorFlow-compatible checkpoints in pure Python.
+
+Files written here are TensorFlow V2 checkpoints (``prefix.index`` + ``prefix.data-*``),
+and every V2 (or legacy V1) checkpoint TensorFlow writes reads back here, with no
+TensorFlow installed.
+"""
+
+from __future__ import annotations
+
+from ckptlib.checkpoint import (
+    checkpoint_exists,
+    latest_checkpoint,
+    list_variables,
+    load_checkpoint,
+    load_variable,
+    restore,
+)
+from ckptlib.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    DtypeMismatchError,
+    InvalidTensorError,
+    RestoreMismatchError,
+    ShapeMismatchError,
+    TensorNotFoundError,
+    UnsupportedFeatureError,
+)
+from ckptlib.format.slices import TensorSlice
+from ckptlib.merge import merge_bundles
+from ckptlib.reader import CheckpointReader
+from ckptlib.state import CheckpointState, get_checkpoint_state
+from ckptlib.writer import BundleWriter, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BundleWriter",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CheckpointReader",
+    "CheckpointState",
+    "ChecksumMismatchError",
+    "CorruptCheckpointError",
+    "DtypeMismatchError",
+    "InvalidTensorError",
+    "RestoreMismatchError",
+    "ShapeMismatchError",
+    "TensorNotFoundError",
+    "TensorSlice",
+    "UnsupportedFeatureError",
+    "checkpoint_exists",
+    "get_checkpoint_state",
+    "latest_checkpoint",
+    "list_variables",
+    "load_checkpoint",
+    "load_variable",
+    "merge_bundles",
+    "restore",
+    "save",
+]

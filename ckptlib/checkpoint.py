@@ -1,0 +1,116 @@
+"""The verbs users type: open, list, read, save and find checkpoints by prefix or directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ckptlib.reader import BundleReader, CheckpointReader
+from ckptlib.reader_v1 import V1Reader, v1_files
+from ckptlib.state import get_checkpoint_state
+from ckptlib.writer import data_filename, index_filename
+
+logger = logging.getLogger("ckptlib")
+
+PathLike = str | os.PathLike[str]
+
+
+def load_checkpoint(ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True) -> CheckpointReader:
+    """Open a checkpoint lazily: only its index is read until a tensor is requested.
+
+    ``ckpt_dir_or_file`` is a prefix (``dir/model.ckpt-7``), a directory (its latest
+    checkpoint, through the ``checkpoint`` state file), or one of the checkpoint's own
+    files (``.index``, ``.data-00000-of-00001``). Legacy V1 files are read too.
+    Raises ``CheckpointNotFoundError`` or ``CorruptCheckpointError``.
+    """
+    prefix = _prefix_of(os.fspath(ckpt_dir_or_file))
+    if os.path.exists(index_filename(prefix)):
+        return BundleReader(prefix, verify_checksums=verify_checksums)
+    if v1_files(prefix):
+        return V1Reader(prefix, verify_checksums=verify_checksums)
+    raise CheckpointNotFoundError("no checkpoint found (no .index file)", path=prefix)
+
+
+def list_variables(ckpt_dir_or_file: PathLike) -> list[tuple[str, list[int]]]:
+    """Sorted ``(name, shape)`` of every tensor, like ``tf.train.list_variables``."""
+    with load_checkpoint(ckpt_dir_or_file) as reader:
+        return [(name, list(reader.shape(name))) for name in sorted(reader.keys_list())]
+
+
+def load_variable(ckpt_dir_or_file: PathLike, name: str) -> np.ndarray:
+    """One tensor, like ``tf.train.load_variable`` (a trailing ``:0`` is ignored)."""
+    if name.endswith(":0"):
+        name = name[:-2]
+    with load_checkpoint(ckpt_dir_or_file) as reader:
+        return reader.get_tensor(name)
+
+
+def restore(save_path: PathLike, *, verify_checksums: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint as ``{name: array}`` (prefix, directory or file)."""
+    with load_checkpoint(save_path, verify_checksums=verify_checksums) as reader:
+        return {name: reader.get_tensor(name) for name in reader.keys_list()}
+
+
+def checkpoint_exists(prefix: PathLike) -> bool:
+    """Whether ``prefix`` is a complete checkpoint: index present and parseable, every data
+    shard it names present (TensorFlow only looks for the index)."""
+    prefix = os.fspath(prefix)
+    if not os.path.exists(index_filename(prefix)):
+        return bool(v1_files(prefix))
+    try:
+        reader = BundleReader(prefix, verify_checksums=False)
+    except CheckpointError:
+        return False
+    num_shards = reader.header.num_shards
+    reader.close()
+    return all(os.path.exists(data_filename(prefix, i, num_shards)) for i in range(num_shards))
+
+
+def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: str | None = None) -> str | None:
+    """The newest complete checkpoint the directory's state file lists, or None.
+
+    Like ``tf.train.latest_checkpoint``, except that when the newest recorded checkpoint is
+    missing or incomplete, the newest complete one listed before it is returned (with a
+    warning) instead of None.
+    """
+    try:
+        state = get_checkpoint_state(checkpoint_dir, latest_filename)
+    except CorruptCheckpointError as e:
+        logger.warning("ignoring unreadable checkpoint state: %s", e)
+        return None
+    if state is None:
+        return None
+    candidates = [state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]
+    for i, prefix in enumerate(dict.fromkeys(candidates)):
+        if checkpoint_exists(prefix):
+            if i:
+                logger.warning(
+                    "newest checkpoint %s is missing or incomplete; using %s", state.model_checkpoint_path, prefix
+                )
+            return prefix
+    logger.warning("none of the checkpoints listed in %s exist", os.fspath(checkpoint_dir))
+    return None
+
+
+_DATA_SUFFIX = ".data-"
+
+
+def _prefix_of(path: str) -> str:
+    """Map a directory or a checkpoint file to its prefix."""
+    if os.path.isdir(path):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointNotFoundError("no checkpoint state file or no complete checkpoint listed in it", path=path)
+        return latest
+    if path.endswith(".index"):
+        return path[: -len(".index")]
+    base = os.path.basename(path)
+    if _DATA_SUFFIX in base and not os.path.exists(path + ".index"):
+        cut = base.rindex(_DATA_SUFFIX)
+        candidate = os.path.join(os.path.dirname(path), base[:cut])
+        if os.path.exists(index_filename(candidate)):
+            return candidate
+    return path

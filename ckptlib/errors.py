@@ -1,0 +1,109 @@
+"""Every exception ckptlib raises on purpose.
+
+::
+
+    CheckpointError (Exception)
+    ├── CheckpointNotFoundError (+ FileNotFoundError)   no such checkpoint, file or directory
+    ├── TensorNotFoundError (+ KeyError)                 the checkpoint has no tensor by that name
+    ├── CorruptCheckpointError (+ ValueError)            the bytes are not a valid checkpoint
+    │   └── ChecksumMismatchError                        a stored crc32c disagrees with the bytes
+    ├── UnsupportedFeatureError (+ NotImplementedError)  valid, but a feature ckptlib cannot handle
+    ├── InvalidTensorError (+ ValueError)                 a value that cannot be saved (type, name, slice)
+    └── RestoreMismatchError (+ ValueError)               restoring into targets that do not fit
+        ├── ShapeMismatchError
+        └── DtypeMismatchError
+
+Each class also derives from the builtin it resembles, so ``except KeyError`` or
+``except ValueError`` keeps working for callers who do not know ckptlib. Errors about a
+file carry ``path`` (and ``tensor`` where one is involved); both appear in the message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ChecksumMismatchError",
+    "CorruptCheckpointError",
+    "DtypeMismatchError",
+    "InvalidTensorError",
+    "RestoreMismatchError",
+    "ShapeMismatchError",
+    "TensorNotFoundError",
+    "UnsupportedFeatureError",
+]
+
+
+class CheckpointError(Exception):
+    """Base of every error ckptlib raises deliberately.
+
+    ``path`` is the file (or prefix) concerned and ``tensor`` the tensor name, when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, tensor: str | None = None):
+        self.reason = message
+        self.path = path
+        self.tensor = tensor
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(self.path)
+        if self.tensor is not None:
+            where.append(f"tensor {self.tensor!r}")
+        return f"{': '.join(where)}: {self.reason}" if where else self.reason
+
+    def __str__(self) -> str:
+        return self._render()
+
+    def with_context(self, *, path: str | None = None, tensor: str | None = None) -> CheckpointError:
+        """Fill in ``path``/``tensor`` where still unknown; returns self for ``raise ... from``."""
+        if self.path is None and path is not None:
+            self.path = path
+        if self.tensor is None and tensor is not None:
+            self.tensor = tensor
+        self.args = (self._render(),)
+        return self
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint, file or directory where one was expected."""
+
+    def __init__(self, message: str, *, path: str | None = None, tensor: str | None = None):
+        CheckpointError.__init__(self, message, path=path, tensor=tensor)
+
+
+class TensorNotFoundError(CheckpointError, KeyError):
+    """The checkpoint holds no tensor of the requested name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self._render()
+
+
+class CorruptCheckpointError(CheckpointError, ValueError):
+    """The bytes do not form a valid checkpoint (truncated, damaged or hostile)."""
+
+
+class ChecksumMismatchError(CorruptCheckpointError):
+    """A stored crc32c does not match the bytes it covers."""
+
+
+class UnsupportedFeatureError(CheckpointError, NotImplementedError):
+    """A valid checkpoint feature that ckptlib does not implement (e.g. DT_VARIANT)."""
+
+
+class InvalidTensorError(CheckpointError, ValueError):
+    """A value or name that cannot be written to a checkpoint."""
+
+
+class RestoreMismatchError(CheckpointError, ValueError):
+    """Restoring into existing targets failed: missing, unexpected or ill-fitting tensors."""
+
+
+class ShapeMismatchError(RestoreMismatchError):
+    """A stored tensor's shape differs from its restore target's."""
+
+
+class DtypeMismatchError(RestoreMismatchError):
+    """A stored tensor's dtype differs from its restore target's."""

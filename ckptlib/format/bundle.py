@@ -1,0 +1,157 @@
+"""A V2 bundle's ``.index`` values: the header under key ``""``, then one entry per tensor key.
+
+::
+
+    ""      BundleHeaderProto  num_shards | endianness | version {producer 1, min_consumer 0}
+    name    BundleEntryProto   dtype | shape | shard_id | offset | size | masked crc32c
+    name    (sliced tensor)    dtype | full shape | slices[]            no data of its own
+    key(name, slice)           an ordinary entry holding one slice's data (see slices.py)
+
+Tensor data lives in ``prefix.data-<shard_id>-of-<num_shards>`` at ``[offset, offset+size)``.
+Values decoded here are checked for internal sense (shape, sizes, version) before anyone
+uses them; their consistency with the data files is the reader's job.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from ckptlib.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptlib.format import dtypes
+from ckptlib.format.crc import MASK_DELTA
+from ckptlib.format.proto.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
+from ckptlib.format.slices import TensorSlice
+
+HEADER_KEY = b""
+# tensor_bundle.cc: kTensorBundleVersion, kTensorBundleMinConsumer, kTensorBundleMinProducer.
+BUNDLE_VERSION = 1
+BUNDLE_MIN_CONSUMER = 0
+BUNDLE_MIN_PRODUCER = 0
+# tensor_shape.h: MaxDimensions().
+MAX_RANK = 254
+# The masked crc32c of zero bytes, stored for every empty numeric tensor.
+EMPTY_CRC = MASK_DELTA
+_INT64_MAX = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Header:
+    num_shards: int
+    big_endian: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor's index entry. ``slices`` is non-empty only for a partitioned tensor's
+    full entry, which holds no data itself."""
+
+    dtype: int
+    shape: tuple[int, ...]
+    shard_id: int = 0
+    offset: int = 0
+    size: int = 0
+    crc32c: int = EMPTY_CRC
+    slices: tuple[TensorSlice, ...] = ()
+
+    @property
+    def num_elements(self) -> int:
+        return math.prod(self.shape)
+
+
+def encode_header(num_shards: int) -> bytes:
+    proto = BundleHeaderProto(num_shards=num_shards)
+    proto.version.producer = BUNDLE_VERSION
+    proto.version.min_consumer = BUNDLE_MIN_CONSUMER
+    return proto.SerializeToString()
+
+
+def decode_header(value: bytes) -> Header:
+    proto = BundleHeaderProto()
+    try:
+        proto.ParseFromString(value)
+    except DecodeError:
+        raise CorruptCheckpointError("unable to parse the bundle header") from None
+    version = proto.version
+    if version.producer < BUNDLE_MIN_PRODUCER:
+        raise CorruptCheckpointError(f"checkpoint producer version {version.producer} is invalid")
+    if version.min_consumer > BUNDLE_VERSION:
+        raise UnsupportedFeatureError(
+            f"checkpoint needs reader version {version.min_consumer}; ckptlib reads version {BUNDLE_VERSION}"
+        )
+    if BUNDLE_VERSION in version.bad_consumers:
+        raise UnsupportedFeatureError(f"checkpoint disallows reader version {BUNDLE_VERSION}")
+    if proto.num_shards < 0:
+        raise CorruptCheckpointError(f"bundle header claims {proto.num_shards} shards")
+    return Header(num_shards=proto.num_shards, big_endian=proto.endianness == BundleHeaderProto.BIG)
+
+
+def encode_entry(entry: Entry) -> bytes:
+    proto = BundleEntryProto(dtype=entry.dtype, shard_id=entry.shard_id, offset=entry.offset, size=entry.size)
+    proto.shape.SetInParent()  # TensorFlow always writes a shape, even a scalar's empty one
+    for dim in entry.shape:
+        proto.shape.dim.add(size=dim)
+    if entry.slices:
+        for tensor_slice in entry.slices:
+            proto.slices.append(tensor_slice.to_proto())
+    else:
+        proto.crc32c = entry.crc32c
+    return proto.SerializeToString()
+
+
+def decode_entry(value: bytes) -> Entry:
+    """Parse and sanity-check an entry; raises ``CorruptCheckpointError`` naming the problem."""
+    proto = BundleEntryProto()
+    try:
+        proto.ParseFromString(value)
+    except DecodeError:
+        raise CorruptCheckpointError("entry is not parseable") from None
+    shape = check_shape([d.size for d in proto.shape.dim], proto.shape.unknown_rank)
+    if proto.shard_id < 0 or proto.offset < 0 or proto.size < 0:
+        raise CorruptCheckpointError(
+            f"negative location in entry: shard {proto.shard_id}, offset {proto.offset}, size {proto.size}"
+        )
+    slices = tuple(TensorSlice.from_proto(s) for s in proto.slices)
+    for tensor_slice in slices:
+        try:
+            tensor_slice.bounds(shape)
+        except ValueError:
+            raise CorruptCheckpointError(f"slice {tensor_slice} does not fit the tensor shape {list(shape)}") from None
+    entry = Entry(proto.dtype, shape, proto.shard_id, proto.offset, proto.size, proto.crc32c, slices)
+    if not slices:
+        check_size(entry)
+    return entry
+
+
+def check_shape(dims: list[int], unknown_rank: bool = False) -> tuple[int, ...]:
+    if unknown_rank:
+        raise CorruptCheckpointError("tensor shape has unknown rank")
+    if len(dims) > MAX_RANK:
+        raise CorruptCheckpointError(f"tensor rank {len(dims)} exceeds the maximum of {MAX_RANK}")
+    elements = 1
+    for dim in dims:
+        if dim < 0:
+            raise CorruptCheckpointError(f"invalid tensor shape {dims}: negative dimension")
+        elements *= dim
+        if elements > _INT64_MAX:
+            raise CorruptCheckpointError(f"invalid tensor shape {dims}: element count overflows int64")
+    return tuple(dims)
+
+
+def check_size(entry: Entry) -> None:
+    """A numeric entry's size must be exactly its element count times the item size; a
+    string entry needs at least one length byte per element plus the length checksum."""
+    if entry.dtype == dtypes.DT_STRING:
+        minimum = entry.num_elements + 4
+        if entry.size < minimum:
+            raise CorruptCheckpointError(
+                f"invalid size in bundle entry: stored {entry.size}, expected at least {minimum}"
+            )
+        return
+    itemsize = dtypes.itemsize(entry.dtype)
+    if itemsize is not None and entry.size != entry.num_elements * itemsize:
+        raise CorruptCheckpointError(
+            f"invalid size in bundle entry: stored {entry.size}, expected {entry.num_elements * itemsize}"
+        )

@@ -1,0 +1,217 @@
+"""SSTable files: sorted key/value tables, the container of every ``.index`` (and V1) file.
+
+::
+
+    data block 0 .. data block n-1      entries, keys strictly increasing (memcmp order)
+    metaindex block                     always empty in TensorFlow's files
+    index block                         one entry per data block: separator key -> BlockHandle
+    footer (48 bytes)                   see footer.py
+
+Blocks are closed once their size estimate reaches ``BLOCK_SIZE`` (256 KiB, TensorFlow's
+``table_options.h`` default, not LevelDB's 4 KiB). An index key is any key >= every key of its
+block and < every key of the next; the builder picks the shortest such key exactly as
+TensorFlow does, so the files it writes are byte-identical to TensorFlow's.
+
+The builder writes through ``append(bytes)``; the reader reads through a ``ByteSource``
+(size + read at an offset). Neither ever sees a path.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from ckptlib.errors import CorruptCheckpointError, TensorNotFoundError
+from ckptlib.format.block import INDEX_BLOCK_RESTART_INTERVAL, BlockBuilder, parse_block
+from ckptlib.format.footer import BLOCK_TRAILER_SIZE, FOOTER_SIZE, BlockHandle, Footer, block_trailer, check_block
+
+BLOCK_SIZE = 262144
+# TableBuilder flushes the current block before an entry this many times the block size.
+OVERLY_LARGE_BLOCK_RATIO = 2
+
+
+class ByteSource(Protocol):
+    """Random-access bytes: a file, a memory map, or a bytes object in tests."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+
+class BytesSource:
+    """A ``ByteSource`` over bytes in memory."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
+
+
+def shortest_separator(start: bytes, limit: bytes) -> bytes:
+    """The shortest key k with start <= k < limit, as TensorFlow's FindShortestSeparator picks it."""
+    n = min(len(start), len(limit))
+    i = 0
+    while i < n and start[i] == limit[i]:
+        i += 1
+    if i < n:
+        byte = start[i]
+        if byte < 0xFF and byte + 1 < limit[i]:
+            return start[:i] + bytes((byte + 1,))
+    return start
+
+
+def short_successor(key: bytes) -> bytes:
+    """A short key >= ``key``: its first non-0xff byte incremented, the rest dropped."""
+    for i, byte in enumerate(key):
+        if byte != 0xFF:
+            return key[:i] + bytes((byte + 1,))
+    return key
+
+
+class TableBuilder:
+    """Writes a table through ``append``; keys must be added in strictly increasing order."""
+
+    def __init__(self, append: Callable[[bytes], object], block_size: int = BLOCK_SIZE):
+        self._append = append
+        self._block_size = block_size
+        self._offset = 0
+        self._data_block = BlockBuilder()
+        self._index_block = BlockBuilder(INDEX_BLOCK_RESTART_INTERVAL)
+        self._last_key = b""
+        self._num_entries = 0
+        self._pending_handle: BlockHandle | None = None
+
+    @property
+    def num_entries(self) -> int:
+        return self._num_entries
+
+    def add(self, key: bytes, value: bytes) -> None:
+        if self._num_entries > 0:
+            if key <= self._last_key:
+                raise ValueError(f"table keys must be strictly increasing: {key!r} after {self._last_key!r}")
+            if len(key) + len(value) >= OVERLY_LARGE_BLOCK_RATIO * self._block_size:
+                self._flush()
+        if self._pending_handle is not None:
+            separator = shortest_separator(self._last_key, key)
+            self._index_block.add(separator, self._pending_handle.encode())
+            self._pending_handle = None
+        self._last_key = key
+        self._num_entries += 1
+        self._data_block.add(key, value)
+        if self._data_block.size_estimate() >= self._block_size:
+            self._flush()
+
+    def finish(self) -> int:
+        """Write the remaining blocks and the footer; returns the file size."""
+        self._flush()
+        metaindex = self._write_block(BlockBuilder())
+        if self._pending_handle is not None:
+            self._index_block.add(short_successor(self._last_key), self._pending_handle.encode())
+            self._pending_handle = None
+        index = self._write_block(self._index_block)
+        footer = Footer(metaindex, index).encode()
+        self._append(footer)
+        self._offset += len(footer)
+        return self._offset
+
+    def _flush(self) -> None:
+        if self._data_block.empty():
+            return
+        self._pending_handle = self._write_block(self._data_block)
+
+    def _write_block(self, block: BlockBuilder) -> BlockHandle:
+        contents = block.finish()
+        handle = BlockHandle(self._offset, len(contents))
+        self._append(contents)
+        self._append(block_trailer(contents))
+        self._offset += len(contents) + BLOCK_TRAILER_SIZE
+        return handle
+
+
+def build_table(items: Iterator[tuple[bytes, bytes]] | list[tuple[bytes, bytes]]) -> bytes:
+    """A whole table in memory from ``(key, value)`` pairs in strictly increasing key order."""
+    chunks: list[bytes] = []
+    builder = TableBuilder(chunks.append)
+    for key, value in items:
+        builder.add(key, value)
+    builder.finish()
+    return b"".join(chunks)
+
+
+class TableReader:
+    """Reads a table lazily: the index block at open, each data block on first use.
+
+    Every block's checksum is verified when ``verify`` is set. Keys are checked to be
+    strictly increasing and to lie within their index entry's range, so a damaged or
+    hostile table cannot present duplicate or misplaced keys.
+    """
+
+    def __init__(self, source: ByteSource, verify: bool = True):
+        self._source = source
+        self._verify = verify
+        size = source.size
+        if size < FOOTER_SIZE:
+            raise CorruptCheckpointError("file is too short to be an sstable")
+        footer = Footer.decode(source.read_at(size - FOOTER_SIZE, FOOTER_SIZE))
+        self._data_end = size - FOOTER_SIZE
+        index_entries = self._read_block(footer.index)
+        self._separators = [key for key, _ in index_entries]
+        self._handles = [BlockHandle.decode_exact(value) for _, value in index_entries]
+        self._blocks: dict[int, dict[bytes, bytes]] = {}
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._handles)
+
+    def get(self, key: bytes) -> bytes:
+        """The value stored under ``key``; raises ``TensorNotFoundError`` when absent."""
+        i = bisect.bisect_left(self._separators, key)
+        if i < len(self._handles):
+            value = self._data_block(i).get(key)
+            if value is not None:
+                return value
+        raise TensorNotFoundError(f"key {key!r} not found")
+
+    def first(self) -> tuple[bytes, bytes]:
+        """The first entry of the table (a bundle's header)."""
+        for i in range(len(self._handles)):
+            block = self._data_block(i)
+            if block:
+                return next(iter(block.items()))
+        raise CorruptCheckpointError("table has no entries")
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry in key order."""
+        for i in range(len(self._handles)):
+            yield from self._data_block(i).items()
+
+    def verify_all(self) -> None:
+        """Read and check every data block (checksums, key order)."""
+        for i in range(len(self._handles)):
+            self._data_block(i)
+
+    def _data_block(self, i: int) -> dict[bytes, bytes]:
+        block = self._blocks.get(i)
+        if block is None:
+            entries = self._read_block(self._handles[i])
+            if entries:
+                low = self._separators[i - 1] if i > 0 else None
+                if (low is not None and entries[0][0] <= low) or entries[-1][0] > self._separators[i]:
+                    raise CorruptCheckpointError(f"data block {i} holds keys outside its index range")
+            block = self._blocks[i] = dict(entries)
+        return block
+
+    def _read_block(self, handle: BlockHandle) -> list[tuple[bytes, bytes]]:
+        if handle.offset + handle.size + BLOCK_TRAILER_SIZE > self._data_end:
+            raise CorruptCheckpointError("bad block handle: block extends past the end of the file")
+        raw = self._source.read_at(handle.offset, handle.size + BLOCK_TRAILER_SIZE)
+        if len(raw) != handle.size + BLOCK_TRAILER_SIZE:
+            raise CorruptCheckpointError("truncated block read")
+        return parse_block(check_block(raw, self._verify))

@@ -1,0 +1,73 @@
+"""Merge several bundles into one, as TensorFlow's ``MergeV2Checkpoints`` does.
+
+Data files are renamed (never copied) to ``merged.data-<i>-of-<n>``, numbered in the order
+they are first referenced when walking the inputs in order, keys sorted; the merged index
+is written last, so the result appears whole or not at all. The input indexes are then
+removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ckptlib.errors import CorruptCheckpointError, InvalidTensorError
+from ckptlib.format.bundle import HEADER_KEY, Entry, encode_entry, encode_header
+from ckptlib.format.table import build_table
+from ckptlib.reader import BundleReader
+from ckptlib.storage import fsync_dir, remove_quietly, write_temp
+from ckptlib.writer import data_filename, index_filename
+
+
+def merge_bundles(
+    prefixes: Sequence[str | os.PathLike[str]], merged_prefix: str | os.PathLike[str], *, sync: bool = True
+) -> str:
+    """Merge the bundles at ``prefixes`` into one at ``merged_prefix``; returns it.
+
+    A tensor key present in two inputs is an error (``InvalidTensorError``), except the full
+    entries of a partitioned tensor, whose slice lists are joined.
+    """
+    merged_prefix = os.fspath(merged_prefix)
+    readers = [BundleReader(p) for p in prefixes]
+    try:
+        if len({r.header.big_endian for r in readers}) > 1:
+            raise CorruptCheckpointError("merging bundles with conflicting endianness")
+        entries: dict[bytes, Entry] = {}
+        file_ids: dict[tuple[int, int], int] = {}
+        for i, reader in enumerate(readers):
+            for key, entry in reader.raw_entries():
+                known = entries.get(key)
+                if entry.slices and known is not None and known.slices:
+                    entries[key] = replace(known, slices=known.slices + entry.slices)
+                    continue
+                if known is not None:
+                    raise InvalidTensorError(
+                        "duplicate tensor in merged bundles", tensor=key.decode("utf-8", "replace")
+                    )
+                if not entry.slices:
+                    shard = file_ids.setdefault((i, entry.shard_id), len(file_ids))
+                    entry = replace(entry, shard_id=shard)
+                entries[key] = entry
+        sources = {(i, s): data_filename(readers[i].prefix, s, readers[i].header.num_shards) for i, s in file_ids}
+    finally:
+        for reader in readers:
+            reader.close()
+    num_files = len(file_ids)
+    directory = os.path.dirname(merged_prefix)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    for source, new_id in file_ids.items():
+        os.replace(sources[source], data_filename(merged_prefix, new_id, num_files))
+    items = [(HEADER_KEY, encode_header(num_files))]
+    items += sorted((key, encode_entry(entry)) for key, entry in entries.items())
+    temp = write_temp(index_filename(merged_prefix), [build_table(items)], sync)
+    if sync:
+        fsync_dir(directory)
+    os.replace(temp, index_filename(merged_prefix))
+    if sync:
+        fsync_dir(directory)
+    for prefix in prefixes:
+        if os.fspath(prefix) != merged_prefix:
+            remove_quietly(index_filename(os.fspath(prefix)))
+    return merged_prefix

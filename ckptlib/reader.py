@@ -1,0 +1,311 @@
+"""Read one checkpoint lazily: the index at open, each tensor's bytes only when asked for.
+
+Every size, offset and shape taken from the index is checked against the real size of the
+file it points into before anything is allocated, so a hostile index cannot make the
+reader allocate more than the checkpoint's own size. Checksums are verified by default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from ckptlib.errors import (
+    CheckpointError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    TensorNotFoundError,
+    UnsupportedFeatureError,
+)
+from ckptlib.format import dtypes
+from ckptlib.format.bundle import HEADER_KEY, Entry, Header, decode_entry, decode_header
+from ckptlib.format.crc import crc32c, unmask
+from ckptlib.format.slices import check_tiling, slice_key
+from ckptlib.format.strings import decode_strings
+from ckptlib.format.table import TableReader
+from ckptlib.storage import LocalFile
+from ckptlib.writer import data_filename, index_filename
+
+
+class CheckpointReader(Mapping[str, np.ndarray]):
+    """A checkpoint as a read-only mapping from tensor name to numpy array, read lazily.
+
+    Returned by ``ckptlib.load_checkpoint``; the V2 bundle and the legacy V1 format share
+    this interface, which follows TensorFlow's ``CheckpointReader``.
+    """
+
+    prefix: str
+
+    def keys_list(self) -> list[str]:
+        """Tensor names in key order (partitioned tensors by their full name)."""
+        raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of ``name``; raises ``TensorNotFoundError``."""
+        raise NotImplementedError
+
+    def dtype_name(self, name: str) -> str:
+        """TensorFlow's name for the stored dtype (``"float32"``, ``"bfloat16"``, ``"qint8"``...)."""
+        raise NotImplementedError
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        """Read one tensor (strings as an object array of ``bytes``), checksums verified."""
+        raise NotImplementedError
+
+    def verify(self) -> list[CheckpointError]:
+        """Check every block and every tensor; returns the problems found (empty: intact)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def dtype(self, name: str) -> np.dtype:
+        """The numpy dtype ``get_tensor(name)`` returns (``object`` for strings)."""
+        row = dtypes.by_name(self.dtype_name(name))
+        return row.numpy if row.numpy is not None else np.dtype(object)
+
+    def has_tensor(self, name: str) -> bool:
+        try:
+            self.shape(name)
+        except TensorNotFoundError:
+            return False
+        return True
+
+    def get_variable_to_shape_map(self) -> dict[str, list[int]]:
+        return {name: list(self.shape(name)) for name in self.keys_list()}
+
+    def get_variable_to_dtype_map(self) -> dict[str, np.dtype]:
+        return {name: self.dtype(name) for name in self.keys_list()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_list())
+
+    def __len__(self) -> int:
+        return len(self.keys_list())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.has_tensor(name)
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.prefix!r})"
+
+
+class BundleReader(CheckpointReader):
+    """A V2 checkpoint: ``prefix.index`` and its data shards.
+
+    Names are listed like TensorFlow's: the header and the per-slice keys of partitioned
+    tensors are hidden; a partitioned tensor appears under its full name and is assembled
+    on read.
+    """
+
+    def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True):
+        self.prefix = os.fspath(prefix)
+        self.verify_checksums = verify_checksums
+        self._index_path = index_filename(self.prefix)
+        self._index = LocalFile(self._index_path)
+        self._shards: dict[int, LocalFile] = {}
+        self._entries: dict[str, Entry] = {}
+        self._names: list[str] | None = None
+        try:
+            self._table = TableReader(self._index, verify=verify_checksums)
+            key, value = self._table.first()
+            if key != HEADER_KEY:
+                raise CorruptCheckpointError("the first index entry is not the bundle header")
+            self.header: Header = decode_header(value)
+        except CheckpointError as e:
+            self._index.close()
+            raise e.with_context(path=self._index_path) from None
+
+    # -- TensorFlow's CheckpointReader surface ---------------------------------------
+    def keys_list(self) -> list[str]:
+        if self._names is None:
+            entries: dict[str, Entry] = {}
+            hidden: set[bytes] = set()
+            keys: list[tuple[bytes, str]] = []
+            with self._context():
+                for key, value in self._table.items():
+                    if key == HEADER_KEY:
+                        continue
+                    name = _decode_name(key)
+                    entry = self._decode(name, value)
+                    entries[name] = entry
+                    keys.append((key, name))
+                    hidden.update(slice_key(name, s) for s in entry.slices)
+            self._entries.update(entries)
+            self._names = [name for key, name in keys if key not in hidden]
+        return self._names
+
+    def raw_entries(self) -> Iterator[tuple[bytes, Entry]]:
+        """Every ``(key, entry)`` of the index except the header, slice keys included."""
+        with self._context():
+            for key, value in self._table.items():
+                if key != HEADER_KEY:
+                    yield key, self._decode(_decode_name(key), value)
+
+    def entry(self, name: str) -> Entry:
+        """The index entry of ``name``; raises ``TensorNotFoundError``."""
+        entry = self._entries.get(name)
+        if entry is None:
+            try:
+                value = self._table.get(_encode_name(name))
+            except TensorNotFoundError:
+                raise TensorNotFoundError("not found in checkpoint", path=self.prefix, tensor=name) from None
+            except CheckpointError as e:
+                raise e.with_context(path=self._index_path, tensor=name) from None
+            entry = self._entries[name] = self._decode(name, value)
+        return entry
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.entry(name).shape
+
+    def dtype_name(self, name: str) -> str:
+        return dtypes.lookup(self.entry(name).dtype).name
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        entry = self.entry(name)
+        with self._context(tensor=name):
+            if entry.slices:
+                return self._assemble(name, entry)
+            return self._read(entry)
+
+    def verify(self) -> list[CheckpointError]:
+        problems: list[CheckpointError] = []
+        try:
+            with self._context():
+                self._table.verify_all()
+            names = self.keys_list()
+        except CheckpointError as e:
+            return [e]
+        for name in names:
+            try:
+                self.get_tensor(name)
+            except CheckpointError as e:
+                problems.append(e)
+        return problems
+
+    def close(self) -> None:
+        self._index.close()
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+
+    # -- internals -------------------------------------------------------------------
+    def _context(self, tensor: str | None = None) -> _ErrorContext:
+        return _ErrorContext(self._index_path, tensor)
+
+    def _decode(self, name: str, value: bytes) -> Entry:
+        try:
+            return decode_entry(value)
+        except CheckpointError as e:
+            raise e.with_context(path=self._index_path, tensor=name) from None
+
+    def _shard(self, shard_id: int) -> LocalFile:
+        shard = self._shards.get(shard_id)
+        if shard is None:
+            if shard_id >= self.header.num_shards:
+                raise CorruptCheckpointError(
+                    f"entry refers to shard {shard_id} but the bundle has {self.header.num_shards}"
+                )
+            shard = self._shards[shard_id] = LocalFile(data_filename(self.prefix, shard_id, self.header.num_shards))
+        return shard
+
+    def _check_location(self, entry: Entry) -> LocalFile:
+        shard = self._shard(entry.shard_id)
+        if entry.offset + entry.size > shard.size:
+            raise CorruptCheckpointError(
+                f"data at [{entry.offset}, {entry.offset + entry.size}) lies past the end of "
+                f"{os.path.basename(shard.path)} ({shard.size} bytes)"
+            )
+        return shard
+
+    def _read(self, entry: Entry) -> np.ndarray:
+        row = dtypes.lookup(entry.dtype)
+        if entry.dtype == dtypes.DT_STRING:
+            shard = self._check_location(entry)
+            data = shard.read_at(entry.offset, entry.size)
+            masked = entry.crc32c if self.verify_checksums else None
+            try:
+                values = decode_strings(data, entry.num_elements, masked)
+            except CheckpointError as e:
+                raise e.with_context(path=shard.path) from None
+            out = np.empty(len(values), dtype=object)
+            out[:] = values
+            return out.reshape(entry.shape)
+        if row.numpy is None:
+            raise UnsupportedFeatureError(f"reading {row.name} tensors is not supported")
+        shard = self._check_location(entry)
+        out = np.empty(entry.shape, dtype=row.numpy)
+        raw = out.reshape(-1).view(np.uint8).data
+        shard.readinto(entry.offset, raw)
+        if self.verify_checksums:
+            actual = crc32c(raw)
+            if actual != unmask(entry.crc32c):
+                raise ChecksumMismatchError(
+                    f"checksum does not match: stored {unmask(entry.crc32c):08x}, "
+                    f"computed {actual:08x} on {entry.size} bytes at offset {entry.offset}",
+                    path=shard.path,
+                )
+        if self.header.big_endian:
+            out.byteswap(inplace=True)
+        return out
+
+    def _assemble(self, name: str, full: Entry) -> np.ndarray:
+        """Build a partitioned tensor from its slices, after checking that they tile it."""
+        pieces = []
+        for tensor_slice in full.slices:
+            key = slice_key(name, tensor_slice)
+            try:
+                value = self._table.get(key)
+            except TensorNotFoundError:
+                raise CorruptCheckpointError(f"slice {tensor_slice} is listed but not stored") from None
+            piece = decode_entry(value)
+            expected = tensor_slice.shape(full.shape)
+            if piece.slices or piece.shape != expected or piece.dtype != full.dtype:
+                raise CorruptCheckpointError(
+                    f"slice {tensor_slice} is stored with dtype {piece.dtype} shape {list(piece.shape)}, "
+                    f"expected dtype {full.dtype} shape {list(expected)}"
+                )
+            self._check_location(piece)
+            pieces.append((tensor_slice.bounds(full.shape), piece))
+        check_tiling([bounds for bounds, _ in pieces], full.shape)
+        row = dtypes.lookup(full.dtype)
+        out = np.empty(full.shape, dtype=row.numpy if row.numpy is not None else object)
+        for bounds, piece in pieces:
+            out[tuple(slice(start, stop) for start, stop in bounds)] = self._read(piece)
+        return out
+
+
+class _ErrorContext:
+    """Adds the file (and tensor) to any ckptlib error raised inside the block."""
+
+    def __init__(self, path: str, tensor: str | None):
+        self._path = path
+        self._tensor = tensor
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, CheckpointError):
+            exc.with_context(path=self._path, tensor=self._tensor)
+
+
+# Tensor names are UTF-8, but slice keys (hidden from listings) are arbitrary bytes:
+# surrogateescape keeps every key round-trippable between bytes and str.
+def _decode_name(key: bytes) -> str:
+    return key.decode("utf-8", "surrogateescape")
+
+
+def _encode_name(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")

@@ -1,0 +1,119 @@
+"""The ``checkpoint`` state file: which checkpoints a directory holds, newest last.
+
+Protobuf text format of ``CheckpointState`` (TensorFlow's ``checkpoint_state.proto``)::
+
+    model_checkpoint_path: "model.ckpt-3"
+    all_model_checkpoint_paths: "model.ckpt-2"
+    all_model_checkpoint_paths: "model.ckpt-3"
+    all_model_checkpoint_timestamps: 1795737976.199231       (optional, one per path)
+    last_preserved_timestamp: 1795737975.1568162              (optional)
+
+Relative paths are relative to the directory holding the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from google.protobuf import text_format
+
+from ckptlib.errors import CorruptCheckpointError
+from ckptlib.format.proto.checkpoint_state_pb2 import CheckpointState as _CheckpointStateProto
+
+DEFAULT_STATE_FILENAME = "checkpoint"
+# A state file lists paths; even 100,000 of them fit in a few MB. Anything larger is not one.
+MAX_STATE_FILE_BYTES = 64 << 20
+
+logger = logging.getLogger("ckptlib")
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """The parsed state file. Paths are as resolved by ``get_checkpoint_state``."""
+
+    model_checkpoint_path: str
+    all_model_checkpoint_paths: tuple[str, ...] = ()
+    all_model_checkpoint_timestamps: tuple[float, ...] = ()
+    last_preserved_timestamp: float = 0.0
+
+
+def parse_state(text: str) -> CheckpointState:
+    """Parse state-file text; raises ``CorruptCheckpointError`` on malformed input."""
+    proto = _CheckpointStateProto()
+    try:
+        text_format.Parse(text, proto)
+    except (text_format.ParseError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(f"unparseable checkpoint state: {e}") from None
+    return CheckpointState(
+        proto.model_checkpoint_path,
+        tuple(proto.all_model_checkpoint_paths),
+        tuple(proto.all_model_checkpoint_timestamps),
+        proto.last_preserved_timestamp,
+    )
+
+
+def format_state(state: CheckpointState) -> str:
+    """State-file text, as TensorFlow's ``text_format.MessageToString`` writes it."""
+    proto = _CheckpointStateProto(
+        model_checkpoint_path=state.model_checkpoint_path,
+        all_model_checkpoint_paths=state.all_model_checkpoint_paths,
+        all_model_checkpoint_timestamps=state.all_model_checkpoint_timestamps,
+        last_preserved_timestamp=state.last_preserved_timestamp,
+    )
+    return text_format.MessageToString(proto)
+
+
+def read_state_file(path: str) -> CheckpointState | None:
+    """The state stored at ``path`` with paths as written, or None if there is no file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_STATE_FILE_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if len(data) > MAX_STATE_FILE_BYTES:
+        raise CorruptCheckpointError(f"state file is larger than {MAX_STATE_FILE_BYTES} bytes", path=path)
+    try:
+        return parse_state(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CorruptCheckpointError("state file is not UTF-8 text", path=path) from None
+    except CorruptCheckpointError as e:
+        raise e.with_context(path=path) from None
+
+
+def resolve(directory: str, path: str) -> str:
+    """A state-file path as a usable prefix: relative paths join ``directory``; an absolute
+    path that no longer exists (a moved or copied run) falls back to its name in ``directory``."""
+    if not os.path.isabs(path):
+        return os.path.join(directory, path)
+    if not os.path.exists(path + ".index") and not os.path.exists(path):
+        moved = os.path.join(directory, os.path.basename(path))
+        if os.path.exists(moved + ".index"):
+            return moved
+    return path
+
+
+def get_checkpoint_state(
+    checkpoint_dir: str | os.PathLike[str], latest_filename: str | None = None
+) -> CheckpointState | None:
+    """The directory's state with every path resolved, or None if it has no state file.
+
+    Like ``tf.train.get_checkpoint_state``, but a malformed file raises
+    ``CorruptCheckpointError`` instead of being logged and ignored.
+    """
+    directory = os.fspath(checkpoint_dir)
+    state = read_state_file(os.path.join(directory, latest_filename or DEFAULT_STATE_FILENAME))
+    if state is None:
+        return None
+    if not state.model_checkpoint_path:
+        raise CorruptCheckpointError(
+            "checkpoint state has no model_checkpoint_path",
+            path=os.path.join(directory, latest_filename or DEFAULT_STATE_FILENAME),
+        )
+    return CheckpointState(
+        resolve(directory, state.model_checkpoint_path),
+        tuple(resolve(directory, p) for p in state.all_model_checkpoint_paths),
+        state.all_model_checkpoint_timestamps,
+        state.last_preserved_timestamp,
+    )

@@ -1,0 +1,141 @@
+"""Local files: positioned reads into caller buffers, and writes that appear atomically.
+
+The format layer never opens a path; the reader and writer come here for bytes. Temporary
+files carry ``TEMP_MARKER`` in their names so that stale ones left by a killed save can be
+recognised as ckptlib's own and removed, and nothing else ever is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterable
+
+from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptlib.format.coding import Bytes
+
+TEMP_MARKER = ".ckptlib-tmp-"
+# Linux transfers at most this much per read/write call (0x7ffff000).
+_MAX_IO = 0x7FFFF000
+
+
+class LocalFile:
+    """A read-only file with positioned reads; a ``ByteSource`` for the format layer."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise CheckpointNotFoundError("no such file", path=path) from None
+        except IsADirectoryError:
+            raise CheckpointNotFoundError("is a directory, not a file", path=path) from None
+        try:
+            self._size = os.fstat(self._fd).st_size
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise CorruptCheckpointError(
+                f"read of {length} bytes at offset {offset} runs past the end of the file ({self._size} bytes)",
+                path=self.path,
+            )
+        data = os.pread(self._fd, length, offset)
+        if len(data) == length:
+            return data
+        buf = bytearray(length)
+        self.readinto(offset, memoryview(buf))
+        return bytes(buf)
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` (a writable byte buffer) from ``offset``; short files are an error."""
+        if offset < 0 or offset + view.nbytes > self._size:
+            raise CorruptCheckpointError(
+                f"read of {view.nbytes} bytes at offset {offset} runs past the end of the file ({self._size} bytes)",
+                path=self.path,
+            )
+        done = 0
+        total = view.nbytes
+        while done < total:
+            n = os.preadv(self._fd, [view[done : done + _MAX_IO]], offset + done)
+            if n <= 0:
+                raise CorruptCheckpointError("file shrank while being read", path=self.path)
+            done += n
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> LocalFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def temp_path(final_path: str) -> str:
+    """A unique temporary name beside ``final_path`` that ckptlib will recognise as its own."""
+    return f"{final_path}{TEMP_MARKER}{secrets.token_hex(8)}"
+
+
+def write_all(fd: int, data: Bytes) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view[:_MAX_IO])
+        view = view[n:]
+
+
+def create_temp(final_path: str) -> tuple[str, int]:
+    """Create a fresh temporary file for ``final_path``; returns ``(path, fd)``."""
+    path = temp_path(final_path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    return path, fd
+
+
+def write_temp(final_path: str, chunks: Iterable[Bytes], sync: bool) -> str:
+    """Write ``chunks`` to a new temporary file beside ``final_path``; returns its path."""
+    path, fd = create_temp(final_path)
+    try:
+        for chunk in chunks:
+            write_all(fd, chunk)
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(path)
+        raise
+    os.close(fd)
+    return path
+
+
+def fsync_dir(directory: str) -> None:
+    """Make renames in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems refuse fsync on directories
+        if e.errno not in (errno.EINVAL, errno.EBADF, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)

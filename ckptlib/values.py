@@ -1,0 +1,101 @@
+"""What users hand to ``save``: nested mappings of array-likes, turned into named numpy arrays.
+
+Nested mappings flatten with ``/`` (``{"dense": {"kernel": w}}`` -> ``dense/kernel``).
+Leaves may be numpy arrays, numpy or Python scalars, ``bytes``/``str`` (and arrays or
+lists of them: string tensors), or any object numpy can view through ``__array__`` or
+``__dlpack__`` (torch CPU tensors, JAX arrays, TF tensors). No framework is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ckptlib.errors import InvalidTensorError
+from ckptlib.format import dtypes
+
+
+def flatten(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
+    """Flatten nested mappings into ``{"a/b/c": leaf}``; refuses empty or colliding names."""
+    out: dict[str, Any] = {}
+    for name, leaf in _walk(tree, "", sep):
+        if name in out:
+            raise InvalidTensorError(f"two values flatten to the same name {name!r}")
+        out[name] = leaf
+    return out
+
+
+def _walk(tree: Mapping[str, Any], prefix: str, sep: str) -> Iterator[tuple[str, Any]]:
+    for key, value in tree.items():
+        if not isinstance(key, str):
+            raise InvalidTensorError(f"tensor names must be str, got {type(key).__name__} {key!r}")
+        if key == "":
+            raise InvalidTensorError("tensor names must not be empty" + (f" (under {prefix!r})" if prefix else ""))
+        name = prefix + key
+        if isinstance(value, Mapping):
+            if not value:
+                continue
+            yield from _walk(value, name + sep, sep)
+        else:
+            yield name, value
+
+
+def to_array(value: Any, name: str) -> np.ndarray:
+    """A C-contiguous, little-endian numpy array for a numeric leaf, or an object array of
+    ``bytes`` for a string leaf. Copies only when the input's layout requires it."""
+    if isinstance(value, (bytes, str)):
+        return _string_array(np.array(value, dtype=object), name)
+    if isinstance(value, np.ndarray):
+        array = value
+    elif hasattr(value, "__array__") or isinstance(value, (list, tuple, int, float, complex, bool, np.generic)):
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            array = _from_dlpack(value, name, e)
+        if array.dtype.kind in "SU":  # numpy would have dropped trailing NULs of bytes
+            array = np.array(value, dtype=object)
+    elif hasattr(value, "__dlpack__"):
+        array = _from_dlpack(value, name, None)
+    else:
+        raise InvalidTensorError(f"cannot save a value of type {type(value).__name__}", tensor=name)
+    if array.dtype.kind in "SUO":
+        return _string_array(array, name)
+    try:
+        dtypes.enum_for_numpy(array.dtype)
+    except InvalidTensorError as e:
+        raise e.with_context(tensor=name) from None
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    # not np.ascontiguousarray: it turns 0-d arrays into 1-d ones
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def _from_dlpack(value: Any, name: str, cause: Exception | None) -> np.ndarray:
+    if hasattr(value, "__dlpack__"):
+        try:
+            return np.from_dlpack(value)
+        except (TypeError, ValueError, RuntimeError, BufferError) as e:
+            cause = e
+    raise InvalidTensorError(f"cannot view {type(value).__name__} as a numpy array: {cause}", tensor=name)
+
+
+def _string_array(array: np.ndarray, name: str) -> np.ndarray:
+    out = np.empty(array.shape, dtype=object)
+    flat_in = array.reshape(-1)
+    flat_out = out.reshape(-1)
+    for i, item in enumerate(flat_in):
+        if isinstance(item, str):
+            flat_out[i] = item.encode("utf-8")
+        elif isinstance(item, (bytes, bytearray, memoryview, np.bytes_)):
+            flat_out[i] = bytes(item)
+        else:
+            raise InvalidTensorError(
+                f"a string tensor may hold only str or bytes, found {type(item).__name__}", tensor=name
+            )
+    return out
+
+
+def is_string_array(array: np.ndarray) -> bool:
+    return array.dtype == object

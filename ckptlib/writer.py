@@ -1,0 +1,234 @@
+"""Write one bundle: ``prefix.data-NNNNN-of-MMMMM`` shards and the ``prefix.index`` table.
+
+Commit order (a reader never sees a half-written bundle): every shard is written and
+flushed under a temporary name and renamed into place, then the index is written the same
+way and renamed last; the index is what makes a bundle exist. Tensor bytes go to disk
+straight from each array's buffer, with their crc32c computed on that same buffer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ckptlib.errors import InvalidTensorError
+from ckptlib.format import dtypes
+from ckptlib.format.bundle import EMPTY_CRC, HEADER_KEY, Entry, encode_entry, encode_header
+from ckptlib.format.crc import crc32c, mask
+from ckptlib.format.slices import TensorSlice, overlaps, slice_key
+from ckptlib.format.strings import encode_strings
+from ckptlib.format.table import build_table
+from ckptlib.storage import create_temp, fsync_dir, remove_quietly, write_all, write_temp
+from ckptlib.values import flatten, is_string_array, to_array
+
+
+def data_filename(prefix: str, shard_id: int, num_shards: int) -> str:
+    return f"{prefix}.data-{shard_id:05d}-of-{num_shards:05d}"
+
+
+def index_filename(prefix: str) -> str:
+    return f"{prefix}.index"
+
+
+@dataclass
+class _Pending:
+    """A tensor (or one slice of one) waiting to be written."""
+
+    key: bytes
+    entry: Entry  # location and checksum are filled in when the shard is written
+    array: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if is_string_array(self.array) else self.array.nbytes
+
+
+class BundleWriter:
+    """Collects tensors, then writes them as one bundle at ``finish()``.
+
+    ``num_shards`` data files are written in parallel, tensors spread over them to balance
+    bytes. With ``sync`` (the default) every file and the directory are fsynced before the
+    index appears, so a power loss cannot leave an index pointing at missing data.
+    """
+
+    def __init__(self, prefix: str | os.PathLike[str], *, num_shards: int = 1, sync: bool = True):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+        self.prefix = os.fspath(prefix)
+        self._num_shards = num_shards
+        self._sync = sync
+        self._pending: list[_Pending] = []
+        self._keys: set[bytes] = set()
+        self._sliced: dict[str, Entry] = {}  # full entries of partitioned tensors
+
+    def add(self, name: str, value: Any, *, dtype: str | None = None) -> None:
+        """Add a whole tensor. ``dtype`` names a TF type to store instead of the array's own
+        (only for types sharing its layout, e.g. ``"qint8"`` for an int8 array)."""
+        array = to_array(value, name)
+        self._add_entry(self._key(name), self._entry_for(array, name, dtype), array)
+
+    def add_slice(
+        self,
+        name: str,
+        full_shape: Sequence[int],
+        tensor_slice: TensorSlice | str,
+        value: Any,
+        *,
+        dtype: str | None = None,
+    ) -> None:
+        """Add one slice of a partitioned tensor, as ``SaveV2`` does with a ``shape_and_slice``.
+
+        ``tensor_slice`` is a ``TensorSlice`` or TF's spec text (``"0,5:-"``). A slice that
+        covers the whole tensor is stored as an ordinary tensor.
+        """
+        if isinstance(tensor_slice, str):
+            tensor_slice = TensorSlice.parse(tensor_slice)
+        full_shape = tuple(int(d) for d in full_shape)
+        array = to_array(value, name)
+        try:
+            expected_shape = tensor_slice.shape(full_shape)
+        except InvalidTensorError as e:
+            raise e.with_context(tensor=name) from None
+        if array.shape != expected_shape:
+            raise InvalidTensorError(
+                f"slice {tensor_slice} of shape {list(full_shape)} needs a value of shape "
+                f"{list(expected_shape)}, got {list(array.shape)}",
+                tensor=name,
+            )
+        if tensor_slice.covers(full_shape):
+            self.add(name, array, dtype=dtype)
+            return
+        entry = self._entry_for(array, name, dtype)
+        full = self._sliced.get(name)
+        if full is None:
+            self._key(name)
+            full = Entry(entry.dtype, full_shape)
+        elif full.dtype != entry.dtype or full.shape != full_shape:
+            raise InvalidTensorError(
+                f"slices disagree: dtype {full.dtype} shape {list(full.shape)} vs "
+                f"dtype {entry.dtype} shape {list(full_shape)}",
+                tensor=name,
+            )
+        bounds = tensor_slice.bounds(full_shape)
+        for other in full.slices:
+            if overlaps(bounds, other.bounds(full_shape)):
+                raise InvalidTensorError(f"slice {tensor_slice} overlaps slice {other}", tensor=name)
+        self._sliced[name] = replace(full, slices=(*full.slices, tensor_slice))
+        self._add_entry(self._key(slice_key(name, tensor_slice)), entry, array)
+
+    def finish(self) -> str:
+        """Write the data shards, then the index; returns the prefix."""
+        directory = os.path.dirname(self.prefix)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        shards = self._assign_shards()
+        temps: list[str] = []
+        try:
+            with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1)) as pool:
+                temps = list(pool.map(self._write_shard, range(len(shards)), shards))
+            for shard_id, temp in enumerate(temps):
+                os.replace(temp, data_filename(self.prefix, shard_id, self._num_shards))
+            temps = []
+            index_temp = write_temp(index_filename(self.prefix), [self._index_bytes(shards)], self._sync)
+            if self._sync:
+                fsync_dir(directory)
+            os.replace(index_temp, index_filename(self.prefix))
+            if self._sync:
+                fsync_dir(directory)
+        finally:
+            for temp in temps:
+                remove_quietly(temp)
+        return self.prefix
+
+    def _key(self, name: str | bytes) -> bytes:
+        key = name.encode("utf-8") if isinstance(name, str) else name
+        if key == HEADER_KEY:
+            raise InvalidTensorError("tensor names must not be empty")
+        if key in self._keys:
+            raise InvalidTensorError("adding duplicate key", tensor=key.decode("utf-8", "replace"))
+        self._keys.add(key)
+        return key
+
+    def _entry_for(self, array: np.ndarray, name: str, dtype: str | None) -> Entry:
+        enum = dtypes.enum_for_numpy(array.dtype)
+        if dtype is not None:
+            row = dtypes.by_name(dtype)
+            if row.numpy is None or enum == dtypes.DT_STRING or row.numpy.itemsize != array.dtype.itemsize:
+                raise InvalidTensorError(f"cannot store a {array.dtype} array as {dtype}", tensor=name)
+            enum = row.enum
+        return Entry(enum, tuple(int(d) for d in array.shape))
+
+    def _add_entry(self, key: bytes, entry: Entry, array: np.ndarray) -> None:
+        self._pending.append(_Pending(key, entry, array))
+
+    def _assign_shards(self) -> list[list[_Pending]]:
+        """Spread tensors over shards, largest first onto the least-filled shard; each shard
+        keeps the order in which tensors were added."""
+        if self._num_shards == 1:
+            return [self._pending]
+        load = [0] * self._num_shards
+        owner: dict[int, int] = {}
+        for i in sorted(range(len(self._pending)), key=lambda i: -self._pending[i].nbytes):
+            shard = load.index(min(load))
+            owner[i] = shard
+            load[shard] += max(self._pending[i].nbytes, 1)
+        shards: list[list[_Pending]] = [[] for _ in range(self._num_shards)]
+        for i, pending in enumerate(self._pending):
+            shards[owner[i]].append(pending)
+        return shards
+
+    def _write_shard(self, shard_id: int, tensors: list[_Pending]) -> str:
+        path, fd = create_temp(data_filename(self.prefix, shard_id, self._num_shards))
+        try:
+            offset = 0
+            for pending in tensors:
+                if is_string_array(pending.array):
+                    chunks, size, crc = encode_strings(list(pending.array.reshape(-1)))
+                    for chunk in chunks:
+                        write_all(fd, chunk)
+                else:
+                    data = pending.array.reshape(-1).view(np.uint8).data
+                    size = data.nbytes
+                    crc = mask(crc32c(data)) if size else EMPTY_CRC
+                    write_all(fd, data)
+                pending.entry = replace(pending.entry, shard_id=shard_id, offset=offset, size=size, crc32c=crc)
+                offset += size
+            if self._sync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            remove_quietly(path)
+            raise
+        os.close(fd)
+        return path
+
+    def _index_bytes(self, shards: list[list[_Pending]]) -> bytes:
+        items = [(HEADER_KEY, encode_header(self._num_shards))]
+        items += [(p.key, encode_entry(p.entry)) for shard in shards for p in shard]
+        items += [(name.encode("utf-8"), encode_entry(entry)) for name, entry in self._sliced.items()]
+        items.sort(key=lambda item: item[0])
+        return build_table(items)
+
+
+def save(
+    tensors: Mapping[str, Any],
+    prefix: str | os.PathLike[str],
+    *,
+    num_shards: int = 1,
+    sync: bool = True,
+) -> str:
+    """Write ``tensors`` (a possibly nested mapping, flattened with ``/``) as a bundle at ``prefix``.
+
+    Returns the prefix. Readable by ``tf.train.load_checkpoint(prefix)`` and by
+    ``tf.compat.v1.train.Saver.restore``. Raises ``InvalidTensorError`` for values that
+    cannot be stored, before any file is written.
+    """
+    writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
+    for name, value in flatten(tensors).items():
+        writer.add(name, value)
+    return writer.finish()
