@@ -13,7 +13,6 @@ from ckptlib.checkpoint import (
     list_variables,
     load_checkpoint,
     load_variable,
-    restore,
 )
 from ckptlib.errors import (
     CheckpointError,
@@ -28,8 +27,11 @@ from ckptlib.errors import (
     UnsupportedFeatureError,
 )
 from ckptlib.format.slices import TensorSlice
+from ckptlib.manager import CheckpointManager
 from ckptlib.merge import merge_bundles
 from ckptlib.reader import CheckpointReader
+from ckptlib.restore import RestoreReport, restore
+from ckptlib.saver import Saver
 from ckptlib.state import CheckpointState, get_checkpoint_state
 from ckptlib.writer import BundleWriter, save
 
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BundleWriter",
     "CheckpointError",
+    "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointReader",
     "CheckpointState",
@@ -46,6 +49,8 @@ __all__ = [
     "DtypeMismatchError",
     "InvalidTensorError",
     "RestoreMismatchError",
+    "RestoreReport",
+    "Saver",
     "ShapeMismatchError",
     "TensorNotFoundError",
     "TensorSlice",

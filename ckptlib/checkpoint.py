@@ -48,12 +48,6 @@ def load_variable(ckpt_dir_or_file: PathLike, name: str) -> np.ndarray:
         return reader.get_tensor(name)
 
 
-def restore(save_path: PathLike, *, verify_checksums: bool = True) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint as ``{name: array}`` (prefix, directory or file)."""
-    with load_checkpoint(save_path, verify_checksums=verify_checksums) as reader:
-        return {name: reader.get_tensor(name) for name in reader.keys_list()}
-
-
 def checkpoint_exists(prefix: PathLike) -> bool:
     """Whether ``prefix`` is a complete checkpoint: index present and parseable, every data
     shard it names present (TensorFlow only looks for the index)."""

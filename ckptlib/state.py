@@ -17,10 +17,12 @@ import logging
 import os
 from dataclasses import dataclass
 
+from filelock import FileLock
 from google.protobuf import text_format
 
 from ckptlib.errors import CorruptCheckpointError
 from ckptlib.format.proto.checkpoint_state_pb2 import CheckpointState as _CheckpointStateProto
+from ckptlib.storage import fsync_dir, remove_quietly, write_temp
 
 DEFAULT_STATE_FILENAME = "checkpoint"
 # A state file lists paths; even 100,000 of them fit in a few MB. Anything larger is not one.
@@ -117,3 +119,40 @@ def get_checkpoint_state(
         state.all_model_checkpoint_timestamps,
         state.last_preserved_timestamp,
     )
+
+
+def state_file_path(directory: str, latest_filename: str | None = None) -> str:
+    name = latest_filename or DEFAULT_STATE_FILENAME
+    if os.path.basename(name) != name or name in ("", ".", ".."):
+        raise ValueError(f"latest_filename must be a plain file name, got {name!r}")
+    return os.path.join(directory, name)
+
+
+def state_lock(directory: str, latest_filename: str | None = None) -> FileLock:
+    """The cross-process lock guarding read-modify-write of a directory's state file.
+
+    The lock file sits beside the state file as a hidden ``.<name>.lock``; TensorFlow
+    ignores it.
+    """
+    name = os.path.basename(state_file_path(directory, latest_filename))
+    return FileLock(os.path.join(directory, f".{name}.lock"))
+
+
+def write_state_file(path: str, state: CheckpointState, *, sync: bool = True) -> None:
+    """Replace the state file atomically: write a temporary file, flush it, rename it over."""
+    directory = os.path.dirname(path)
+    temp = write_temp(path, [format_state(state).encode("utf-8")], sync)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        remove_quietly(temp)
+        raise
+    if sync:
+        fsync_dir(directory)
+
+
+def relative_to(directory: str, path: str) -> str:
+    """``path`` as recorded in the state file of ``directory``: relative when it lies inside."""
+    if not os.path.isabs(path) and not os.path.isabs(directory):
+        return os.path.relpath(path, directory or ".")
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(directory or "."))

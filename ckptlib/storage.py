@@ -87,8 +87,45 @@ class LocalFile:
 
 
 def temp_path(final_path: str) -> str:
-    """A unique temporary name beside ``final_path`` that ckptlib will recognise as its own."""
-    return f"{final_path}{TEMP_MARKER}{secrets.token_hex(8)}"
+    """A unique temporary name beside ``final_path`` that ckptlib will recognise as its own.
+
+    The writer's process id is part of the name, so a later cleanup can tell a temporary
+    file abandoned by a killed process from one that a live process is still writing.
+    """
+    return f"{final_path}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Delete ckptlib temporary files in ``directory`` whose writing process is gone.
+
+    Only names carrying ``TEMP_MARKER`` and a process id are considered; returns the removed paths.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return removed
+    for name in names:
+        _, marker, tail = name.partition(TEMP_MARKER)
+        pid_text = tail.split("-", 1)[0]
+        if not marker or not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        path = os.path.join(directory, name)
+        remove_quietly(path)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def write_all(fd: int, data: Bytes) -> None:

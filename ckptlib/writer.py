@@ -8,6 +8,7 @@ straight from each array's buffer, with their crc32c computed on that same buffe
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,15 +53,30 @@ class BundleWriter:
     """Collects tensors, then writes them as one bundle at ``finish()``.
 
     ``num_shards`` data files are written in parallel, tensors spread over them to balance
-    bytes. With ``sync`` (the default) every file and the directory are fsynced before the
-    index appears, so a power loss cannot leave an index pointing at missing data.
+    bytes; with ``num_shards=None``, as many as keep each near ``max_shard_bytes`` (a tensor
+    larger than that gets a shard of its own). With ``sync`` (the default) every file and
+    the directory are fsynced before the index appears, so a power loss cannot leave an
+    index pointing at missing data.
     """
 
-    def __init__(self, prefix: str | os.PathLike[str], *, num_shards: int = 1, sync: bool = True):
-        if num_shards < 1:
+    def __init__(
+        self,
+        prefix: str | os.PathLike[str],
+        *,
+        num_shards: int | None = 1,
+        max_shard_bytes: int | None = None,
+        sync: bool = True,
+    ):
+        if num_shards is None and max_shard_bytes is None:
+            raise ValueError("give num_shards or max_shard_bytes")
+        if num_shards is not None and num_shards < 1:
             raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+        if max_shard_bytes is not None and max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes must be at least 1, got {max_shard_bytes}")
         self.prefix = os.fspath(prefix)
-        self._num_shards = num_shards
+        self._requested_shards = num_shards
+        self._max_shard_bytes = max_shard_bytes
+        self._num_shards = num_shards or 1
         self._sync = sync
         self._pending: list[_Pending] = []
         self._keys: set[bytes] = set()
@@ -122,28 +138,56 @@ class BundleWriter:
         self._add_entry(self._key(slice_key(name, tensor_slice)), entry, array)
 
     def finish(self) -> str:
-        """Write the data shards, then the index; returns the prefix."""
+        """Write the data shards, then the index; returns the prefix.
+
+        On any failure every temporary file is removed and an existing bundle at the same
+        prefix is left as it was.
+        """
         directory = os.path.dirname(self.prefix)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        if self._requested_shards is None:
+            assert self._max_shard_bytes is not None
+            total = sum(p.nbytes for p in self._pending)
+            self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
         shards = self._assign_shards()
-        temps: list[str] = []
+        temps = self._write_shards(shards)
+        index_temp: str | None = None
         try:
-            with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1)) as pool:
-                temps = list(pool.map(self._write_shard, range(len(shards)), shards))
+            index_temp = write_temp(index_filename(self.prefix), [self._index_bytes(shards)], self._sync)
+            # Overwriting a bundle: its index goes first, so no reader can ever pair the
+            # old index with new data.
+            remove_quietly(index_filename(self.prefix))
             for shard_id, temp in enumerate(temps):
                 os.replace(temp, data_filename(self.prefix, shard_id, self._num_shards))
-            temps = []
-            index_temp = write_temp(index_filename(self.prefix), [self._index_bytes(shards)], self._sync)
             if self._sync:
                 fsync_dir(directory)
             os.replace(index_temp, index_filename(self.prefix))
             if self._sync:
                 fsync_dir(directory)
-        finally:
+        except BaseException:
             for temp in temps:
                 remove_quietly(temp)
+            if index_temp is not None:
+                remove_quietly(index_temp)
+            raise
         return self.prefix
+
+    def _write_shards(self, shards: list[list[_Pending]]) -> list[str]:
+        """Write every shard to a temporary file, in parallel; all or none survive."""
+        with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1)) as pool:
+            futures = [pool.submit(self._write_shard, i, shard) for i, shard in enumerate(shards)]
+        temps, failure = [], None
+        for future in futures:
+            try:
+                temps.append(future.result())
+            except BaseException as e:
+                failure = failure or e
+        if failure is not None:
+            for temp in temps:
+                remove_quietly(temp)
+            raise failure
+        return temps
 
     def _key(self, name: str | bytes) -> bytes:
         key = name.encode("utf-8") if isinstance(name, str) else name

@@ -1,0 +1,141 @@
+"""The commit protocol shared by ``Saver`` and ``CheckpointManager``.
+
+A save becomes visible in four durable steps, so that a kill at any instant leaves the
+previous latest checkpoint restorable:
+
+1. the bundle: data shards under temporary names, renamed; the index renamed last
+   (``writer.BundleWriter``), each step fsynced;
+2. the state file, replaced atomically (temporary file + rename) while holding a
+   cross-process lock, merged with the entries other savers keep in the same directory;
+3. rotation: old checkpoints of *this* saver deleted only after the state file no longer
+   lists them, index first (so a half-deleted checkpoint is never visible), and only
+   inside the save directory, whatever the state file says;
+4. stale temporary files from killed saves swept away.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ckptlib.errors import CorruptCheckpointError
+from ckptlib.state import (
+    CheckpointState,
+    read_state_file,
+    relative_to,
+    resolve,
+    state_file_path,
+    state_lock,
+    write_state_file,
+)
+from ckptlib.storage import remove_quietly
+from ckptlib.writer import index_filename
+
+logger = logging.getLogger("ckptlib")
+
+Record = tuple[str, float]  # (prefix, timestamp)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A state file's content with prefixes resolved against its directory."""
+
+    latest: str
+    records: list[Record]  # (prefix, timestamp), oldest first
+    has_timestamps: bool  # False for TF1-written files: timestamps are index mtimes then
+    last_preserved: float
+
+
+def read_listing(directory: str, latest_filename: str | None) -> Listing | None:
+    """The directory's state file, or None if it is absent or unreadable (logged)."""
+    path = state_file_path(directory, latest_filename)
+    try:
+        state = read_state_file(path)
+    except CorruptCheckpointError as e:
+        logger.warning("ignoring unreadable state file: %s", e)
+        return None
+    if state is None:
+        return None
+    paths = [resolve(directory, p) for p in state.all_model_checkpoint_paths]
+    times = list(state.all_model_checkpoint_timestamps)
+    has_timestamps = len(times) == len(paths)
+    if not has_timestamps:
+        times = [_mtime(p) for p in paths]
+    latest = resolve(directory, state.model_checkpoint_path) if state.model_checkpoint_path else ""
+    return Listing(latest, list(zip(paths, times, strict=True)), has_timestamps, state.last_preserved_timestamp)
+
+
+def update_state(
+    directory: str,
+    latest_filename: str | None,
+    *,
+    latest: Record,
+    mine: Sequence[Record],
+    owns: Callable[[str], bool],
+    relative: bool = True,
+    last_preserved: float | None = None,
+    sync: bool = True,
+) -> None:
+    """Rewrite the state file under the directory's lock.
+
+    This saver's entries (``mine``, oldest first) replace every entry it ``owns``; entries
+    of other savers sharing the directory are kept, ordered by time. ``latest`` becomes
+    ``model_checkpoint_path`` and is listed even when it is not tracked (``max_to_keep=0``).
+    """
+    path = state_file_path(directory, latest_filename)
+    with state_lock(directory, latest_filename):
+        current = read_listing(directory, latest_filename)
+        others: list[Record] = []
+        preserved = 0.0
+        if current is not None:
+            others = [r for r in current.records if not owns(r[0])]
+            preserved = current.last_preserved
+        merged = sorted([*others, *mine], key=lambda r: r[1])
+        if latest[0] not in (p for p, _ in merged):
+            merged.append(latest)
+        state = CheckpointState(
+            model_checkpoint_path=_recorded_path(directory, latest[0], relative),
+            all_model_checkpoint_paths=tuple(_recorded_path(directory, p, relative) for p, _ in merged),
+            all_model_checkpoint_timestamps=tuple(t for _, t in merged),
+            last_preserved_timestamp=preserved if last_preserved is None else last_preserved,
+        )
+        write_state_file(path, state, sync=sync)
+
+
+def _recorded_path(directory: str, prefix: str, relative: bool) -> str:
+    """How a prefix is written into the state file. Relative (ckptlib's default) keeps a
+    moved or copied run directory working; otherwise TensorFlow's rule: absolute paths stay
+    absolute, and paths relative to the working directory become relative to ``directory``."""
+    if relative or not os.path.isabs(prefix):
+        return relative_to(directory, prefix)
+    return prefix
+
+
+def inside(directory: str, prefix: str) -> bool:
+    """Whether checkpoint ``prefix`` lives directly in ``directory`` (symlinks resolved)."""
+    parent = os.path.realpath(os.path.dirname(prefix) or ".")
+    return parent == os.path.realpath(directory or ".") and os.path.basename(prefix) not in ("", ".", "..")
+
+
+def remove_checkpoint(directory: str, prefix: str, *, meta: bool = True) -> bool:
+    """Delete one checkpoint's files (index first), refusing anything outside ``directory``."""
+    if not inside(directory, prefix):
+        logger.warning("not deleting %s: it is outside the save directory %s", prefix, directory)
+        return False
+    remove_quietly(index_filename(prefix))
+    pattern = glob.escape(prefix) + ".data-?????-of-?????"
+    for path in glob.glob(pattern):
+        remove_quietly(path)
+    if meta:
+        remove_quietly(prefix + ".meta")
+    return True
+
+
+def _mtime(prefix: str) -> float:
+    try:
+        return os.path.getmtime(index_filename(prefix))
+    except OSError:
+        return 0.0

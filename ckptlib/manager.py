@@ -1,0 +1,194 @@
+"""``CheckpointManager``: directory-based numbered checkpoints, in the shape of
+``tf.train.CheckpointManager``, on the same commit protocol as ``Saver``."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ckptlib.checkpoint import checkpoint_exists
+from ckptlib.commit import inside, read_listing, remove_checkpoint, update_state
+from ckptlib.errors import InvalidTensorError
+from ckptlib.restore import RestoreReport, restore
+from ckptlib.storage import remove_stale_temps
+from ckptlib.values import flatten
+from ckptlib.writer import BundleWriter
+
+
+class CheckpointManager:
+    """Keeps ``directory/<checkpoint_name>-<N>`` checkpoints and their state file.
+
+    Semantics follow ``tf.train.CheckpointManager``: ``max_to_keep`` newest are kept (None:
+    all), ``keep_checkpoint_every_n_hours`` preserves one checkpoint per period (no longer
+    listed, never deleted), the state file records timestamps and relative paths, and
+    checkpoints listed by an earlier run are managed again after a restart.
+
+    Differences: values come from the ``state`` mapping passed to ``save`` (there is no
+    checkpoint object), and numbering continues from the newest listed checkpoint after a
+    restart, where TensorFlow would restart at 1 unless its counter was restored.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_to_keep: int | None,
+        keep_checkpoint_every_n_hours: float | None = None,
+        checkpoint_name: str = "ckpt",
+        step_counter: Callable[[], int] | None = None,
+        checkpoint_interval: int | None = None,
+        *,
+        num_shards: int = 1,
+        sync: bool = True,
+    ):
+        if max_to_keep is not None and max_to_keep <= 0:
+            raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
+        if checkpoint_interval is not None and step_counter is None:
+            raise ValueError("`step_counter` should be passed if `checkpoint_interval` is not None.")
+        if not checkpoint_name or os.path.basename(checkpoint_name) != checkpoint_name:
+            raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
+        self._directory = os.fspath(directory)
+        self._max_to_keep = max_to_keep
+        self._keep_every_hours = keep_checkpoint_every_n_hours
+        self._name = checkpoint_name
+        self._prefix = os.path.join(self._directory, checkpoint_name)
+        self._step_counter = step_counter
+        self._checkpoint_interval = checkpoint_interval
+        self._last_checkpoint_step: int | None = None
+        self._num_shards = num_shards
+        self._sync = sync
+        self._pattern = re.compile(re.escape(checkpoint_name) + r"-(\d+)")
+        self._managed: OrderedDict[str, float] = OrderedDict()
+        self._recover()
+
+    def _recover(self) -> None:
+        """Adopt the checkpoints an earlier run listed, exactly as TensorFlow's manager does."""
+        now = time.time()
+        found = read_listing(self._directory, None)
+        if found is None:
+            self._latest: str | None = None
+            self._last_preserved = now - 1
+            self._counter = 0
+            return
+        self._latest = found.latest or None
+        self._last_preserved = min(found.last_preserved, now)
+        for prefix, timestamp in found.records:
+            timestamp = min(timestamp if found.has_timestamps else self._last_preserved, now)
+            if self._owns(prefix) and timestamp > self._last_preserved:
+                self._managed[prefix] = timestamp
+        numbers = [self._number(p) for p in [*self._managed, self._latest or ""]]
+        self._counter = max([n for n in numbers if n is not None], default=0)
+
+    @property
+    def directory(self) -> str:
+        return self._directory
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        return self._checkpoint_interval
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint's prefix, if it still exists."""
+        if self._latest is not None and checkpoint_exists(self._latest):
+            return self._latest
+        return None
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Managed checkpoints, oldest first (preserved ones are not listed)."""
+        return list(self._managed)
+
+    def save(
+        self, state: Mapping[str, Any], checkpoint_number: int | None = None, check_interval: bool = True
+    ) -> str | None:
+        """Save ``state`` as the next checkpoint; returns its prefix, or None when
+        ``checkpoint_interval`` says it is too early."""
+        if self._checkpoint_interval is not None:
+            assert self._step_counter is not None
+            step = int(self._step_counter())
+            if self._last_checkpoint_step is not None:
+                if step == self._last_checkpoint_step:
+                    return None
+                if check_interval and step < self._last_checkpoint_step + self._checkpoint_interval:
+                    return None
+            self._last_checkpoint_step = step
+        tensors = flatten(state)
+        if not tensors:
+            raise InvalidTensorError("nothing to save: the state is empty")
+        self._counter += 1
+        number = self._counter if checkpoint_number is None else int(checkpoint_number)
+        prefix = f"{self._prefix}-{number}"
+        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
+        for name, value in tensors.items():
+            writer.add(name, value)
+        writer.finish()
+
+        timestamp = time.time()
+        self._managed.pop(prefix, None)
+        self._managed[prefix] = timestamp
+        self._latest = prefix
+        doomed = self._sweep()
+        self._record_state()
+        for old in doomed:  # only once the state file no longer lists them
+            remove_checkpoint(self._directory, old, meta=False)
+        remove_stale_temps(self._directory)
+        return prefix
+
+    def restore_or_initialize(
+        self, into: Mapping[str, Any] | None = None, init_fn: Callable[[], Any] | None = None
+    ) -> str | None:
+        """Restore the latest checkpoint into ``into`` and return its prefix; with none,
+        call ``init_fn`` (if given) and return None."""
+        latest = self.latest_checkpoint
+        if latest is not None:
+            if into is not None:
+                self.restore(into, latest)
+            return latest
+        if init_fn is not None:
+            init_fn()
+        return None
+
+    def restore(self, into: Mapping[str, Any], save_path: str | None = None) -> RestoreReport:
+        """Fill ``into`` from ``save_path`` (default: the latest checkpoint); strict."""
+        path = save_path or self.latest_checkpoint
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {self._directory}")
+        return restore(path, into=into)
+
+    def _owns(self, prefix: str) -> bool:
+        return inside(self._directory, prefix) and self._pattern.fullmatch(os.path.basename(prefix)) is not None
+
+    def _number(self, prefix: str) -> int | None:
+        match = self._pattern.fullmatch(os.path.basename(prefix))
+        return int(match.group(1)) if match else None
+
+    def _record_state(self) -> None:
+        assert self._latest is not None
+        update_state(
+            self._directory,
+            None,
+            latest=(self._latest, self._managed.get(self._latest, time.time())),
+            mine=list(self._managed.items()),
+            owns=self._owns,
+            relative=True,
+            last_preserved=self._last_preserved,
+            sync=self._sync,
+        )
+
+    def _sweep(self) -> list[str]:
+        """Drop the oldest checkpoints beyond ``max_to_keep`` from management; returns those
+        to delete (one per ``keep_checkpoint_every_n_hours`` period is preserved instead)."""
+        doomed: list[str] = []
+        if not self._max_to_keep:
+            return doomed
+        while len(self._managed) > self._max_to_keep:
+            prefix, timestamp = self._managed.popitem(last=False)
+            if self._keep_every_hours and timestamp - self._keep_every_hours * 3600 >= self._last_preserved:
+                self._last_preserved = timestamp
+                continue
+            doomed.append(prefix)
+        return doomed

@@ -1,0 +1,230 @@
+"""``Saver``: the ``tf.compat.v1.train.Saver`` a training loop calls every epoch."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ckptlib.checkpoint import checkpoint_exists
+from ckptlib.commit import Record, inside, read_listing, remove_checkpoint, update_state
+from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
+from ckptlib.restore import RestoreReport, restore
+from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
+from ckptlib.storage import remove_stale_temps
+from ckptlib.values import flatten
+from ckptlib.writer import BundleWriter, index_filename
+
+
+class Saver:
+    """Saves a state mapping as numbered checkpoints and rotates old ones, like TF1's Saver.
+
+    ``save(state, "runs/exp/model.ckpt", global_step=7)`` writes the checkpoint
+    ``runs/exp/model.ckpt-7`` and records it in ``runs/exp/checkpoint``. Rotation follows
+    TensorFlow: keep the newest ``max_to_keep`` (None or 0: keep all, track none), and
+    also keep one checkpoint every ``keep_checkpoint_every_n_hours``.
+
+    Deliberate differences from TensorFlow, each with a TF-compatible option:
+
+    * the state file holds paths relative to its directory (``save_relative_paths=True``),
+      so a moved or copied run directory keeps working;
+    * a new Saver picks up the checkpoints of its own prefix already listed in the state
+      file (``recover=True``), so ``max_to_keep`` holds across restarts;
+    * the state file also records timestamps, and entries of other savers sharing the
+      directory are kept, under a cross-process lock.
+
+    Sharding: ``num_shards`` data files, or as many as ``max_shard_bytes`` needs
+    (``sharded=True`` alone: one per CPU, at most one per tensor). Files are fsynced before
+    they become visible unless ``sync=False``.
+    """
+
+    def __init__(
+        self,
+        max_to_keep: int | None = 5,
+        keep_checkpoint_every_n_hours: float = 10000.0,
+        *,
+        sharded: bool = False,
+        num_shards: int | None = None,
+        max_shard_bytes: int | None = None,
+        pad_step_number: bool = False,
+        save_relative_paths: bool = True,
+        recover: bool = True,
+        sync: bool = True,
+    ):
+        if max_to_keep is not None and max_to_keep < 0:
+            raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
+        if num_shards is not None and num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        if max_shard_bytes is not None and max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
+        self._max_to_keep = max_to_keep or 0
+        self._keep_every_hours = keep_checkpoint_every_n_hours
+        self._next_keep_time = (
+            time.time() + keep_checkpoint_every_n_hours * 3600 if keep_checkpoint_every_n_hours else None
+        )
+        self._sharded = sharded or num_shards is not None or max_shard_bytes is not None
+        self._num_shards = num_shards
+        self._max_shard_bytes = max_shard_bytes
+        self._pad_step_number = pad_step_number
+        self._relative = save_relative_paths
+        self._recover = recover
+        self._sync = sync
+        self._last: list[Record] = []
+        self._to_delete: list[Record] = []
+        self._recovered: set[str] = set()
+
+    @property
+    def last_checkpoints(self) -> list[str]:
+        """Prefixes of the checkpoints this saver tracks, oldest first."""
+        return [path for path, _ in self._last]
+
+    def save(
+        self,
+        state: Mapping[str, Any],
+        save_path: str | os.PathLike[str],
+        global_step: Any = None,
+        latest_filename: str | None = None,
+        write_state: bool = True,
+    ) -> str:
+        """Save ``state`` (nested mapping of arrays) and return the checkpoint's prefix.
+
+        ``global_step`` (an int or 0-d integer array/tensor) is appended as ``-<step>``.
+        The checkpoint is complete on disk before the state file names it; old checkpoints
+        are deleted only afterwards.
+        """
+        save_path = os.fspath(save_path)
+        latest_filename = latest_filename or DEFAULT_STATE_FILENAME
+        save_dir = os.path.dirname(save_path)
+        state_file_path(save_dir, latest_filename)  # validates latest_filename
+        if global_step is None:
+            if os.path.basename(save_path) == latest_filename:
+                raise ValueError(f"'latest_filename' collides with 'save_path': {latest_filename!r}")
+            prefix = save_path
+        else:
+            step = _as_step(global_step)
+            prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
+        tensors = flatten(state)
+        if not tensors:
+            raise InvalidTensorError("nothing to save: the state is empty")
+        if write_state and self._recover:
+            self._recover_from_state_file(save_dir, latest_filename, save_path)
+
+        writer = BundleWriter(
+            prefix, num_shards=self._shard_count(tensors), max_shard_bytes=self._max_shard_bytes, sync=self._sync
+        )
+        for name, value in tensors.items():
+            writer.add(name, value)
+        writer.finish()
+
+        if write_state:
+            now = time.time()
+            self._record(prefix, now)
+            update_state(
+                save_dir,
+                latest_filename,
+                latest=(prefix, now),
+                mine=self._last,
+                owns=_owner(save_dir, save_path),
+                relative=self._relative,
+                sync=self._sync,
+            )
+            self._delete_old(save_dir)
+        remove_stale_temps(save_dir)
+        return prefix
+
+    def restore(self, state: Mapping[str, Any], save_path: str | os.PathLike[str] | None) -> RestoreReport:
+        """Fill ``state`` in place from ``save_path`` (TF's argument order); strict."""
+        if save_path is None:
+            raise ValueError("Can't load save_path when it is None.")
+        if not os.path.isdir(save_path) and not checkpoint_exists(save_path):
+            raise CheckpointNotFoundError("not a valid checkpoint", path=os.fspath(save_path))
+        return restore(save_path, into=state)
+
+    def recover_last_checkpoints(self, checkpoint_paths: Sequence[str]) -> None:
+        """Track existing checkpoints (timestamps from their index files); missing ones are skipped."""
+        records = []
+        for path in checkpoint_paths:
+            try:
+                records.append((path, os.path.getmtime(index_filename(path))))
+            except OSError:
+                continue
+        self.set_last_checkpoints_with_time(records)
+
+    def set_last_checkpoints_with_time(self, last_checkpoints_with_time: Sequence[tuple[str, float]]) -> None:
+        """Replace the tracked ``(prefix, timestamp)`` list, oldest first."""
+        self._last = [(os.fspath(p), float(t)) for p, t in last_checkpoints_with_time]
+
+    # -- internals ----------------------------------------------------------------
+    def _shard_count(self, tensors: Mapping[str, Any]) -> int | None:
+        """Shards for this save; None lets the writer size them by ``max_shard_bytes``."""
+        if self._num_shards is not None:
+            return self._num_shards
+        if self._max_shard_bytes is not None:
+            return None
+        if not self._sharded:
+            return 1
+        return max(1, min(len(tensors), os.cpu_count() or 1))
+
+    def _record(self, prefix: str, now: float) -> None:
+        """TF's ``_RecordLastCheckpoint``: newest last; overflow queued for deletion."""
+        if not self._max_to_keep:
+            return
+        self._last = [r for r in self._last if r[0] != prefix]
+        self._last.append((prefix, now))
+        while len(self._last) > self._max_to_keep:
+            self._to_delete.append(self._last.pop(0))
+
+    def _delete_old(self, save_dir: str) -> None:
+        while self._to_delete:
+            prefix, timestamp = self._to_delete.pop(0)
+            if self._next_keep_time is not None and timestamp > self._next_keep_time:
+                self._next_keep_time += self._keep_every_hours * 3600
+                continue
+            remove_checkpoint(save_dir, prefix)
+
+    def _recover_from_state_file(self, save_dir: str, latest_filename: str, save_path: str) -> None:
+        """Once per directory: adopt the checkpoints of this saver's prefix that the state
+        file lists, so rotation continues where a previous process stopped."""
+        key = os.path.join(os.path.realpath(save_dir or "."), latest_filename, os.path.basename(save_path))
+        if key in self._recovered:
+            return
+        self._recovered.add(key)
+        found = read_listing(save_dir, latest_filename)
+        if found is None or not self._max_to_keep:
+            return
+        owns = _owner(save_dir, save_path)
+        tracked = {p for p, _ in self._last}
+        adopted = [
+            (os.path.join(save_dir, os.path.basename(p)), t)
+            for p, t in found.records
+            if owns(p) and checkpoint_exists(p)
+        ]
+        adopted = [r for r in adopted if r[0] not in tracked]
+        self._last = sorted(adopted + self._last, key=lambda r: r[1])
+        while len(self._last) > self._max_to_keep:
+            self._to_delete.append(self._last.pop(0))
+
+
+def _owner(save_dir: str, save_path: str) -> Callable[[str], bool]:
+    """A predicate: is this prefix one of the checkpoints ``save_path`` produces in ``save_dir``?"""
+    pattern = re.compile(re.escape(os.path.basename(save_path)) + r"(-\d+)?")
+
+    def owns(prefix: str) -> bool:
+        return inside(save_dir, prefix) and pattern.fullmatch(os.path.basename(prefix)) is not None
+
+    return owns
+
+
+def _as_step(global_step: Any) -> int:
+    if isinstance(global_step, bool):
+        raise TypeError("global_step must be an integer, not a bool")
+    if isinstance(global_step, int):
+        return global_step
+    array = np.asarray(global_step)
+    if array.size != 1 or array.dtype.kind not in "iu":
+        raise TypeError(f"global_step must be an integer scalar, got {array.dtype} of shape {list(array.shape)}")
+    return int(array.reshape(()))
