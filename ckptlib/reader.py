@@ -8,7 +8,9 @@ reader allocate more than the checkpoint's own size. Checksums are verified by d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +31,19 @@ from ckptlib.storage import LocalFile
 from ckptlib.writer import data_filename, index_filename
 
 
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as stored: TF dtype name, shape, bytes of data, and the shard holding it
+    (None for a partitioned tensor, whose slices may sit in several)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    shard: int | None
+    num_slices: int = 0
+
+
 class CheckpointReader(Mapping[str, np.ndarray]):
     """A checkpoint as a read-only mapping from tensor name to numpy array, read lazily.
 
@@ -38,28 +53,57 @@ class CheckpointReader(Mapping[str, np.ndarray]):
 
     prefix: str
 
+    @abstractmethod
     def keys_list(self) -> list[str]:
         """Tensor names in key order (partitioned tensors by their full name)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def shape(self, name: str) -> tuple[int, ...]:
         """The stored shape of ``name``; raises ``TensorNotFoundError``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dtype_name(self, name: str) -> str:
         """TensorFlow's name for the stored dtype (``"float32"``, ``"bfloat16"``, ``"qint8"``...)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def get_tensor(self, name: str) -> np.ndarray:
         """Read one tensor (strings as an object array of ``bytes``), checksums verified."""
-        raise NotImplementedError
 
-    def verify(self) -> list[CheckpointError]:
-        """Check every block and every tensor; returns the problems found (empty: intact)."""
-        raise NotImplementedError
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> list[CheckpointError]:
+        """Check every block and every tensor; returns the problems found (empty: intact).
 
+        ``progress(done, total)`` is called after each tensor."""
+        try:
+            self._verify_structure()
+            names = self.keys_list()
+        except CheckpointError as e:
+            return [e]
+        problems: list[CheckpointError] = []
+        for i, name in enumerate(names):
+            try:
+                self.get_tensor(name)
+            except CheckpointError as e:
+                problems.append(e)
+            if progress is not None:
+                progress(i + 1, len(names))
+        return problems
+
+    @abstractmethod
+    def _verify_structure(self) -> None:
+        """Read and check every index/table block; raise on the first problem."""
+
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release open files (also done by ``with``)."""
+
+    @property
+    @abstractmethod
+    def files(self) -> list[str]:
+        """Every file the checkpoint consists of, present or not (index first)."""
+
+    @abstractmethod
+    def tensor_info(self, name: str) -> TensorInfo:
+        """Where and how ``name`` is stored, without reading its data."""
 
     def dtype(self, name: str) -> np.dtype:
         """The numpy dtype ``get_tensor(name)`` returns (``object`` for strings)."""
@@ -172,6 +216,19 @@ class BundleReader(CheckpointReader):
     def dtype_name(self, name: str) -> str:
         return dtypes.lookup(self.entry(name).dtype).name
 
+    @property
+    def files(self) -> list[str]:
+        shards = self.header.num_shards
+        return [self._index_path, *(data_filename(self.prefix, i, shards) for i in range(shards))]
+
+    def tensor_info(self, name: str) -> TensorInfo:
+        entry = self.entry(name)
+        dtype = dtypes.lookup(entry.dtype).name
+        if not entry.slices:
+            return TensorInfo(name, dtype, entry.shape, entry.size, entry.shard_id)
+        pieces = [self.entry(_decode_name(slice_key(name, s))) for s in entry.slices]
+        return TensorInfo(name, dtype, entry.shape, sum(p.size for p in pieces), None, len(pieces))
+
     def get_tensor(self, name: str) -> np.ndarray:
         entry = self.entry(name)
         with self._context(tensor=name):
@@ -179,20 +236,9 @@ class BundleReader(CheckpointReader):
                 return self._assemble(name, entry)
             return self._read(entry)
 
-    def verify(self) -> list[CheckpointError]:
-        problems: list[CheckpointError] = []
-        try:
-            with self._context():
-                self._table.verify_all()
-            names = self.keys_list()
-        except CheckpointError as e:
-            return [e]
-        for name in names:
-            try:
-                self.get_tensor(name)
-            except CheckpointError as e:
-                problems.append(e)
-        return problems
+    def _verify_structure(self) -> None:
+        with self._context():
+            self._table.verify_all()
 
     def close(self) -> None:
         self._index.close()

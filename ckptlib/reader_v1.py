@@ -27,7 +27,7 @@ from ckptlib.format.bundle import check_shape
 from ckptlib.format.proto.saved_tensor_slice_pb2 import SavedTensorSlices, TensorProto
 from ckptlib.format.slices import TensorSlice, check_tiling, slice_key
 from ckptlib.format.table import TableReader
-from ckptlib.reader import CheckpointReader
+from ckptlib.reader import CheckpointReader, TensorInfo
 from ckptlib.storage import LocalFile
 
 _SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
@@ -132,6 +132,24 @@ class V1Reader(CheckpointReader):
     def dtype_name(self, name: str) -> str:
         return dtypes.lookup(self._tensor(name).dtype).name
 
+    @property
+    def files(self) -> list[str]:
+        return [file.path for file in self._files]
+
+    def tensor_info(self, name: str) -> TensorInfo:
+        tensor = self._tensor(name)
+        itemsize = dtypes.itemsize(tensor.dtype) or 0
+        files = {file_index for _, file_index in tensor.slices}
+        shard = files.pop() if len(files) == 1 else None
+        return TensorInfo(
+            name,
+            dtypes.lookup(tensor.dtype).name,
+            tensor.shape,
+            math.prod(tensor.shape) * itemsize,
+            shard,
+            len(tensor.slices) if len(tensor.slices) > 1 else 0,
+        )
+
     def get_tensor(self, name: str) -> np.ndarray:
         tensor = self._tensor(name)
         pieces = []
@@ -164,21 +182,12 @@ class V1Reader(CheckpointReader):
         shape = tensor_slice.shape(tensor.shape)
         return _values(saved.data, tensor.dtype, shape)
 
-    def verify(self) -> list[CheckpointError]:
-        problems: list[CheckpointError] = []
+    def _verify_structure(self) -> None:
         for file, table in zip(self._files, self._tables, strict=True):
             try:
                 table.verify_all()
             except CheckpointError as e:
-                problems.append(e.with_context(path=file.path))
-        if problems:
-            return problems
-        for name in self.keys_list():
-            try:
-                self.get_tensor(name)
-            except CheckpointError as e:
-                problems.append(e)
-        return problems
+                raise e.with_context(path=file.path) from None
 
     def close(self) -> None:
         for file in self._files:

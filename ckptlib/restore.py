@@ -154,6 +154,8 @@ def _like(leaf: Any, value: np.ndarray) -> Any:
     """A replacement for an immutable leaf, of the leaf's own Python type where sensible."""
     if value.ndim != 0:
         return value
+    if isinstance(leaf, np.generic):
+        return value[()]
     item = value.item()
     if isinstance(item, bytes):
         return item.decode("utf-8") if isinstance(leaf, str) else item

@@ -1,0 +1,5 @@
+import sys
+
+from ckptlib.cli import main
+
+sys.exit(main())

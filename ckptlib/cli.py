@@ -1,0 +1,411 @@
+"""The ``ckptlib`` command: list, inspect, verify, diff and convert checkpoints.
+
+Uses only the public API. Exit codes: 0 success, 1 damaged or missing input, 2 usage error.
+Every command takes ``--json`` for machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import numpy as np
+
+import ckptlib
+from ckptlib.convert import export_arrays, import_arrays
+
+_STEP = re.compile(r"-(\d+)$")
+
+
+class _Progress:
+    """``label 12/340`` redrawn on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, label: str, stream: TextIO | None = None):
+        self._label = label
+        self._stream = stream or sys.stderr
+        self._enabled = self._stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self._enabled or (now - self._last < 0.1 and done < total):
+            return
+        self._last = now
+        self._stream.write(f"\r{self._label} {done}/{total}")
+        if done >= total:
+            self._stream.write("\r" + " " * (len(self._label) + 24) + "\r")
+        self._stream.flush()
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TiB"
+
+
+def _emit_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# -- ls -------------------------------------------------------------------------------
+def _describe(prefix: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": os.path.basename(prefix), "prefix": prefix}
+    match = _STEP.search(prefix)
+    info["step"] = int(match.group(1)) if match else None
+    info["complete"] = ckptlib.checkpoint_exists(prefix)
+    try:
+        with ckptlib.load_checkpoint(prefix, verify_checksums=False) as reader:
+            files = reader.files
+    except ckptlib.CheckpointError:
+        files = [f for f in [prefix + ".index"] if os.path.exists(f)]
+    present = [f for f in files if os.path.exists(f)]
+    info["shards"] = max(len(files) - 1, 0)
+    info["size"] = sum(os.path.getsize(f) for f in present)
+    info["missing_files"] = [os.path.basename(f) for f in files if f not in present]
+    return info
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    directory = args.directory
+    if not os.path.isdir(directory):
+        raise ckptlib.CheckpointNotFoundError("no such directory", path=directory)
+    state = ckptlib.get_checkpoint_state(directory)
+    listed: list[tuple[str, float | None]] = []
+    if state is not None:
+        paths = list(state.all_model_checkpoint_paths)
+        times: list[float | None] = list(state.all_model_checkpoint_timestamps)
+        if len(times) != len(paths):
+            times = [None] * len(paths)
+        if state.model_checkpoint_path not in paths:
+            paths.append(state.model_checkpoint_path)
+            times.append(None)
+        listed = list(zip(paths, times, strict=True))
+    latest = ckptlib.latest_checkpoint(directory)
+    rows = []
+    seen = set()
+    for prefix, timestamp in listed:
+        info = _describe(prefix)
+        info["listed"] = True
+        info["time"] = timestamp if timestamp is not None else _index_mtime(prefix)
+        rows.append(info)
+        seen.add(os.path.realpath(prefix))
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".index"):
+            prefix = os.path.join(directory, name[: -len(".index")])
+            if os.path.realpath(prefix) not in seen and ckptlib.checkpoint_exists(prefix):
+                info = _describe(prefix)
+                info["listed"] = False
+                info["time"] = _index_mtime(prefix)
+                rows.append(info)
+    for info in rows:
+        info["latest"] = latest is not None and os.path.realpath(info["prefix"]) == os.path.realpath(latest)
+    if args.json:
+        _emit_json({"directory": directory, "latest": latest, "checkpoints": rows})
+        return 0
+    if not rows:
+        print(f"{directory}: no checkpoints")
+        return 0
+    print(f"{'':2}{'STEP':>8}  {'TIME':19}  {'SIZE':>10}  {'SHARDS':>6}  {'STATUS':19}  NAME")
+    for info in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["time"])) if info["time"] else "-"
+        status = "complete" if info["complete"] else "INCOMPLETE"
+        if not info["listed"]:
+            status += " (unlisted)"
+        step = "-" if info["step"] is None else str(info["step"])
+        mark = "* " if info["latest"] else "  "
+        print(
+            f"{mark}{step:>8}  {when:19}  {_human(info['size']):>10}  {info['shards']:>6}  {status:19}  {info['name']}"
+        )
+    print(f"{len(rows)} checkpoint(s); * = latest" + (f" ({latest})" if latest else ""))
+    return 0
+
+
+def _index_mtime(prefix: str) -> float | None:
+    try:
+        return os.path.getmtime(prefix + ".index")
+    except OSError:
+        return None
+
+
+# -- inspect --------------------------------------------------------------------------
+def _stats(array: np.ndarray) -> dict[str, Any]:
+    if array.dtype == object:
+        return {}
+    values = array.astype(np.float64) if array.dtype.kind not in "c" else array.astype(np.complex128)
+    if values.size == 0:
+        return {"nan": 0, "inf": 0}
+    finite = values[np.isfinite(values)]
+    out: dict[str, Any] = {
+        "nan": int(np.isnan(values).sum()),
+        "inf": int(np.isinf(values).sum()),
+    }
+    if finite.size and values.dtype.kind != "c":
+        out.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()), std=float(finite.std()))
+    return out
+
+
+def _format_value(array: np.ndarray) -> str:
+    if array.dtype == object:
+        return np.array2string(array, formatter={"object": repr})
+    return np.array2string(array)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with ckptlib.load_checkpoint(args.path) as reader:
+        names = reader.keys_list()
+        if args.tensor is not None and args.tensor not in reader:
+            raise ckptlib.TensorNotFoundError("no such tensor", path=reader.prefix, tensor=args.tensor)
+        selected = [args.tensor] if args.tensor is not None else names
+        infos = [reader.tensor_info(name) for name in selected]
+        stats: dict[str, dict[str, Any]] = {}
+        values: dict[str, np.ndarray] = {}
+        progress = _Progress("reading")
+        want_values = args.all or args.tensor is not None
+        if args.stats or want_values:
+            for i, name in enumerate(selected):
+                array = reader.get_tensor(name)
+                if args.stats:
+                    stats[name] = _stats(array)
+                if want_values:
+                    values[name] = array
+                progress(i + 1, len(selected))
+        total = sum(info.nbytes for info in infos)
+        if args.json:
+            rows = []
+            for info in infos:
+                row: dict[str, Any] = {
+                    "name": info.name,
+                    "dtype": info.dtype,
+                    "shape": list(info.shape),
+                    "nbytes": info.nbytes,
+                    "shard": info.shard,
+                    "slices": info.num_slices,
+                }
+                if info.name in stats:
+                    row["stats"] = stats[info.name]
+                if info.name in values:
+                    row["value"] = _json_value(values[info.name])
+                rows.append(row)
+            _emit_json({"prefix": reader.prefix, "files": reader.files, "tensors": rows, "total_bytes": total})
+            return 0
+        width = max([len(info.name) for info in infos] + [4])
+        print(f"{'NAME':{width}}  {'DTYPE':10}  {'SHAPE':18}  {'SIZE':>10}  SHARD")
+        for info in infos:
+            shard = "-" if info.shard is None else str(info.shard)
+            if info.num_slices:
+                shard += f" ({info.num_slices} slices)"
+            print(f"{info.name:{width}}  {info.dtype:10}  {list(info.shape)!s:18}  {_human(info.nbytes):>10}  {shard}")
+            if stats.get(info.name):
+                print("    " + "  ".join(f"{k}={_short(v)}" for k, v in stats[info.name].items()))
+            if info.name in values:
+                for line in _format_value(values[info.name]).splitlines():
+                    print("    " + line)
+        print(f"{len(infos)} tensor(s), {_human(total)} in {len(reader.files)} file(s): {reader.prefix}")
+    return 0
+
+
+def _short(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _json_value(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return (
+            [v.decode("utf-8", "backslashreplace") for v in array.reshape(-1)]
+            if array.ndim
+            else (array.item().decode("utf-8", "backslashreplace"))
+        )
+    if array.dtype.kind == "c":
+        return {"real": array.real.tolist(), "imag": array.imag.tolist()}
+    if array.dtype.kind not in "biuf":
+        array = array.astype(np.float64)
+    return array.tolist()
+
+
+# -- verify ---------------------------------------------------------------------------
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        reader = ckptlib.load_checkpoint(args.path)
+    except ckptlib.CorruptCheckpointError as e:
+        return _verdict(args, str(args.path), [str(e)], 0)
+    with reader:
+        problems = reader.verify(progress=_Progress("verifying"))
+        return _verdict(args, reader.prefix, [str(p) for p in problems], len(reader))
+
+
+def _verdict(args: argparse.Namespace, prefix: str, problems: list[str], count: int) -> int:
+    if args.json:
+        _emit_json({"prefix": prefix, "ok": not problems, "tensors": count, "problems": problems})
+    else:
+        for problem in problems:
+            print(f"DAMAGED  {problem}")
+        if problems:
+            print(f"{prefix}: {len(problems)} problem(s) found")
+        else:
+            print(f"{prefix}: OK, {count} tensor(s) verified")
+    return 1 if problems else 0
+
+
+# -- diff -----------------------------------------------------------------------------
+def cmd_diff(args: argparse.Namespace) -> int:
+    with ckptlib.load_checkpoint(args.a) as a, ckptlib.load_checkpoint(args.b) as b:
+        names_a, names_b = set(a.keys_list()), set(b.keys_list())
+        only_a, only_b = sorted(names_a - names_b), sorted(names_b - names_a)
+        changed: list[dict[str, Any]] = []
+        equal: list[dict[str, Any]] = []
+        different: list[dict[str, Any]] = []
+        common = sorted(names_a & names_b)
+        progress = _Progress("comparing")
+        for i, name in enumerate(common):
+            ia, ib = a.tensor_info(name), b.tensor_info(name)
+            if ia.dtype != ib.dtype or ia.shape != ib.shape:
+                changed.append(
+                    {
+                        "name": name,
+                        "a": {"dtype": ia.dtype, "shape": list(ia.shape)},
+                        "b": {"dtype": ib.dtype, "shape": list(ib.shape)},
+                    }
+                )
+            else:
+                same, max_diff = _compare(a.get_tensor(name), b.get_tensor(name), args.atol)
+                (equal if same else different).append({"name": name, "max_abs_diff": max_diff})
+            progress(i + 1, len(common))
+    if args.json:
+        _emit_json(
+            {
+                "only_in_a": only_a,
+                "only_in_b": only_b,
+                "changed": changed,
+                "different": different,
+                "equal": [e["name"] for e in equal],
+            }
+        )
+        return 0
+    for name in only_a:
+        print(f"- {name}  (only in A)")
+    for name in only_b:
+        print(f"+ {name}  (only in B)")
+    for c in changed:
+        print(f"~ {c['name']}  {c['a']['dtype']}{c['a']['shape']} -> {c['b']['dtype']}{c['b']['shape']}")
+    for d in different:
+        diff = "" if d["max_abs_diff"] is None else f"  max |a-b| = {d['max_abs_diff']:.6g}"
+        print(f"! {d['name']}  values differ{diff}")
+    print(
+        f"{len(equal)} equal, {len(different)} different, {len(changed)} changed dtype/shape, "
+        f"{len(only_a)} only in A, {len(only_b)} only in B"
+    )
+    return 0
+
+
+def _compare(x: np.ndarray, y: np.ndarray, atol: float) -> tuple[bool, float | None]:
+    """Whether two same-shape tensors are equal (within ``atol``), and their max |x - y|.
+
+    NaNs in the same places count as equal; strings compare exactly.
+    """
+    if x.dtype == object:
+        return all(a == b for a, b in zip(x.flat, y.flat, strict=True)), None
+    if x.size == 0:
+        return True, 0.0
+    wide = np.complex128 if x.dtype.kind == "c" else np.float64
+    xf, yf = x.astype(wide), y.astype(wide)
+    with np.errstate(invalid="ignore"):
+        same = (xf == yf) | (np.isnan(xf) & np.isnan(yf))
+        delta = np.where(same, 0.0, np.abs(xf - yf))
+    delta[np.isnan(delta)] = np.inf
+    max_diff = float(delta.max())
+    if x.dtype.kind in "biu":  # exact, whatever float64 rounding says
+        return bool(np.array_equal(x, y)) or (max_diff <= atol and atol > 0), max_diff
+    return max_diff <= atol, max_diff
+
+
+# -- convert --------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    src, dst = args.src, args.dst
+    if _is_array_file(src):
+        tensors = import_arrays(src)
+        ckptlib.save(tensors, dst)
+        print(f"wrote {len(tensors)} tensor(s) to checkpoint {dst}")
+        return 0
+    if not _is_array_file(dst):
+        raise _Usage("DST must end in .npz or .safetensors (or SRC must, to make a checkpoint)")
+    with ckptlib.load_checkpoint(src) as reader:
+        progress = _Progress("reading")
+        tensors = {}
+        for i, name in enumerate(reader.keys_list()):
+            tensors[name] = reader.get_tensor(name)
+            progress(i + 1, len(reader))
+    export_arrays(tensors, dst)
+    print(f"wrote {len(tensors)} tensor(s) to {dst}")
+    return 0
+
+
+def _is_array_file(path: str) -> bool:
+    return path.endswith((".npz", ".safetensors"))
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 on usage errors; keep that, shorter
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ckptlib", description="Inspect, verify, diff and convert TensorFlow checkpoints.")
+    parser.add_argument("--version", action="version", version=f"ckptlib {ckptlib.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("ls", cmd_ls, "List the checkpoints of a directory: step, time, size, shards, completeness.")
+    p.add_argument("directory")
+    p = command("inspect", cmd_inspect, "Show a checkpoint's tensors: dtype, shape, size, shard.")
+    p.add_argument("path", help="prefix, directory (latest checkpoint) or one of the checkpoint's files")
+    p.add_argument("--tensor", metavar="NAME", help="print this tensor's values")
+    p.add_argument("--all", action="store_true", help="print every tensor's values")
+    p.add_argument("--stats", action="store_true", help="min/max/mean/std and NaN/Inf counts per tensor")
+    p = command("verify", cmd_verify, "Check every block and tensor checksum; exit 1 on damage.")
+    p.add_argument("path", help="prefix, directory (latest checkpoint) or one of the checkpoint's files")
+    p = command("diff", cmd_diff, "Compare two checkpoints tensor by tensor.")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--atol", type=float, default=0.0, help="values within this absolute difference are equal")
+    p = command("convert", cmd_convert, "Convert between checkpoints and .npz / .safetensors files.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _Usage as e:
+        print(f"ckptlib {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ckptlib.CheckpointError, OSError) as e:
+        print(f"ckptlib {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Move tensors between checkpoints and other array files: ``.npz`` and ``.safetensors``.
+
+``.npz`` files are written and read without pickle. numpy has no bfloat16, float8 or int4,
+so such arrays are stored as their raw bits with the real dtype names recorded in an extra
+``__ckptlib_dtypes__`` entry; string tensors become fixed-width ``bytes_`` arrays, which
+cannot hold trailing NUL bytes (those are refused rather than silently cut).
+``.safetensors`` goes through the ``safetensors`` package (``pip install safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidTensorError, UnsupportedFeatureError
+from ckptlib.format import dtypes
+
+DTYPES_KEY = "__ckptlib_dtypes__"
+
+
+def export_arrays(tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
+    """Write ``{name: array}`` to ``path`` (``.npz`` or ``.safetensors``)."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        _save_safetensors(tensors, path)
+    elif path.endswith(".npz"):
+        _save_npz(tensors, path)
+    else:
+        raise InvalidTensorError(f"unknown array file type (want .npz or .safetensors): {path}")
+
+
+def import_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read ``{name: array}`` from a ``.npz`` or ``.safetensors`` file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError("no such file", path=path)
+    if path.endswith(".safetensors"):
+        return _load_safetensors(path)
+    if path.endswith(".npz"):
+        return _load_npz(path)
+    raise InvalidTensorError(f"unknown array file type (want .npz or .safetensors): {path}")
+
+
+def _save_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    special: dict[str, str] = {}
+    for name, array in tensors.items():
+        if array.dtype == object:
+            items = list(array.reshape(-1))
+            if any(item.endswith(b"\0") for item in items):
+                raise InvalidTensorError(".npz cannot hold strings ending in NUL bytes", tensor=name)
+            arrays[name] = (
+                np.array(items, dtype=np.bytes_).reshape(array.shape) if items else np.empty(array.shape, dtype="S1")
+            )
+            special[name] = "string"
+        elif array.dtype.kind == "V" or array.dtype.type.__module__.startswith("ml_dtypes"):
+            arrays[name] = array.view(f"<u{array.dtype.itemsize}")
+            special[name] = dtypes.lookup(dtypes.enum_for_numpy(array.dtype)).name
+        else:
+            arrays[name] = array
+    if DTYPES_KEY in arrays:
+        raise InvalidTensorError(f"the name {DTYPES_KEY} is reserved", tensor=DTYPES_KEY)
+    arrays[DTYPES_KEY] = np.array(json.dumps(special))
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise CorruptCheckpointError(f"not a readable .npz file: {e}", path=path) from None
+    special = json.loads(str(arrays.pop(DTYPES_KEY))) if DTYPES_KEY in arrays else {}
+    out = {}
+    for name, array in arrays.items():
+        kind = special.get(name)
+        if kind == "string":
+            out[name] = _object_bytes(array)
+        elif kind is not None:
+            row = dtypes.by_name(kind)
+            out[name] = array.view(row.numpy) if row.numpy is not None else array
+        elif array.dtype.kind in "SU":
+            out[name] = _object_bytes(array)
+        else:
+            out[name] = array
+    return out
+
+
+def _object_bytes(array: np.ndarray) -> np.ndarray:
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        flat[i] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    return out
+
+
+def _safetensors() -> object:
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise UnsupportedFeatureError(".safetensors needs the safetensors package: pip install safetensors") from None
+    return safetensors.numpy
+
+
+def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str) -> None:
+    module = _safetensors()
+    for name, array in tensors.items():
+        if array.dtype == object:
+            raise InvalidTensorError("safetensors cannot hold string tensors", tensor=name)
+    try:
+        module.save_file({name: np.ascontiguousarray(a) for name, a in tensors.items()}, path)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError, KeyError) as e:
+        raise UnsupportedFeatureError(f"safetensors cannot store these tensors: {e}", path=path) from None
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    module = _safetensors()
+    try:
+        return dict(module.load_file(path))  # type: ignore[attr-defined]
+    except (AttributeError, KeyError) as e:
+        raise UnsupportedFeatureError(f"numpy cannot represent a tensor of this file: {e}", path=path) from None
+    except Exception as e:  # safetensors raises its own SafetensorError for damaged files
+        raise CorruptCheckpointError(f"not a readable .safetensors file: {e}", path=path) from None
