@@ -328,7 +328,7 @@ class BundleReader(CheckpointReader):
         row = dtypes.lookup(full.dtype)
         out = np.empty(full.shape, dtype=row.numpy if row.numpy is not None else object)
         for bounds, piece in pieces:
-            out[tuple(slice(start, stop) for start, stop in bounds)] = self._read(piece)
+            out[(*(slice(start, stop) for start, stop in bounds), ...)] = self._read(piece)
         return out
 
 

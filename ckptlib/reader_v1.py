@@ -65,10 +65,15 @@ class _V1Tensor:
 
 
 def v1_files(prefix: str) -> list[str]:
-    """The V1 files of ``prefix``: the file itself, or its ``-NNNNN-of-NNNNN`` shards."""
+    """The V1 files of ``prefix``: the file itself, its ``-NNNNN-of-NNNNN`` shards, or the
+    files matching it when it is the glob TensorFlow records for a sharded V1 save
+    (``model.ckpt-?????-of-00002``)."""
     if os.path.isfile(prefix):
         return [prefix]
-    return sorted(p for p in glob.glob(glob.escape(prefix) + "-?????-of-?????") if _SHARD_SUFFIX.search(p))
+    shards = sorted(p for p in glob.glob(glob.escape(prefix) + "-?????-of-?????") if _SHARD_SUFFIX.search(p))
+    if not shards and any(c in prefix for c in "*?["):
+        shards = sorted(p for p in glob.glob(prefix) if os.path.isfile(p))
+    return shards
 
 
 class V1Reader(CheckpointReader):
@@ -167,7 +172,7 @@ class V1Reader(CheckpointReader):
         row = dtypes.lookup(tensor.dtype)
         out = np.empty(tensor.shape, dtype=row.numpy if row.numpy is not None else object)
         for bounds, values in pieces:
-            out[tuple(slice(a, b) for a, b in bounds)] = values
+            out[(*(slice(a, b) for a, b in bounds), ...)] = values  # `...` keeps 0-d objects unwrapped
         return out
 
     def _read_slice(self, name: str, tensor: _V1Tensor, tensor_slice: TensorSlice, file_index: int) -> np.ndarray:
