@@ -45,10 +45,9 @@ def merge_bundles(
                     raise InvalidTensorError(
                         "duplicate tensor in merged bundles", tensor=key.decode("utf-8", "replace")
                     )
-                if not entry.slices:
-                    shard = file_ids.setdefault((i, entry.shard_id), len(file_ids))
-                    entry = replace(entry, shard_id=shard)
-                entries[key] = entry
+                # Renumbered even for a partitioned tensor's dataless full entry, as TF does.
+                shard = file_ids.setdefault((i, entry.shard_id), len(file_ids))
+                entries[key] = replace(entry, shard_id=shard)
         sources = {(i, s): data_filename(readers[i].prefix, s, readers[i].header.num_shards) for i, s in file_ids}
     finally:
         for reader in readers:
