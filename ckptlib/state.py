@@ -25,8 +25,9 @@ from ckptlib.format.proto.checkpoint_state_pb2 import CheckpointState as _Checkp
 from ckptlib.storage import fsync_dir, remove_quietly, write_temp
 
 DEFAULT_STATE_FILENAME = "checkpoint"
-# A state file lists paths; even 100,000 of them fit in a few MB. Anything larger is not one.
-MAX_STATE_FILE_BYTES = 64 << 20
+# A state file lists paths; even 100,000 of them fit in a few MB. Anything larger is not
+# one, and would take the (pure Python) text parser minutes.
+MAX_STATE_FILE_BYTES = 16 << 20
 
 logger = logging.getLogger("ckptlib")
 
@@ -74,6 +75,8 @@ def read_state_file(path: str) -> CheckpointState | None:
             data = f.read(MAX_STATE_FILE_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as e:  # a directory, a symlink loop, unreadable...
+        raise CorruptCheckpointError(f"cannot read the state file: {e.strerror or e}", path=path) from None
     if len(data) > MAX_STATE_FILE_BYTES:
         raise CorruptCheckpointError(f"state file is larger than {MAX_STATE_FILE_BYTES} bytes", path=path)
     try:

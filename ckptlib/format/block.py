@@ -18,6 +18,11 @@ from ckptlib.format.coding import Bytes, decode_fixed32, decode_varint32, encode
 
 DATA_BLOCK_RESTART_INTERVAL = 16
 INDEX_BLOCK_RESTART_INTERVAL = 1
+# Prefix compression lets n entries of one added byte each spell keys totalling n**2/2
+# bytes. Real blocks stay far below this many decoded key bytes per stored byte; a hostile
+# one that does not is refused before it can exhaust memory.
+MAX_KEY_EXPANSION = 16
+MAX_KEY_BYTES_SLACK = 1 << 20
 
 
 class BlockBuilder:
@@ -82,6 +87,7 @@ def parse_block(contents: Bytes) -> list[tuple[bytes, bytes]]:
     entries: list[tuple[bytes, bytes]] = []
     pos = 0
     key = b""
+    key_budget = MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * size
     while pos < limit:
         # Most entries have all three varints below 128: decode them inline.
         if pos + 3 <= limit and data[pos] < 0x80 and data[pos + 1] < 0x80 and data[pos + 2] < 0x80:
@@ -95,6 +101,9 @@ def parse_block(contents: Bytes) -> list[tuple[bytes, bytes]]:
         value_end = key_end + value_len
         if shared > len(key) or value_end > limit:
             raise CorruptCheckpointError("bad entry in block")
+        key_budget -= shared + non_shared
+        if key_budget < 0:
+            raise CorruptCheckpointError("bad block contents: keys expand beyond any real checkpoint's")
         new_key = key[:shared] + data[pos:key_end]
         if entries and new_key <= key:
             raise CorruptCheckpointError(f"keys out of order in block: {new_key!r} after {key!r}")
