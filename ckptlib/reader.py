@@ -24,7 +24,7 @@ from ckptlib.errors import (
 from ckptlib.format import dtypes
 from ckptlib.format.bundle import HEADER_KEY, Entry, Header, decode_entry, decode_header
 from ckptlib.format.crc import crc32c, unmask
-from ckptlib.format.slices import check_tiling, slice_key
+from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
 from ckptlib.storage import LocalFile
@@ -328,7 +328,7 @@ class BundleReader(CheckpointReader):
         row = dtypes.lookup(full.dtype)
         out = np.empty(full.shape, dtype=row.numpy if row.numpy is not None else object)
         for bounds, piece in pieces:
-            out[(*(slice(start, stop) for start, stop in bounds), ...)] = self._read(piece)
+            out[region(bounds)] = self._read(piece)
         return out
 
 

@@ -25,7 +25,7 @@ from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptChec
 from ckptlib.format import dtypes
 from ckptlib.format.bundle import check_shape
 from ckptlib.format.proto.saved_tensor_slice_pb2 import SavedTensorSlices, TensorProto
-from ckptlib.format.slices import TensorSlice, check_tiling, slice_key
+from ckptlib.format.slices import TensorSlice, check_tiling, region, slice_key
 from ckptlib.format.table import TableReader
 from ckptlib.reader import CheckpointReader, TensorInfo
 from ckptlib.storage import LocalFile
@@ -172,7 +172,7 @@ class V1Reader(CheckpointReader):
         row = dtypes.lookup(tensor.dtype)
         out = np.empty(tensor.shape, dtype=row.numpy if row.numpy is not None else object)
         for bounds, values in pieces:
-            out[(*(slice(a, b) for a, b in bounds), ...)] = values  # `...` keeps 0-d objects unwrapped
+            out[region(bounds)] = values
         return out
 
     def _read_slice(self, name: str, tensor: _V1Tensor, tensor_slice: TensorSlice, file_index: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -212,6 +213,12 @@ def decode_slice_key(key: bytes) -> tuple[str, TensorSlice]:
     return name, TensorSlice(tuple(extents))
 
 
+def region(bounds: Sequence[tuple[int, int]]) -> tuple[Any, ...]:
+    """A numpy index selecting ``bounds``; the trailing ``...`` makes assignments to 0-d
+    object arrays store the element rather than the array holding it."""
+    return (*(slice(start, stop) for start, stop in bounds), Ellipsis)
+
+
 def overlaps(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> bool:
     """Whether two slices, given as ``(start, stop)`` bounds per dimension, share an element."""
     return all(max(a0, b0) < min(a1, b1) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
@@ -235,10 +242,10 @@ def check_tiling(pieces: Sequence[tuple[tuple[int, int], ...]], shape: Sequence[
         return
     seen = np.zeros(tuple(shape), dtype=bool)  # linear in pieces, unlike the pairwise check
     for bounds in solid:
-        region = seen[tuple(slice(start, stop) for start, stop in bounds)]
-        if region.any():
+        marks = seen[region(bounds)]
+        if marks.any():
             raise CorruptCheckpointError("stored slices overlap")
-        region[...] = True
+        marks[...] = True
 
 
 _PAIRWISE_LIMIT = 64
