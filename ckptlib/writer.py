@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,8 +24,26 @@ from ckptlib.format.crc import crc32c, mask
 from ckptlib.format.slices import TensorSlice, overlaps, slice_key
 from ckptlib.format.strings import encode_strings
 from ckptlib.format.table import build_table
-from ckptlib.storage import create_temp, fsync_dir, remove_quietly, write_all, write_temp
+from ckptlib.storage import create_temp, fsync_dir, remove_quietly, write_temp
 from ckptlib.values import flatten, is_string_array, to_array
+
+# Writes smaller than this are gathered; larger ones go straight from the array's buffer.
+_WRITE_BUFFER = 1 << 20
+# Tensors at least this large have their checksum computed on another thread during the write.
+_PARALLEL_CRC_BYTES = 4 << 20
+
+
+def _masked_crc(data: memoryview) -> int:
+    return mask(crc32c(data)) if data.nbytes else EMPTY_CRC
+
+
+def _encode_name(name: str) -> bytes:
+    """A tensor name as its key: UTF-8, with surrogate escapes (how the reader presents keys
+    that are not UTF-8) turned back into their original bytes."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidTensorError("tensor name is not encodable as UTF-8", tensor=repr(name)) from None
 
 
 def data_filename(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -190,7 +208,7 @@ class BundleWriter:
         return temps
 
     def _key(self, name: str | bytes) -> bytes:
-        key = name.encode("utf-8") if isinstance(name, str) else name
+        key = _encode_name(name) if isinstance(name, str) else name
         if key == HEADER_KEY:
             raise InvalidTensorError("tensor names must not be empty")
         if key in self._keys:
@@ -227,21 +245,34 @@ class BundleWriter:
         return shards
 
     def _write_shard(self, shard_id: int, tensors: list[_Pending]) -> str:
+        """Write one shard to a temporary file; returns its path.
+
+        Tensors go out from their own buffers (small ones gathered into larger writes);
+        checksums of large tensors are computed on another thread while they are written,
+        as both the crc32c extension and file writes release the GIL.
+        """
         path, fd = create_temp(data_filename(self.prefix, shard_id, self._num_shards))
         try:
-            offset = 0
-            for pending in tensors:
-                if is_string_array(pending.array):
-                    chunks, size, crc = encode_strings(list(pending.array.reshape(-1)))
-                    for chunk in chunks:
-                        write_all(fd, chunk)
-                else:
-                    data = pending.array.reshape(-1).view(np.uint8).data
-                    size = data.nbytes
-                    crc = mask(crc32c(data)) if size else EMPTY_CRC
-                    write_all(fd, data)
-                pending.entry = replace(pending.entry, shard_id=shard_id, offset=offset, size=size, crc32c=crc)
-                offset += size
+            checksums: list[int | Future[int]] = []
+            with open(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as out, ThreadPoolExecutor(1) as crc_pool:
+                offset = 0
+                for pending in tensors:
+                    if is_string_array(pending.array):
+                        chunks, size, crc = encode_strings(list(pending.array.reshape(-1)))
+                        checksums.append(crc)
+                        for chunk in chunks:
+                            out.write(chunk)
+                    else:
+                        data = pending.array.reshape(-1).view(np.uint8).data
+                        size = data.nbytes
+                        big = size >= _PARALLEL_CRC_BYTES
+                        checksums.append(crc_pool.submit(_masked_crc, data) if big else _masked_crc(data))
+                        out.write(data)
+                    pending.entry = replace(pending.entry, shard_id=shard_id, offset=offset, size=size)
+                    offset += size
+            for pending, checksum in zip(tensors, checksums, strict=True):
+                value = checksum if isinstance(checksum, int) else checksum.result()
+                pending.entry = replace(pending.entry, crc32c=value)
             if self._sync:
                 os.fsync(fd)
         except BaseException:
@@ -254,7 +285,7 @@ class BundleWriter:
     def _index_bytes(self, shards: list[list[_Pending]]) -> bytes:
         items = [(HEADER_KEY, encode_header(self._num_shards))]
         items += [(p.key, encode_entry(p.entry)) for shard in shards for p in shard]
-        items += [(name.encode("utf-8"), encode_entry(entry)) for name, entry in self._sliced.items()]
+        items += [(_encode_name(name), encode_entry(entry)) for name, entry in self._sliced.items()]
         items.sort(key=lambda item: item[0])
         return build_table(items)
 

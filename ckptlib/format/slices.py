@@ -189,7 +189,10 @@ class _Cursor:
         raw[0] ^= _SIGNED_HEADER_0[n]
         if n > 1:
             raw[1] ^= _SIGNED_HEADER_1[n]
-        return int.from_bytes(raw, "big", signed=True)
+        value = int.from_bytes(raw, "big", signed=True)
+        if not -(1 << 63) <= value < 1 << 63:
+            raise CorruptCheckpointError("slice key number beyond int64")
+        return value
 
 
 def decode_slice_key(key: bytes) -> tuple[str, TensorSlice]:
@@ -203,6 +206,8 @@ def decode_slice_key(key: bytes) -> tuple[str, TensorSlice]:
     for _ in range(rank):
         start, length = cursor.signed_num(), cursor.signed_num()
         if length == -1:
+            if start != 0:
+                raise CorruptCheckpointError("full extent with a start in slice key")
             extents.append((0, None))
         elif start < 0 or length < 0:
             raise CorruptCheckpointError("negative extent in slice key")
