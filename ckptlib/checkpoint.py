@@ -18,17 +18,24 @@ logger = logging.getLogger("ckptlib")
 PathLike = str | os.PathLike[str]
 
 
-def load_checkpoint(ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True) -> CheckpointReader:
+def load_checkpoint(
+    ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True, mmap: bool = True
+) -> CheckpointReader:
     """Open a checkpoint lazily: only its index is read until a tensor is requested.
 
     ``ckpt_dir_or_file`` is a prefix (``dir/model.ckpt-7``), a directory (its latest
     checkpoint, through the ``checkpoint`` state file), or one of the checkpoint's own
     files (``.index``, ``.data-00000-of-00001``). Legacy V1 files are read too.
+
+    With ``mmap`` (the default), numeric tensors come back as writable copy-on-write views
+    of the memory-mapped data files: no copy is made, pages are shared with the page cache
+    until written. ``mmap=False`` reads each tensor into fresh memory. Checksums are
+    verified either way unless ``verify_checksums=False``.
     Raises ``CheckpointNotFoundError`` or ``CorruptCheckpointError``.
     """
     prefix = _prefix_of(os.fspath(ckpt_dir_or_file))
     if os.path.exists(index_filename(prefix)):
-        return BundleReader(prefix, verify_checksums=verify_checksums)
+        return BundleReader(prefix, verify_checksums=verify_checksums, mmap=mmap)
     if v1_files(prefix):
         return V1Reader(prefix, verify_checksums=verify_checksums)
     raise CheckpointNotFoundError("no checkpoint found (no .index file)", path=prefix)

@@ -82,27 +82,49 @@ def update_state(
     """Rewrite the state file under the directory's lock.
 
     This saver's entries (``mine``, oldest first) replace every entry it ``owns``; entries
-    of other savers sharing the directory are kept, ordered by time. ``latest`` becomes
+    of other savers sharing the directory are kept, in their order, before them. ``latest`` becomes
     ``model_checkpoint_path`` and is listed even when it is not tracked (``max_to_keep=0``).
     """
     path = state_file_path(directory, latest_filename)
     with state_lock(directory, latest_filename):
         current = read_listing(directory, latest_filename)
-        others: list[Record] = []
-        preserved = 0.0
-        if current is not None:
-            others = [r for r in current.records if not owns(r[0])]
-            preserved = current.last_preserved
-        merged = sorted([*others, *mine], key=lambda r: r[1])
-        if latest[0] not in (p for p, _ in merged):
-            merged.append(latest)
+        records = current.records if current is not None else []
+        merged = _merge(records, mine, latest, owns)
         state = CheckpointState(
             model_checkpoint_path=_recorded_path(directory, latest[0], relative),
             all_model_checkpoint_paths=tuple(_recorded_path(directory, p, relative) for p, _ in merged),
             all_model_checkpoint_timestamps=tuple(t for _, t in merged),
-            last_preserved_timestamp=preserved if last_preserved is None else last_preserved,
+            last_preserved_timestamp=(current.last_preserved if current is not None else 0.0)
+            if last_preserved is None
+            else last_preserved,
         )
         write_state_file(path, state, sync=sync)
+
+
+def _merge(
+    listed: Sequence[Record], mine: Sequence[Record], latest: Record, owns: Callable[[str], bool]
+) -> list[Record]:
+    """The new list: the file's order kept (save order: clocks may step back), this saver's
+    dropped entries removed, its new ones appended, and ``latest`` last."""
+    key = _path_key
+    kept = {key(p): (p, t) for p, t in mine}
+    latest_key = key(latest[0])
+    merged: list[Record] = []
+    for p, t in listed:
+        k = key(p)
+        if k == latest_key:
+            continue
+        if not owns(p):
+            merged.append((p, t))
+        elif k in kept:
+            merged.append(kept.pop(k))
+    merged.extend(r for k, r in kept.items() if k != latest_key)
+    merged.append(latest)
+    return merged
+
+
+def _path_key(prefix: str) -> str:
+    return os.path.normpath(os.path.abspath(prefix))
 
 
 def _recorded_path(directory: str, prefix: str, relative: bool) -> str:

@@ -113,7 +113,7 @@ def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str) -> None:
             raise InvalidTensorError("safetensors cannot hold string tensors", tensor=name)
     try:
         module.save_file({name: np.ascontiguousarray(a) for name, a in tensors.items()}, path)  # type: ignore[attr-defined]
-    except (AttributeError, TypeError, ValueError, KeyError) as e:
+    except Exception as e:  # also safetensors' own SafetensorError (e.g. complex128, int4): not a traceback
         raise UnsupportedFeatureError(f"safetensors cannot store these tensors: {e}", path=path) from None
 
 

@@ -79,7 +79,8 @@ class CheckpointManager:
             timestamp = min(timestamp if found.has_timestamps else self._last_preserved, now)
             if self._owns(prefix) and timestamp > self._last_preserved:
                 self._managed[prefix] = timestamp
-        numbers = [self._number(p) for p in [*self._managed, self._latest or ""]]
+        owned_latest = [self._latest] if self._latest and self._owns(self._latest) else []
+        numbers = [self._number(p) for p in [*self._managed, *owned_latest]]
         self._counter = max([n for n in numbers if n is not None], default=0)
 
     @property
@@ -147,6 +148,9 @@ class CheckpointManager:
         if latest is not None:
             if into is not None:
                 self.restore(into, latest)
+            if self._checkpoint_interval is not None:
+                assert self._step_counter is not None
+                self._last_checkpoint_step = int(self._step_counter())
             return latest
         if init_fn is not None:
             init_fn()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,8 @@ from ckptlib.errors import (
     CheckpointError,
     ChecksumMismatchError,
     CorruptCheckpointError,
+    DtypeMismatchError,
+    ShapeMismatchError,
     TensorNotFoundError,
     UnsupportedFeatureError,
 )
@@ -105,6 +108,15 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     def tensor_info(self, name: str) -> TensorInfo:
         """Where and how ``name`` is stored, without reading its data."""
 
+    def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
+        """Read ``name`` into the existing array ``out`` (same shape and dtype) and return it.
+
+        Raises ``ShapeMismatchError``/``DtypeMismatchError`` before reading anything.
+        """
+        _check_target(self, name, out)
+        np.copyto(out, self.get_tensor(name), casting="no")
+        return out
+
     def dtype(self, name: str) -> np.dtype:
         """The numpy dtype ``get_tensor(name)`` returns (``object`` for strings)."""
         row = dtypes.by_name(self.dtype_name(name))
@@ -153,9 +165,10 @@ class BundleReader(CheckpointReader):
     on read.
     """
 
-    def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True):
+    def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: bool = True):
         self.prefix = os.fspath(prefix)
         self.verify_checksums = verify_checksums
+        self.mmap = mmap
         self._index_path = index_filename(self.prefix)
         self._index = LocalFile(self._index_path)
         self._shards: dict[int, LocalFile] = {}
@@ -275,7 +288,9 @@ class BundleReader(CheckpointReader):
             )
         return shard
 
-    def _read(self, entry: Entry) -> np.ndarray:
+    def _read(self, entry: Entry, out: np.ndarray | None = None) -> np.ndarray:
+        """One unsliced tensor: a view of the memory-mapped shard, or read into ``out``
+        (a C-contiguous array of the right shape and dtype) or into new memory."""
         row = dtypes.lookup(entry.dtype)
         if entry.dtype == dtypes.DT_STRING:
             shard = self._check_location(entry)
@@ -285,26 +300,47 @@ class BundleReader(CheckpointReader):
                 values = decode_strings(data, entry.num_elements, masked)
             except CheckpointError as e:
                 raise e.with_context(path=shard.path) from None
-            out = np.empty(len(values), dtype=object)
-            out[:] = values
-            return out.reshape(entry.shape)
+            strings = np.empty(len(values), dtype=object)
+            strings[:] = values
+            if out is None:
+                return strings.reshape(entry.shape)
+            out[...] = strings.reshape(entry.shape)
+            return out
         if row.numpy is None:
             raise UnsupportedFeatureError(f"reading {row.name} tensors is not supported")
         shard = self._check_location(entry)
-        out = np.empty(entry.shape, dtype=row.numpy)
+        if out is None and self.mmap and entry.size and not self.header.big_endian:
+            mapped = shard.mapped()
+            if self.verify_checksums:
+                with memoryview(mapped) as whole, whole[entry.offset : entry.offset + entry.size] as raw:
+                    self._check_crc(entry, crc32c(raw), shard)
+            view = np.frombuffer(mapped, dtype=row.numpy, count=entry.num_elements, offset=entry.offset)
+            return view.reshape(entry.shape)
+        if out is None:
+            out = np.empty(entry.shape, dtype=row.numpy)
         raw = out.reshape(-1).view(np.uint8).data
-        shard.readinto(entry.offset, raw)
-        if self.verify_checksums:
-            actual = crc32c(raw)
-            if actual != unmask(entry.crc32c):
-                raise ChecksumMismatchError(
-                    f"checksum does not match: stored {unmask(entry.crc32c):08x}, "
-                    f"computed {actual:08x} on {entry.size} bytes at offset {entry.offset}",
-                    path=shard.path,
-                )
+        crc = _read_checksummed(shard, entry.offset, raw, self.verify_checksums)
+        if crc is not None:
+            self._check_crc(entry, crc, shard)
         if self.header.big_endian:
             out.byteswap(inplace=True)
         return out
+
+    def _check_crc(self, entry: Entry, actual: int, shard: LocalFile) -> None:
+        if actual != unmask(entry.crc32c):
+            raise ChecksumMismatchError(
+                f"checksum does not match: stored {unmask(entry.crc32c):08x}, "
+                f"computed {actual:08x} on {entry.size} bytes at offset {entry.offset}",
+                path=shard.path,
+            )
+
+    def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
+        entry = self.entry(name)
+        _check_target(self, name, out)
+        with self._context(tensor=name):
+            if not entry.slices and out.flags.c_contiguous and out.flags.writeable:
+                return self._read(entry, out)
+        return super().read_into(name, out)
 
     def _assemble(self, name: str, full: Entry) -> np.ndarray:
         """Build a partitioned tensor from its slices, after checking that they tile it."""
@@ -330,6 +366,43 @@ class BundleReader(CheckpointReader):
         for bounds, piece in pieces:
             out[region(bounds)] = self._read(piece)
         return out
+
+
+def _check_target(reader: CheckpointReader, name: str, out: np.ndarray) -> None:
+    shape, dtype = tuple(reader.shape(name)), reader.dtype(name)
+    if out.shape != shape:
+        raise ShapeMismatchError(f"target shape {list(out.shape)}, checkpoint has {list(shape)}", tensor=name)
+    if out.dtype != dtype:
+        raise DtypeMismatchError(f"target dtype {out.dtype}, checkpoint has {dtype}", tensor=name)
+
+
+# Tensors at least this large are read in chunks, each checksummed on another thread while
+# the next is read (both release the GIL).
+_PIPELINE_BYTES = 8 << 20
+
+
+def _read_checksummed(shard: LocalFile, offset: int, raw: memoryview, verify: bool) -> int | None:
+    """Fill ``raw`` from ``shard`` at ``offset``; returns the crc32c of the bytes if ``verify``."""
+    if not verify:
+        shard.readinto(offset, raw)
+        return None
+    if raw.nbytes < 2 * _PIPELINE_BYTES:
+        shard.readinto(offset, raw)
+        return crc32c(raw)
+    state = [0]
+
+    def extend(part: memoryview) -> None:
+        state[0] = crc32c(part, state[0])
+
+    with ThreadPoolExecutor(1) as checksummer:  # one worker: chunks are checksummed in order
+        futures = []
+        for start in range(0, raw.nbytes, _PIPELINE_BYTES):
+            part = raw[start : start + _PIPELINE_BYTES]
+            shard.readinto(offset + start, part)
+            futures.append(checksummer.submit(extend, part))
+    for future in futures:
+        future.result()
+    return state[0]
 
 
 class _ErrorContext:

@@ -35,11 +35,21 @@ class _Target:
 
 @overload
 def restore(
-    save_path: str | os.PathLike[str], into: None = None, *, strict: bool = True, verify_checksums: bool = True
+    save_path: str | os.PathLike[str],
+    into: None = None,
+    *,
+    strict: bool = True,
+    verify_checksums: bool = True,
+    mmap: bool = True,
 ) -> dict[str, np.ndarray]: ...
 @overload
 def restore(
-    save_path: str | os.PathLike[str], into: Mapping[str, Any], *, strict: bool = True, verify_checksums: bool = True
+    save_path: str | os.PathLike[str],
+    into: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    verify_checksums: bool = True,
+    mmap: bool = True,
 ) -> RestoreReport: ...
 
 
@@ -49,6 +59,7 @@ def restore(
     *,
     strict: bool = True,
     verify_checksums: bool = True,
+    mmap: bool = True,
 ) -> dict[str, np.ndarray] | RestoreReport:
     """Read a checkpoint (prefix, directory or one of its files).
 
@@ -63,14 +74,22 @@ def restore(
     target takes, raises a ``RestoreMismatchError`` (``ShapeMismatchError`` or
     ``DtypeMismatchError`` when those are the only problems) listing every offending name
     with what was expected and found.
+
+    Numeric tensors returned without ``into`` are copy-on-write views of the memory-mapped
+    files (``mmap=True``, see ``load_checkpoint``); numpy targets in ``into`` are filled
+    straight from the files, without an intermediate copy.
     """
-    with load_checkpoint(save_path, verify_checksums=verify_checksums) as reader:
+    with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
         if into is None:
             return {name: reader.get_tensor(name) for name in reader.keys_list()}
         targets = list(_targets(into, ""))
         report = _check(reader, targets, strict)
         for target in targets:
-            if target.name in reader:
+            if target.name not in reader:
+                continue
+            if isinstance(target.leaf, np.ndarray):
+                reader.read_into(target.name, target.leaf)
+            else:
                 _assign(target, reader.get_tensor(target.name))
         return report
 

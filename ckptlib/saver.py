@@ -45,7 +45,7 @@ class Saver:
     def __init__(
         self,
         max_to_keep: int | None = 5,
-        keep_checkpoint_every_n_hours: float = 10000.0,
+        keep_checkpoint_every_n_hours: float | None = 10000.0,
         *,
         sharded: bool = False,
         num_shards: int | None = None,
@@ -63,8 +63,9 @@ class Saver:
             raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
         self._max_to_keep = max_to_keep or 0
         self._keep_every_hours = keep_checkpoint_every_n_hours
+        # As in TF, 0 means: keep every checkpoint rotated out after construction; None: none.
         self._next_keep_time = (
-            time.time() + keep_checkpoint_every_n_hours * 3600 if keep_checkpoint_every_n_hours else None
+            None if keep_checkpoint_every_n_hours is None else time.time() + keep_checkpoint_every_n_hours * 3600
         )
         self._sharded = sharded or num_shards is not None or max_shard_bytes is not None
         self._num_shards = num_shards
@@ -182,7 +183,7 @@ class Saver:
         while self._to_delete:
             prefix, timestamp = self._to_delete.pop(0)
             if self._next_keep_time is not None and timestamp > self._next_keep_time:
-                self._next_keep_time += self._keep_every_hours * 3600
+                self._next_keep_time += (self._keep_every_hours or 0) * 3600
                 continue
             remove_checkpoint(save_dir, prefix)
 
@@ -198,13 +199,15 @@ class Saver:
             return
         owns = _owner(save_dir, save_path)
         tracked = {p for p, _ in self._last}
+        stem = os.path.basename(save_path)
+        # Rebuilt from save_path itself so they compare equal to the prefixes save() makes.
         adopted = [
-            (os.path.join(save_dir, os.path.basename(p)), t)
+            (save_path + os.path.basename(p)[len(stem) :], t)
             for p, t in found.records
             if owns(p) and checkpoint_exists(p)
         ]
-        adopted = [r for r in adopted if r[0] not in tracked]
-        self._last = sorted(adopted + self._last, key=lambda r: r[1])
+        # In the file's (save) order, before anything this saver already tracks.
+        self._last = [r for r in adopted if r[0] not in tracked] + self._last
         while len(self._last) > self._max_to_keep:
             self._to_delete.append(self._last.pop(0))
 

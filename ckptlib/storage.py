@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import secrets
 from collections.abc import Iterable
@@ -37,10 +38,22 @@ class LocalFile:
         except OSError:
             os.close(self._fd)
             raise
+        self._map: mmap.mmap | None = None
 
     @property
     def size(self) -> int:
         return self._size
+
+    def mapped(self) -> mmap.mmap:
+        """A copy-on-write memory map of the whole file (one per file, made on first use).
+
+        Arrays viewing it share pages with the page cache until written to; writes stay
+        private to this process. Checkpoint files are only ever replaced by rename, never
+        rewritten in place, so views stay valid even after the file is deleted.
+        """
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+        return self._map
 
     def read_at(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self._size:
@@ -71,6 +84,10 @@ class LocalFile:
             done += n
 
     def close(self) -> None:
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # arrays still view it: it closes with them
+                self._map.close()
+            self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

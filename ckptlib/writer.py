@@ -8,6 +8,8 @@ straight from each array's buffer, with their crc32c computed on that same buffe
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,7 +26,7 @@ from ckptlib.format.crc import crc32c, mask
 from ckptlib.format.slices import TensorSlice, overlaps, slice_key
 from ckptlib.format.strings import encode_strings
 from ckptlib.format.table import build_table
-from ckptlib.storage import create_temp, fsync_dir, remove_quietly, write_temp
+from ckptlib.storage import create_temp, fsync_dir, remove_quietly, temp_path, write_temp
 from ckptlib.values import flatten, is_string_array, to_array
 
 # Writes smaller than this are gathered; larger ones go straight from the array's buffer.
@@ -159,7 +161,7 @@ class BundleWriter:
         """Write the data shards, then the index; returns the prefix.
 
         On any failure every temporary file is removed and an existing bundle at the same
-        prefix is left as it was.
+        prefix is left as it was (see ``_install``).
         """
         directory = os.path.dirname(self.prefix)
         if directory:
@@ -170,25 +172,14 @@ class BundleWriter:
             self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
         shards = self._assign_shards()
         temps = self._write_shards(shards)
-        index_temp: str | None = None
         try:
-            index_temp = write_temp(index_filename(self.prefix), [self._index_bytes(shards)], self._sync)
-            # Overwriting a bundle: its index goes first, so no reader can ever pair the
-            # old index with new data.
-            remove_quietly(index_filename(self.prefix))
-            for shard_id, temp in enumerate(temps):
-                os.replace(temp, data_filename(self.prefix, shard_id, self._num_shards))
-            if self._sync:
-                fsync_dir(directory)
-            os.replace(index_temp, index_filename(self.prefix))
-            if self._sync:
-                fsync_dir(directory)
+            temps.append(write_temp(index_filename(self.prefix), [self._index_bytes(shards)], self._sync))
         except BaseException:
             for temp in temps:
                 remove_quietly(temp)
-            if index_temp is not None:
-                remove_quietly(index_temp)
             raise
+        finals = [data_filename(self.prefix, i, self._num_shards) for i in range(self._num_shards)]
+        _install(self.prefix, temps, [*finals, index_filename(self.prefix)], self._sync)
         return self.prefix
 
     def _write_shards(self, shards: list[list[_Pending]]) -> list[str]:
@@ -288,6 +279,45 @@ class BundleWriter:
         items += [(_encode_name(name), encode_entry(entry)) for name, entry in self._sliced.items()]
         items.sort(key=lambda item: item[0])
         return build_table(items)
+
+
+def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> None:
+    """Rename ``temps`` to ``finals`` (the index last), replacing any bundle at ``prefix``.
+
+    An existing bundle is first moved aside: its index before its data, so no reader can
+    ever pair an old index with new data. On failure the new files are removed and the old
+    bundle is put back; on success its leftovers (say, shards of another shard count) go.
+    After a kill, the moved-aside files carry temporary names and are swept later.
+    """
+    directory = os.path.dirname(prefix)
+    index = index_filename(prefix)
+    candidates = [index, *sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))]
+    existing = [path for path in candidates if os.path.isfile(path) or os.path.islink(path)]
+    moved: list[tuple[str, str]] = []
+    installed: list[str] = []
+    try:
+        for path in existing:
+            aside = temp_path(path)
+            os.replace(path, aside)
+            moved.append((aside, path))
+        for temp, final in zip(temps, finals, strict=True):
+            if final == index and sync:
+                fsync_dir(directory)  # every shard's new name is durable before the index appears
+            os.replace(temp, final)
+            installed.append(final)
+        if sync:
+            fsync_dir(directory)
+    except BaseException:
+        for path in installed:
+            remove_quietly(path)
+        for temp in temps[len(installed) :]:
+            remove_quietly(temp)
+        for aside, path in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.replace(aside, path)
+        raise
+    for aside, _ in moved:
+        remove_quietly(aside)
 
 
 def save(

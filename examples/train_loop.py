@@ -69,7 +69,9 @@ def main() -> None:
     print("tensors in", final)
     for name, shape in ckptlib.list_variables(final):
         print(f"  {name:14s} {shape}")
-    print("learned kernel:", np.round(restored["dense/kernel"].ravel(), 3), "bias:", np.round(restored["dense/bias"], 3))
+    print(
+        "learned kernel:", np.round(restored["dense/kernel"].ravel(), 3), "bias:", np.round(restored["dense/bias"], 3)
+    )
 
 
 if __name__ == "__main__":
