@@ -1,0 +1,409 @@
+"""Side-by-side save/restore benchmarks: ckptlib against raw numpy I/O, TensorFlow and safetensors.
+
+    python benchmarks/bench.py large          # ~1 GiB, ~200 float32/bfloat16 tensors
+    python benchmarks/bench.py many-small     # 50,000 tensors of 1-16 KiB
+    python benchmarks/bench.py open-one       # open a 100,000-tensor checkpoint, read one tensor
+    python benchmarks/bench.py all --repeat 5
+
+Every operation runs ``--repeat`` times, interleaved round by round so that the machine's
+drift hits all contenders alike; the table shows medians, then the target ratios. Files
+live in ``--dir`` (default: a temporary directory on the same disk as the working
+directory) and are written to the page cache like any training job's would be. Peak RSS
+is measured in child processes (``VmHWM`` reset before the operation). TensorFlow and
+safetensors columns appear when those packages are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import importlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+import ckptlib
+
+MIB = 1 << 20
+
+
+# -- the states -----------------------------------------------------------------------------
+def large_state(seed: int = 0) -> dict[str, np.ndarray]:
+    """~1 GiB: four tensors of 64-128 MiB and ~200 of 0.1-6 MiB, float32 and bfloat16."""
+    rng = np.random.default_rng(seed)
+    state: dict[str, np.ndarray] = {}
+    big = [128 * MIB, 96 * MIB, 80 * MIB, 64 * MIB]
+    small = [int(n) for n in rng.integers(MIB // 8, 6 * MIB, 196)]
+    for i, nbytes in enumerate(big + small):
+        dtype = ml_dtypes.bfloat16 if i % 3 == 2 else np.float32
+        count = nbytes // np.dtype(dtype).itemsize
+        state[f"layer_{i:03d}/{'kernel' if i % 2 else 'bias'}"] = rng.standard_normal(count, np.float32).astype(dtype)
+    return state
+
+
+def many_small_state(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(256, 4097, 50_000)  # float32 elements: 1-16 KiB
+    return {
+        f"block_{i // 100:03d}/param_{i % 100:02d}": rng.standard_normal(int(n), np.float32)
+        for i, n in enumerate(sizes)
+    }
+
+
+def open_one_state() -> dict[str, np.ndarray]:
+    return {f"model/layer_{i:06d}/w": np.full(4, i, np.float32) for i in range(100_000)}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def touch(arrays: Any) -> None:
+    """Read one byte of every page of every array (what 'using' a restored array costs)."""
+    for array in arrays:
+        flat = np.asarray(array).reshape(-1).view(np.uint8)
+        int(flat[::4096].sum())
+
+
+def total_bytes(state: dict[str, np.ndarray]) -> int:
+    return sum(a.nbytes for a in state.values())
+
+
+def drop(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+class Bench:
+    def __init__(self, repeat: int):
+        self.repeat = repeat
+        self.ops: list[tuple[str, Callable[[], Any], Callable[[], None] | None]] = []
+        self.times: dict[str, list[float]] = {}
+
+    def add(self, name: str, op: Callable[[], Any], before: Callable[[], None] | None = None) -> None:
+        self.ops.append((name, op, before))
+
+    def run(self) -> dict[str, float]:
+        for round_ in range(self.repeat):
+            for name, op, before in self.ops:
+                if before is not None:
+                    before()
+                gc.collect()
+                t0 = time.perf_counter()
+                result = op()
+                elapsed = time.perf_counter() - t0
+                del result
+                self.times.setdefault(name, []).append(elapsed)
+            print(f"  round {round_ + 1}/{self.repeat} done", file=sys.stderr)
+        if os.environ.get("BENCH_VERBOSE"):
+            for name, ts in self.times.items():
+                print(f"  {name}: {' '.join(f'{t:.3f}' for t in ts)}", file=sys.stderr)
+        return {name: statistics.median(ts) for name, ts in self.times.items()}
+
+
+# -- TensorFlow and safetensors contenders ------------------------------------------------
+def try_import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+class TF1Graph:
+    """A TF1 graph holding the state as variables, with a Saver, values loaded."""
+
+    def __init__(self, tf: Any, state: dict[str, np.ndarray]):
+        self.tf = tf
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.vars = {}
+            for name, value in state.items():
+                dtype = tf.bfloat16 if value.dtype == ml_dtypes.bfloat16 else tf.as_dtype(value.dtype)
+                self.vars[name] = tf.compat.v1.get_variable(
+                    name,
+                    shape=value.shape,
+                    dtype=dtype,
+                    initializer=tf.compat.v1.zeros_initializer(),
+                    use_resource=True,
+                )
+            feeds = {name: tf.compat.v1.placeholder(v.dtype, v.shape) for name, v in self.vars.items()}
+            assign = [v.assign(feeds[name]) for name, v in self.vars.items()]
+            self.saver = tf.compat.v1.train.Saver(self.vars, max_to_keep=None)
+            init = tf.compat.v1.global_variables_initializer()
+        self.sess = tf.compat.v1.Session(graph=self.graph)
+        self.sess.run(init)
+        self.sess.run(assign, feed_dict={feeds[name]: value for name, value in state.items()})
+
+    def save(self, prefix: str) -> None:
+        with self.graph.as_default():
+            self.saver.save(self.sess, prefix, write_meta_graph=False, write_state=False)
+
+    def restore(self, prefix: str) -> None:
+        with self.graph.as_default():
+            self.saver.restore(self.sess, prefix)
+
+
+class TF2Objects:
+    def __init__(self, tf: Any, state: dict[str, np.ndarray]):
+        self.tf = tf
+        self.vars = {name.replace("/", "_"): tf.Variable(value) for name, value in state.items()}
+        self.ckpt = tf.train.Checkpoint(**self.vars)
+
+    def write(self, prefix: str) -> None:
+        self.ckpt.write(prefix)
+
+    def read(self, prefix: str) -> None:
+        self.ckpt.read(prefix).assert_consumed()
+
+
+# -- cases -----------------------------------------------------------------------------------
+def bench_save_restore(
+    label: str, state: dict[str, np.ndarray], work: str, repeat: int, shards: int, tf_on: bool, st_on: bool
+) -> dict[str, float]:
+    tf = try_import("tensorflow") if tf_on else None
+    st = try_import("safetensors.numpy") if st_on else None
+    nbytes = total_bytes(state)
+    print(f"{label}: {len(state)} tensors, {nbytes / MIB:.0f} MiB", file=sys.stderr)
+    raw = os.path.join(work, "raw.bin")
+    ck1, ckn, ckns = (os.path.join(work, n) for n in ("ck1/model", f"ck{shards}/model", "ck1nosync/model"))
+    arrays = list(state.values())
+
+    def raw_save() -> None:
+        with open(raw, "wb") as f:
+            for a in arrays:
+                a.tofile(f)
+
+    def raw_save_fsync() -> None:
+        with open(raw, "wb") as f:
+            for a in arrays:
+                a.tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def raw_load() -> list[np.ndarray]:
+        with open(raw, "rb") as f:
+            out = [np.fromfile(f, dtype=a.dtype, count=a.size) for a in arrays]
+        touch(out)
+        return out
+
+    def raw_memmap() -> list[np.ndarray]:
+        mm = np.memmap(raw, dtype=np.uint8, mode="c")
+        out, pos = [], 0
+        for a in arrays:
+            out.append(mm[pos : pos + a.nbytes].view(a.dtype))
+            pos += a.nbytes
+        touch(out)
+        return out
+
+    targets = {name: np.empty_like(a) for name, a in state.items()}
+
+    def fresh(*paths: str) -> Callable[[], None]:
+        """Untimed: delete what the save will write (a training loop writes new files; an
+        overwrite would time the old file's deletion) and flush dirty pages, so every save
+        starts from the same clean page cache."""
+
+        def prepare() -> None:
+            for path in paths:
+                for name in glob.glob(glob.escape(path) + "*"):
+                    drop(name)
+            os.sync()
+
+        return prepare
+
+    bench = Bench(repeat)
+    bench.add("raw tofile", raw_save, fresh(raw))
+    bench.add("raw tofile+fsync", raw_save_fsync, fresh(raw))
+    bench.add("ckptlib save, 1 shard, no fsync", lambda: ckptlib.save(state, ckns, sync=False), fresh(ckns))
+    bench.add("ckptlib save, 1 shard", lambda: ckptlib.save(state, ck1), fresh(ck1))
+    bench.add(f"ckptlib save, {shards} shards", lambda: ckptlib.save(state, ckn, num_shards=shards), fresh(ckn))
+    bench.add("raw fromfile + touch", raw_load)
+    bench.add("raw np.memmap + touch", raw_memmap)
+    bench.add("ckptlib restore (mmap) + touch", lambda: touch(ckptlib.restore(ck1).values()))
+    bench.add(f"ckptlib restore (mmap) {shards} shards + touch", lambda: touch(ckptlib.restore(ckn).values()))
+    bench.add("ckptlib restore copying + touch", lambda: touch(ckptlib.restore(ck1, mmap=False).values()))
+    bench.add(
+        "ckptlib restore into arrays + touch", lambda: (ckptlib.restore(ck1, into=targets), touch(targets.values()))
+    )
+    bench.add("ckptlib mmap, no checksum + touch", lambda: touch(ckptlib.restore(ck1, verify_checksums=False).values()))
+    if st is not None:
+        stp = os.path.join(work, "model.safetensors")
+        bench.add("safetensors save_file", lambda: st.save_file(state, stp), fresh(stp))
+        bench.add("safetensors load_file + touch", lambda: touch(st.load_file(stp).values()))
+    if tf is not None:
+        tf1, tf2 = TF1Graph(tf, state), TF2Objects(tf, state)
+        t1p, t2p = os.path.join(work, "tf1/model"), os.path.join(work, "tf2/model")
+        bench.add("TF1 Saver.save", lambda: tf1.save(t1p), fresh(t1p))
+        bench.add("TF2 Checkpoint.write", lambda: tf2.write(t2p), fresh(t2p))
+        bench.add("TF1 Saver.restore", lambda: tf1.restore(t1p))
+        bench.add("TF2 Checkpoint.read", lambda: tf2.read(t2p))
+
+        def tf_reader() -> list[np.ndarray]:
+            reader = tf.train.load_checkpoint(t1p)
+            out = [reader.get_tensor(name) for name in state]
+            touch(out)
+            return out
+
+        bench.add("TF CheckpointReader.get_tensor all + touch", tf_reader)
+    return bench.run()
+
+
+def bench_open_one(work: str, repeat: int, tf_on: bool) -> dict[str, float]:
+    state = open_one_state()
+    prefix = os.path.join(work, "open/model")
+    ckptlib.save(state, prefix)
+    tf = try_import("tensorflow") if tf_on else None
+    key = "model/layer_054321/w"
+    bench = Bench(repeat)
+    bench.add("ckptlib open + get one", lambda: ckptlib.load_checkpoint(prefix).get_tensor(key))
+    if tf is not None:
+        bench.add("TF load_checkpoint + get one", lambda: tf.train.load_checkpoint(prefix).get_tensor(key))
+    return bench.run()
+
+
+def rss_child(mode: str, work: str) -> None:
+    """Run in a child: peak RSS above baseline of one save or restore of the large state."""
+
+    def status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    prefix = os.path.join(work, "rss/model")
+    if mode == "save":
+        state = large_state()
+        gc.collect()
+        baseline = status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        ckptlib.save(state, prefix)
+        peak = status("VmHWM")
+        print(json.dumps({"peak_above_baseline": peak - baseline, "state": total_bytes(state)}))
+    else:
+        gc.collect()
+        baseline = status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        copy = mode == "restore-copy"
+        restored = ckptlib.restore(prefix, mmap=not copy)
+        touch(restored.values())
+        peak = status("VmHWM")
+        print(json.dumps({"peak_above_baseline": peak - baseline, "state": total_bytes(restored)}))
+
+
+def measure_rss(work: str) -> dict[str, dict[str, int]]:
+    out = {}
+    for mode in ("save", "restore", "restore-copy"):
+        result = subprocess.run(
+            [sys.executable, __file__, "_rss", mode, "--dir", work], capture_output=True, text=True, check=True
+        )
+        out[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+    return out
+
+
+def report(title: str, medians: dict[str, float], ratios: list[tuple[str, str, str, float]]) -> None:
+    print(f"\n## {title}\n")
+    print("| operation | median s |")
+    print("|---|---:|")
+    for name, seconds in medians.items():
+        print(f"| {name} | {seconds:.3f} |")
+    print("\n| target | ratio | goal |")
+    print("|---|---:|---|")
+    for label, fast, slow, goal in ratios:
+        if fast in medians and slow in medians:
+            ratio = medians[slow] / medians[fast]
+            verdict = "ok" if ratio >= goal else "MISSED"
+            print(f"| {label} | {ratio:.2f}x | >= {goal}x {verdict} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=["large", "many-small", "open-one", "all", "_rss"])
+    parser.add_argument("mode", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--dir", help="work directory (default: a temporary one under the current directory)")
+    parser.add_argument("--no-tf", action="store_true", help="skip TensorFlow even if installed")
+    parser.add_argument("--no-safetensors", action="store_true")
+    args = parser.parse_args()
+    if args.case == "_rss":
+        rss_child(args.mode, args.dir)
+        return 0
+    work = args.dir or tempfile.mkdtemp(prefix="ckptlib-bench-", dir=os.getcwd())
+    os.makedirs(work, exist_ok=True)
+    try:
+        cases = ["large", "many-small", "open-one"] if args.case == "all" else [args.case]
+        for case in cases:
+            if case == "large":
+                state = large_state()
+                medians = bench_save_restore(
+                    "large", state, work, args.repeat, args.shards, not args.no_tf, not args.no_safetensors
+                )
+                del state
+                report("large: ~1 GiB in ~200 tensors", medians, LARGE_TARGETS(args.shards))
+                rss = measure_rss(work)
+                print("\n| peak RSS above baseline | MiB | / state size |")
+                print("|---|---:|---:|")
+                for mode, r in rss.items():
+                    print(
+                        f"| {mode} | {r['peak_above_baseline'] / MIB:.0f} | {r['peak_above_baseline'] / r['state']:.3f} |"
+                    )
+            elif case == "many-small":
+                state = many_small_state()
+                medians = bench_save_restore(
+                    "many-small", state, work, args.repeat, args.shards, not args.no_tf, not args.no_safetensors
+                )
+                del state
+                report("many-small: 50,000 tensors of 1-16 KiB", medians, SMALL_TARGETS)
+            else:
+                medians = bench_open_one(work, args.repeat, not args.no_tf)
+                report("open-one: 100,000 tensors, read one", medians, OPEN_TARGETS)
+                print(f"\nckptlib open + get one: {medians['ckptlib open + get one']:.3f} s (goal < 0.3 s)")
+    finally:
+        if not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def LARGE_TARGETS(shards: int) -> list[tuple[str, str, str, float]]:  # noqa: N802 - a table
+    return [
+        ("save vs TF1 Saver.save", "ckptlib save, 1 shard", "TF1 Saver.save", 2.0),
+        ("save vs TF2 Checkpoint.write", "ckptlib save, 1 shard", "TF2 Checkpoint.write", 3.0),
+        ("save vs raw tofile (within 1.25x => >= 0.8)", "ckptlib save, 1 shard, no fsync", "raw tofile", 0.8),
+        ("save+fsync vs raw tofile+fsync (>= 0.8)", "ckptlib save, 1 shard", "raw tofile+fsync", 0.8),
+        ("restore vs TF1 Saver.restore", "ckptlib restore (mmap) + touch", "TF1 Saver.restore", 1.5),
+        ("restore vs TF2 Checkpoint.read", "ckptlib restore (mmap) + touch", "TF2 Checkpoint.read", 1.5),
+        ("restore vs TF reader", "ckptlib restore (mmap) + touch", "TF CheckpointReader.get_tensor all + touch", 1.5),
+        ("copying restore vs fromfile (>= 0.8)", "ckptlib restore copying + touch", "raw fromfile + touch", 0.8),
+        ("restore into vs fromfile (>= 0.8)", "ckptlib restore into arrays + touch", "raw fromfile + touch", 0.8),
+        (
+            "mmap access vs np.memmap (within 1.1x => >= 0.91)",
+            "ckptlib restore (mmap) + touch",
+            "raw np.memmap + touch",
+            0.91,
+        ),
+    ]
+
+
+SMALL_TARGETS = [
+    ("save vs TF1 Saver.save", "ckptlib save, 1 shard", "TF1 Saver.save", 2.0),
+    ("save vs TF2 Checkpoint.write", "ckptlib save, 1 shard", "TF2 Checkpoint.write", 2.0),
+    ("restore vs TF1 Saver.restore", "ckptlib restore (mmap) + touch", "TF1 Saver.restore", 2.0),
+    ("restore vs TF2 Checkpoint.read", "ckptlib restore (mmap) + touch", "TF2 Checkpoint.read", 2.0),
+]
+OPEN_TARGETS = [("open-one vs TF", "ckptlib open + get one", "TF load_checkpoint + get one", 2.0)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
