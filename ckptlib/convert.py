@@ -112,7 +112,9 @@ def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str) -> None:
         if array.dtype == object:
             raise InvalidTensorError("safetensors cannot hold string tensors", tensor=name)
     try:
-        module.save_file({name: np.ascontiguousarray(a) for name, a in tensors.items()}, path)  # type: ignore[attr-defined]
+        # ascontiguousarray alone would turn a 0-d scalar into shape (1,)
+        contiguous = {name: np.ascontiguousarray(a).reshape(a.shape) for name, a in tensors.items()}
+        module.save_file(contiguous, path)  # type: ignore[attr-defined]
     except Exception as e:  # also safetensors' own SafetensorError (e.g. complex128, int4): not a traceback
         raise UnsupportedFeatureError(f"safetensors cannot store these tensors: {e}", path=path) from None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 
 from ckptlib.errors import CorruptCheckpointError, InvalidTensorError
 from ckptlib.format.bundle import HEADER_KEY, Entry, encode_entry, encode_header
@@ -39,7 +38,7 @@ def merge_bundles(
             for key, entry in reader.raw_entries():
                 known = entries.get(key)
                 if entry.slices and known is not None and known.slices:
-                    entries[key] = replace(known, slices=known.slices + entry.slices)
+                    entries[key] = known._replace(slices=known.slices + entry.slices)
                     continue
                 if known is not None:
                     raise InvalidTensorError(
@@ -47,7 +46,7 @@ def merge_bundles(
                     )
                 # Renumbered even for a partitioned tensor's dataless full entry, as TF does.
                 shard = file_ids.setdefault((i, entry.shard_id), len(file_ids))
-                entries[key] = replace(entry, shard_id=shard)
+                entries[key] = entry._replace(shard_id=shard)
         sources = {(i, s): data_filename(readers[i].prefix, s, readers[i].header.num_shards) for i, s in file_ids}
     finally:
         for reader in readers:

@@ -187,20 +187,17 @@ class BundleReader(CheckpointReader):
     # -- TensorFlow's CheckpointReader surface ---------------------------------------
     def keys_list(self) -> list[str]:
         if self._names is None:
-            entries: dict[str, Entry] = {}
-            hidden: set[bytes] = set()
-            keys: list[tuple[bytes, str]] = []
             with self._context():
-                for key, value in self._table.items():
-                    if key == HEADER_KEY:
-                        continue
-                    name = _decode_name(key)
-                    entry = self._decode(name, value)
-                    entries[name] = entry
-                    keys.append((key, name))
-                    hidden.update(slice_key(name, s) for s in entry.slices)
-            self._entries.update(entries)
-            self._names = [name for key, name in keys if key not in hidden]
+                keys = [key for key, _ in self._table.items() if key != HEADER_KEY]
+            hidden: set[bytes] = set()
+            # Slice keys start with a 0 byte (OrderedCode's NumIncreasing(0)). Only when some
+            # key does must every entry be decoded to learn which keys its slices hide;
+            # otherwise entries are decoded lazily, when a tensor is asked for.
+            if any(key[:1] == b"\0" for key in keys):
+                for key, entry in self.raw_entries():
+                    self._entries[_decode_name(key)] = entry
+                    hidden.update(slice_key(_decode_name(key), s) for s in entry.slices)
+            self._names = [_decode_name(key) for key in keys if key not in hidden]
         return self._names
 
     def raw_entries(self) -> Iterator[tuple[bytes, Entry]]:
@@ -244,10 +241,12 @@ class BundleReader(CheckpointReader):
 
     def get_tensor(self, name: str) -> np.ndarray:
         entry = self.entry(name)
-        with self._context(tensor=name):
+        try:
             if entry.slices:
                 return self._assemble(name, entry)
             return self._read(entry)
+        except CheckpointError as e:
+            raise e.with_context(path=self._index_path, tensor=name) from None
 
     def _verify_structure(self) -> None:
         with self._context():
@@ -291,6 +290,14 @@ class BundleReader(CheckpointReader):
     def _read(self, entry: Entry, out: np.ndarray | None = None) -> np.ndarray:
         """One unsliced tensor: a view of the memory-mapped shard, or read into ``out``
         (a C-contiguous array of the right shape and dtype) or into new memory."""
+        if out is None and self.mmap and entry.size and not self.header.big_endian:
+            numpy_dtype = dtypes.numpy_dtype(entry.dtype)
+            if numpy_dtype is not None:  # the common case, kept lean: no copy, one checksum
+                shard = self._check_location(entry)
+                raw = shard.mapped_view()[entry.offset : entry.offset + entry.size]
+                if self.verify_checksums:
+                    self._check_crc(entry, crc32c(raw), shard)
+                return np.frombuffer(raw, dtype=numpy_dtype).reshape(entry.shape)
         row = dtypes.lookup(entry.dtype)
         if entry.dtype == dtypes.DT_STRING:
             shard = self._check_location(entry)
@@ -309,13 +316,6 @@ class BundleReader(CheckpointReader):
         if row.numpy is None:
             raise UnsupportedFeatureError(f"reading {row.name} tensors is not supported")
         shard = self._check_location(entry)
-        if out is None and self.mmap and entry.size and not self.header.big_endian:
-            mapped = shard.mapped()
-            if self.verify_checksums:
-                with memoryview(mapped) as whole, whole[entry.offset : entry.offset + entry.size] as raw:
-                    self._check_crc(entry, crc32c(raw), shard)
-            view = np.frombuffer(mapped, dtype=row.numpy, count=entry.num_elements, offset=entry.offset)
-            return view.reshape(entry.shape)
         if out is None:
             out = np.empty(entry.shape, dtype=row.numpy)
         raw = out.reshape(-1).view(np.uint8).data

@@ -39,6 +39,7 @@ class LocalFile:
             os.close(self._fd)
             raise
         self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
 
     @property
     def size(self) -> int:
@@ -54,6 +55,12 @@ class LocalFile:
         if self._map is None:
             self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
         return self._map
+
+    def mapped_view(self) -> memoryview:
+        """A memoryview of ``mapped()``, kept so that slicing it per tensor is cheap."""
+        if self._view is None:
+            self._view = memoryview(self.mapped())
+        return self._view
 
     def read_at(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self._size:
@@ -84,6 +91,9 @@ class LocalFile:
             done += n
 
     def close(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
         if self._map is not None:
             with contextlib.suppress(BufferError):  # arrays still view it: it closes with them
                 self._map.close()

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -154,7 +154,7 @@ class BundleWriter:
         for other in full.slices:
             if overlaps(bounds, other.bounds(full_shape)):
                 raise InvalidTensorError(f"slice {tensor_slice} overlaps slice {other}", tensor=name)
-        self._sliced[name] = replace(full, slices=(*full.slices, tensor_slice))
+        self._sliced[name] = full._replace(slices=(*full.slices, tensor_slice))
         self._add_entry(self._key(slice_key(name, tensor_slice)), entry, array)
 
     def finish(self) -> str:
@@ -259,11 +259,11 @@ class BundleWriter:
                         big = size >= _PARALLEL_CRC_BYTES
                         checksums.append(crc_pool.submit(_masked_crc, data) if big else _masked_crc(data))
                         out.write(data)
-                    pending.entry = replace(pending.entry, shard_id=shard_id, offset=offset, size=size)
+                    pending.entry = pending.entry._replace(shard_id=shard_id, offset=offset, size=size)
                     offset += size
             for pending, checksum in zip(tensors, checksums, strict=True):
                 value = checksum if isinstance(checksum, int) else checksum.result()
-                pending.entry = replace(pending.entry, crc32c=value)
+                pending.entry = pending.entry._replace(crc32c=value)
             if self._sync:
                 os.fsync(fd)
         except BaseException:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -43,10 +44,10 @@ class Header:
     big_endian: bool = False
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One tensor's index entry. ``slices`` is non-empty only for a partitioned tensor's
-    full entry, which holds no data itself."""
+    full entry, which holds no data itself. (A NamedTuple rather than a frozen dataclass:
+    a 100,000-tensor index builds this many, and construction cost shows.)"""
 
     dtype: int
     shape: tuple[int, ...]
@@ -103,26 +104,32 @@ def encode_entry(entry: Entry) -> bytes:
 
 def decode_entry(value: bytes) -> Entry:
     """Parse and sanity-check an entry; raises ``CorruptCheckpointError`` naming the problem."""
-    proto = BundleEntryProto()
     try:
-        proto.ParseFromString(value)
+        proto = BundleEntryProto.FromString(value)
     except DecodeError:
         raise CorruptCheckpointError("entry is not parseable") from None
-    shape = check_shape([d.size for d in proto.shape.dim], proto.shape.unknown_rank)
-    if proto.shard_id < 0 or proto.offset < 0 or proto.size < 0:
-        raise CorruptCheckpointError(
-            f"negative location in entry: shard {proto.shard_id}, offset {proto.offset}, size {proto.size}"
-        )
+    shape_proto = proto.shape
+    dims = [d.size for d in shape_proto.dim]
+    if shape_proto.unknown_rank or len(dims) > MAX_RANK or (dims and min(dims) < 0):
+        check_shape(dims, shape_proto.unknown_rank)  # raises the specific error
+    count = math.prod(dims)
+    if count > _INT64_MAX:
+        raise CorruptCheckpointError(f"invalid tensor shape {dims}: element count overflows int64")
+    shard_id, offset, size = proto.shard_id, proto.offset, proto.size
+    if shard_id < 0 or offset < 0 or size < 0:
+        raise CorruptCheckpointError(f"negative location in entry: shard {shard_id}, offset {offset}, size {size}")
+    if not proto.slices:
+        dtype = proto.dtype
+        _check_size(dtype, count, size)
+        return Entry(dtype, tuple(dims), shard_id, offset, size, proto.crc32c)
+    shape = tuple(dims)
     slices = tuple(TensorSlice.from_proto(s) for s in proto.slices)
     for tensor_slice in slices:
         try:
             tensor_slice.bounds(shape)
         except ValueError:
             raise CorruptCheckpointError(f"slice {tensor_slice} does not fit the tensor shape {list(shape)}") from None
-    entry = Entry(proto.dtype, shape, proto.shard_id, proto.offset, proto.size, proto.crc32c, slices)
-    if not slices:
-        check_size(entry)
-    return entry
+    return Entry(proto.dtype, shape, shard_id, offset, size, proto.crc32c, slices)
 
 
 def check_shape(dims: list[int], unknown_rank: bool = False) -> tuple[int, ...]:
@@ -130,28 +137,24 @@ def check_shape(dims: list[int], unknown_rank: bool = False) -> tuple[int, ...]:
         raise CorruptCheckpointError("tensor shape has unknown rank")
     if len(dims) > MAX_RANK:
         raise CorruptCheckpointError(f"tensor rank {len(dims)} exceeds the maximum of {MAX_RANK}")
-    elements = 1
-    for dim in dims:
-        if dim < 0:
-            raise CorruptCheckpointError(f"invalid tensor shape {dims}: negative dimension")
-        elements *= dim
-        if elements > _INT64_MAX:
-            raise CorruptCheckpointError(f"invalid tensor shape {dims}: element count overflows int64")
+    if dims and min(dims) < 0:
+        raise CorruptCheckpointError(f"invalid tensor shape {dims}: negative dimension")
+    if math.prod(dims) > _INT64_MAX:
+        raise CorruptCheckpointError(f"invalid tensor shape {dims}: element count overflows int64")
     return tuple(dims)
 
 
 def check_size(entry: Entry) -> None:
     """A numeric entry's size must be exactly its element count times the item size; a
     string entry needs at least one length byte per element plus the length checksum."""
-    if entry.dtype == dtypes.DT_STRING:
-        minimum = entry.num_elements + 4
-        if entry.size < minimum:
-            raise CorruptCheckpointError(
-                f"invalid size in bundle entry: stored {entry.size}, expected at least {minimum}"
-            )
+    _check_size(entry.dtype, entry.num_elements, entry.size)
+
+
+def _check_size(dtype: int, count: int, size: int) -> None:
+    if dtype == dtypes.DT_STRING:
+        if size < count + 4:
+            raise CorruptCheckpointError(f"invalid size in bundle entry: stored {size}, expected at least {count + 4}")
         return
-    itemsize = dtypes.itemsize(entry.dtype)
-    if itemsize is not None and entry.size != entry.num_elements * itemsize:
-        raise CorruptCheckpointError(
-            f"invalid size in bundle entry: stored {entry.size}, expected {entry.num_elements * itemsize}"
-        )
+    itemsize = dtypes.itemsize(dtype)
+    if itemsize is not None and size != count * itemsize:
+        raise CorruptCheckpointError(f"invalid size in bundle entry: stored {size}, expected {count * itemsize}")

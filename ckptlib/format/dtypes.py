@@ -126,6 +126,14 @@ def lookup(enum: int) -> DType:
     return row
 
 
+_NUMPY_BY_ENUM = {row.enum: row.numpy for row in DTYPES if row.numpy is not None}
+
+
+def numpy_dtype(enum: int) -> np.dtype | None:
+    """The numpy dtype of a numeric DataType; None for strings, variants and unknown values."""
+    return _NUMPY_BY_ENUM.get(enum)
+
+
 def itemsize(enum: int) -> int | None:
     """Bytes per element of a numeric DataType; None for strings, variants and unknown values."""
     row = _BY_ENUM.get(enum)
