@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -52,8 +53,20 @@ def _human(nbytes: float) -> str:
 
 
 def _emit_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, default=str)
+    """Strict JSON (what jq and JavaScript accept): non-finite floats become the strings
+    "NaN", "Infinity" and "-Infinity"."""
+    json.dump(_finite(data), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 # -- ls -------------------------------------------------------------------------------
@@ -101,7 +114,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for name in sorted(os.listdir(directory)):
         if name.endswith(".index"):
             prefix = os.path.join(directory, name[: -len(".index")])
-            if os.path.realpath(prefix) not in seen and ckptlib.checkpoint_exists(prefix):
+            if os.path.realpath(prefix) not in seen:  # complete or not: crash leftovers show
                 info = _describe(prefix)
                 info["listed"] = False
                 info["time"] = _index_mtime(prefix)
@@ -201,12 +214,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             _emit_json({"prefix": reader.prefix, "files": reader.files, "tensors": rows, "total_bytes": total})
             return 0
         width = max([len(info.name) for info in infos] + [4])
-        print(f"{'NAME':{width}}  {'DTYPE':10}  {'SHAPE':18}  {'SIZE':>10}  SHARD")
+        print(f"{'NAME':{width}}  {'DTYPE':18}  {'SHAPE':18}  {'SIZE':>10}  SHARD")
         for info in infos:
             shard = "-" if info.shard is None else str(info.shard)
             if info.num_slices:
                 shard += f" ({info.num_slices} slices)"
-            print(f"{info.name:{width}}  {info.dtype:10}  {list(info.shape)!s:18}  {_human(info.nbytes):>10}  {shard}")
+            print(f"{info.name:{width}}  {info.dtype:18}  {list(info.shape)!s:18}  {_human(info.nbytes):>10}  {shard}")
             if stats.get(info.name):
                 print("    " + "  ".join(f"{k}={_short(v)}" for k, v in stats[info.name].items()))
             if info.name in values:
@@ -336,8 +349,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if _is_array_file(src) and _is_array_file(dst):
         raise _Usage("one of SRC and DST must be a checkpoint (array file to array file is not supported)")
     if _is_array_file(src):
-        tensors = import_arrays(src)
-        ckptlib.save(tensors, dst)
+        tensors, dtype_names = import_arrays(src)
+        writer = ckptlib.BundleWriter(dst)
+        for name, value in tensors.items():
+            writer.add(name, value, dtype=dtype_names.get(name))
+        writer.finish()
         print(f"wrote {len(tensors)} tensor(s) to checkpoint {dst}")
         return 0
     if not _is_array_file(dst):
@@ -348,9 +364,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
         for i, name in enumerate(reader.keys_list()):
             tensors[name] = reader.get_tensor(name)
             progress(i + 1, len(reader))
-    export_arrays(tensors, dst)
+        dtype_names = {name: reader.dtype_name(name) for name in tensors}
+    export_arrays(tensors, dst, dtype_names)
     print(f"wrote {len(tensors)} tensor(s) to {dst}")
     return 0
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
 
 
 def _is_array_file(path: str) -> bool:
@@ -390,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("diff", cmd_diff, "Compare two checkpoints tensor by tensor.")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--atol", type=float, default=0.0, help="values within this absolute difference are equal")
+    p.add_argument("--atol", type=_tolerance, default=0.0, help="values within this absolute difference are equal")
     p = command("convert", cmd_convert, "Convert between checkpoints and .npz / .safetensors files.")
     p.add_argument("src")
     p.add_argument("dst")

@@ -22,19 +22,28 @@ from ckptlib.format import dtypes
 DTYPES_KEY = "__ckptlib_dtypes__"
 
 
-def export_arrays(tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str]) -> None:
-    """Write ``{name: array}`` to ``path`` (``.npz`` or ``.safetensors``)."""
+def export_arrays(
+    tensors: Mapping[str, np.ndarray], path: str | os.PathLike[str], dtype_names: Mapping[str, str] | None = None
+) -> None:
+    """Write ``{name: array}`` to ``path`` (``.npz`` or ``.safetensors``).
+
+    ``dtype_names`` gives TensorFlow dtype names (``reader.dtype_name``); those numpy cannot
+    tell apart from plain integers (``qint8``...) are recorded so that ``import_arrays``
+    returns them.
+    """
     path = os.fspath(path)
+    quantized = {n: d for n, d in (dtype_names or {}).items() if dtypes.by_name(d).enum in dtypes.QUANTIZED}
     if path.endswith(".safetensors"):
-        _save_safetensors(tensors, path)
+        _save_safetensors(tensors, path, quantized)
     elif path.endswith(".npz"):
-        _save_npz(tensors, path)
+        _save_npz(tensors, path, quantized)
     else:
         raise InvalidTensorError(f"unknown array file type (want .npz or .safetensors): {path}")
 
 
-def import_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read ``{name: array}`` from a ``.npz`` or ``.safetensors`` file."""
+def import_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read ``{name: array}`` from a ``.npz`` or ``.safetensors`` file, and the TF dtype names
+    recorded for tensors whose numpy dtype does not say it (``{"q": "qint8"}``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointNotFoundError("no such file", path=path)
@@ -45,9 +54,9 @@ def import_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     raise InvalidTensorError(f"unknown array file type (want .npz or .safetensors): {path}")
 
 
-def _save_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
+def _save_npz(tensors: Mapping[str, np.ndarray], path: str, quantized: Mapping[str, str]) -> None:
     arrays: dict[str, np.ndarray] = {}
-    special: dict[str, str] = {}
+    special: dict[str, str] = dict(quantized)
     for name, array in tensors.items():
         if array.dtype == object:
             items = list(array.reshape(-1))
@@ -68,7 +77,7 @@ def _save_npz(tensors: Mapping[str, np.ndarray], path: str) -> None:
     np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
-def _load_npz(path: str) -> dict[str, np.ndarray]:
+def _load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -81,13 +90,27 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
         if kind == "string":
             out[name] = _object_bytes(array)
         elif kind is not None:
-            row = dtypes.by_name(kind)
+            try:
+                row = dtypes.by_name(kind)
+            except InvalidTensorError:
+                raise CorruptCheckpointError(f"unknown dtype {kind!r} recorded", path=path, tensor=name) from None
             out[name] = array.view(row.numpy) if row.numpy is not None else array
         elif array.dtype.kind in "SU":
             out[name] = _object_bytes(array)
         else:
             out[name] = array
-    return out
+    return out, _quantized_names(special)
+
+
+def _quantized_names(recorded: Mapping[str, str]) -> dict[str, str]:
+    names = {}
+    for name, kind in recorded.items():
+        try:
+            if dtypes.by_name(kind).enum in dtypes.QUANTIZED:
+                names[name] = kind
+        except InvalidTensorError:
+            continue  # "string", or a name from a newer ckptlib
+    return names
 
 
 def _object_bytes(array: np.ndarray) -> np.ndarray:
@@ -106,7 +129,7 @@ def _safetensors() -> object:
     return safetensors.numpy
 
 
-def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str) -> None:
+def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str, quantized: Mapping[str, str]) -> None:
     module = _safetensors()
     for name, array in tensors.items():
         if array.dtype == object:
@@ -114,15 +137,19 @@ def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str) -> None:
     try:
         # ascontiguousarray alone would turn a 0-d scalar into shape (1,)
         contiguous = {name: np.ascontiguousarray(a).reshape(a.shape) for name, a in tensors.items()}
-        module.save_file(contiguous, path)  # type: ignore[attr-defined]
+        metadata = {DTYPES_KEY: json.dumps(dict(quantized))} if quantized else None
+        module.save_file(contiguous, path, metadata=metadata)  # type: ignore[attr-defined]
     except Exception as e:  # also safetensors' own SafetensorError (e.g. complex128, int4): not a traceback
         raise UnsupportedFeatureError(f"safetensors cannot store these tensors: {e}", path=path) from None
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+def _load_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     module = _safetensors()
     try:
-        return dict(module.load_file(path))  # type: ignore[attr-defined]
+        arrays = dict(module.load_file(path))  # type: ignore[attr-defined]
+        with module.safe_open(path, framework="np") as f:  # type: ignore[attr-defined]
+            metadata = f.metadata() or {}
+        return arrays, _quantized_names(json.loads(metadata.get(DTYPES_KEY, "{}")))
     except (AttributeError, KeyError) as e:
         raise UnsupportedFeatureError(f"numpy cannot represent a tensor of this file: {e}", path=path) from None
     except Exception as e:  # safetensors raises its own SafetensorError for damaged files
