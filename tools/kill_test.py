@@ -87,7 +87,8 @@ def check_directory(directory: str, started: set[int]) -> int | None:
 def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, object]:
     rng = random.Random(seed)
     tools = os.path.dirname(os.path.abspath(__file__))
-    log = os.path.join(directory, "..", "started.log")
+    log = os.path.join(os.path.dirname(directory), "started.log")
+    open(log, "a").close()  # a child killed before it starts writes nothing
     child = CHILD.format(tools=tools)
     survivors = mid_write = mid_rotation = mid_rotation_files = 0
     steps_seen = []
