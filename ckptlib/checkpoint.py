@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -11,7 +12,7 @@ from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptChec
 from ckptlib.reader import BundleReader, CheckpointReader
 from ckptlib.reader_v1 import V1Reader, v1_files
 from ckptlib.state import get_checkpoint_state
-from ckptlib.writer import data_filename, index_filename
+from ckptlib.writer import data_filename, index_filename, recover_interrupted_saves
 
 logger = logging.getLogger("ckptlib")
 
@@ -75,8 +76,11 @@ def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: str | None = No
 
     Like ``tf.train.latest_checkpoint``, except that when the newest recorded checkpoint is
     missing or incomplete, the newest complete one listed before it is returned (with a
-    warning) instead of None.
+    warning) instead of None. A checkpoint whose overwrite was interrupted by a kill is
+    first put back (see ``writer.recover_interrupted_saves``).
     """
+    with contextlib.suppress(OSError):  # best effort: the directory may be read-only
+        recover_interrupted_saves(os.fspath(checkpoint_dir))
     try:
         state = get_checkpoint_state(checkpoint_dir, latest_filename)
     except CorruptCheckpointError as e:

@@ -74,7 +74,12 @@ def _save_npz(tensors: Mapping[str, np.ndarray], path: str, quantized: Mapping[s
     if DTYPES_KEY in arrays:
         raise InvalidTensorError(f"the name {DTYPES_KEY} is reserved", tensor=DTYPES_KEY)
     arrays[DTYPES_KEY] = np.array(json.dumps(special))
-    np.savez(path, **arrays)  # type: ignore[arg-type]
+    # Written member by member (np.savez takes names as keyword arguments, so a tensor
+    # called "file" or "allow_pickle" would collide with its parameters).
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def _load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -83,7 +88,12 @@ def _load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise CorruptCheckpointError(f"not a readable .npz file: {e}", path=path) from None
-    special = json.loads(str(arrays.pop(DTYPES_KEY))) if DTYPES_KEY in arrays else {}
+    try:
+        special = json.loads(str(arrays.pop(DTYPES_KEY))) if DTYPES_KEY in arrays else {}
+        if not isinstance(special, dict) or not all(isinstance(v, str) for v in special.values()):
+            raise ValueError("not a mapping of names to dtype names")
+    except ValueError as e:
+        raise CorruptCheckpointError(f"bad {DTYPES_KEY} entry: {e}", path=path) from None
     out = {}
     for name, array in arrays.items():
         kind = special.get(name)
@@ -94,7 +104,10 @@ def _load_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 row = dtypes.by_name(kind)
             except InvalidTensorError:
                 raise CorruptCheckpointError(f"unknown dtype {kind!r} recorded", path=path, tensor=name) from None
-            out[name] = array.view(row.numpy) if row.numpy is not None else array
+            try:
+                out[name] = array.view(row.numpy) if row.numpy is not None else array
+            except ValueError:
+                raise CorruptCheckpointError(f"cannot hold {kind} values", path=path, tensor=name) from None
         elif array.dtype.kind in "SU":
             out[name] = _object_bytes(array)
         else:

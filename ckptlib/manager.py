@@ -12,11 +12,10 @@ from typing import Any
 
 from ckptlib.checkpoint import checkpoint_exists
 from ckptlib.commit import inside, read_listing, remove_checkpoint, update_state
-from ckptlib.errors import InvalidTensorError
+from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
 from ckptlib.restore import RestoreReport, restore
-from ckptlib.storage import remove_stale_temps
 from ckptlib.values import flatten
-from ckptlib.writer import BundleWriter
+from ckptlib.writer import BundleWriter, recover_interrupted_saves
 
 
 class CheckpointManager:
@@ -136,7 +135,7 @@ class CheckpointManager:
         self._record_state()
         for old in doomed:  # only once the state file no longer lists them
             remove_checkpoint(self._directory, old, meta=False)
-        remove_stale_temps(self._directory)
+        recover_interrupted_saves(self._directory)
         return prefix
 
     def restore_or_initialize(
@@ -160,7 +159,7 @@ class CheckpointManager:
         """Fill ``into`` from ``save_path`` (default: the latest checkpoint); strict."""
         path = save_path or self.latest_checkpoint
         if path is None:
-            raise FileNotFoundError(f"no checkpoint in {self._directory}")
+            raise CheckpointNotFoundError("no checkpoint to restore", path=self._directory)
         return restore(path, into=into)
 
     def _owns(self, prefix: str) -> bool:

@@ -75,6 +75,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[CheckpointError]:
         """Check every block and every tensor; returns the problems found (empty: intact).
 
+        Tensors of dtypes ckptlib cannot decode (DT_VARIANT) are not counted as damage.
         ``progress(done, total)`` is called after each tensor."""
         try:
             self._verify_structure()
@@ -85,6 +86,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         for i, name in enumerate(names):
             try:
                 self.get_tensor(name)
+            except UnsupportedFeatureError:
+                pass  # valid but not decodable here (DT_VARIANT): not damage
             except CheckpointError as e:
                 problems.append(e)
             if progress is not None:
@@ -344,6 +347,9 @@ class BundleReader(CheckpointReader):
 
     def _assemble(self, name: str, full: Entry) -> np.ndarray:
         """Build a partitioned tensor from its slices, after checking that they tile it."""
+        if dtypes.numpy_dtype(full.dtype) is None and full.dtype != dtypes.DT_STRING:
+            # Checked first: without an item size, nothing bounds the pieces by real bytes.
+            raise UnsupportedFeatureError(f"partitioned {dtypes.lookup(full.dtype).name} tensors are not supported")
         pieces = []
         for tensor_slice in full.slices:
             key = slice_key(name, tensor_slice)

@@ -229,7 +229,9 @@ def _values(proto: TensorProto, dtype: int, shape: tuple[int, ...]) -> np.ndarra
         raise CorruptCheckpointError(f"V1 checkpoints cannot hold {row.name} tensors")
     values = np.asarray(getattr(proto, field), dtype=stored_type)
     if dtype in (dtypes.DT_COMPLEX64, dtypes.DT_COMPLEX128):
-        values = values.view(row.numpy) if len(values) % 2 == 0 else values
+        if len(values) != 2 * count:
+            raise CorruptCheckpointError(f"slice holds {len(values)} floats, expected {2 * count} (complex pairs)")
+        values = values.view(row.numpy)
     elif dtype in (dtypes.DT_HALF, dtypes.DT_BFLOAT16):
         values = values.astype("<u2").view(row.numpy)
     else:

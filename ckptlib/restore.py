@@ -121,6 +121,8 @@ def _check(reader: CheckpointReader, targets: list[_Target], strict: bool) -> Re
             shape_problems.append(f"{target.name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")
         if target_dtype is not None and target_dtype != dtype:
             dtype_problems.append(f"{target.name}: target dtype {target_dtype}, checkpoint has {dtype}")
+        if isinstance(target.leaf, np.ndarray) and not target.leaf.flags.writeable:
+            shape_problems.append(f"{target.name}: the target array is read-only")
         if target_shape is None and not isinstance(target.parent, MutableMapping):
             shape_problems.append(f"{target.name}: {type(target.leaf).__name__} cannot be updated in place")
     problems = shape_problems + dtype_problems

@@ -15,9 +15,8 @@ from ckptlib.commit import Record, inside, read_listing, remove_checkpoint, upda
 from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
-from ckptlib.storage import remove_stale_temps
 from ckptlib.values import flatten
-from ckptlib.writer import BundleWriter, index_filename
+from ckptlib.writer import BundleWriter, index_filename, recover_interrupted_saves
 
 
 class Saver:
@@ -134,7 +133,7 @@ class Saver:
                 sync=self._sync,
             )
             self._delete_old(save_dir)
-        remove_stale_temps(save_dir)
+        recover_interrupted_saves(save_dir)
         return prefix
 
     def restore(self, state: Mapping[str, Any], save_path: str | os.PathLike[str] | None) -> RestoreReport:

@@ -12,12 +12,21 @@ import errno
 import mmap
 import os
 import secrets
+import socket
+import time
+import zlib
 from collections.abc import Iterable
 
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.format.coding import Bytes
 
 TEMP_MARKER = ".ckptlib-tmp-"
+# Files moved out of the way while a save replaces a checkpoint of the same name.
+ASIDE_MARKER = ".ckptlib-old-"
+# Another host's temporary files are left alone for this long (its writer may be alive).
+FOREIGN_STALE_SECONDS = 24 * 3600
+# Identifies this machine in temporary names: no dashes (the name's field separator).
+_HOST = "h" + format(zlib.crc32(socket.gethostname().encode()), "08x")
 # Linux transfers at most this much per read/write call (0x7ffff000).
 _MAX_IO = 0x7FFFF000
 
@@ -113,33 +122,55 @@ class LocalFile:
             self.close()
 
 
-def temp_path(final_path: str) -> str:
+def temp_path(final_path: str, marker: str = TEMP_MARKER) -> str:
     """A unique temporary name beside ``final_path`` that ckptlib will recognise as its own.
 
-    The writer's process id is part of the name, so a later cleanup can tell a temporary
-    file abandoned by a killed process from one that a live process is still writing.
+    The name carries the writer's host and process id, so a later cleanup on the same host
+    can tell a file abandoned by a killed process from one a live process is still writing.
+    Files of other hosts (a shared file system) are only treated as abandoned once they
+    are older than ``FOREIGN_STALE_SECONDS``.
     """
-    return f"{final_path}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
+    return f"{final_path}{marker}{_HOST}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
-def remove_stale_temps(directory: str) -> list[str]:
-    """Delete ckptlib temporary files in ``directory`` whose writing process is gone.
+def aside_path(final_path: str) -> str:
+    """Where an existing file is kept while a save replaces it (see writer._install)."""
+    return temp_path(final_path, ASIDE_MARKER)
 
-    Only names carrying ``TEMP_MARKER`` and a process id are considered; returns the removed paths.
-    """
-    removed: list[str] = []
+
+def stale_files(directory: str, marker: str) -> list[tuple[str, str]]:
+    """``(path, final_path)`` of files in ``directory`` named with ``marker`` whose writer
+    is gone: a dead process on this host, or any writer a day ago."""
     try:
         names = os.listdir(directory or ".")
     except OSError:
-        return removed
+        return []
+    found = []
+    now = time.time()
     for name in names:
-        _, marker, tail = name.partition(TEMP_MARKER)
-        pid_text = tail.split("-", 1)[0]
-        if not marker or not pid_text.isdigit() or _process_alive(int(pid_text)):
+        final, found_marker, tail = name.partition(marker)
+        parts = tail.split("-")
+        if not found_marker or len(parts) != 3 or not parts[1].isdigit():
             continue
+        host, pid = parts[0], int(parts[1])
         path = os.path.join(directory, name)
+        if host == _HOST and _process_alive(pid):
+            continue
+        if host != _HOST:
+            try:
+                if now - os.path.getmtime(path) < FOREIGN_STALE_SECONDS:
+                    continue
+            except OSError:
+                continue
+        found.append((path, os.path.join(directory, final)))
+    return found
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Delete ckptlib temporary files in ``directory`` whose writer is gone; returns them."""
+    removed = [path for path, _ in stale_files(directory, TEMP_MARKER)]
+    for path in removed:
         remove_quietly(path)
-        removed.append(path)
     return removed
 
 

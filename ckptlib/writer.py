@@ -12,6 +12,7 @@ import contextlib
 import glob
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,14 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from ckptlib.errors import InvalidTensorError
+from ckptlib.errors import CheckpointError, InvalidTensorError
 from ckptlib.format import dtypes
-from ckptlib.format.bundle import EMPTY_CRC, HEADER_KEY, Entry, encode_entry, encode_header
+from ckptlib.format.bundle import EMPTY_CRC, HEADER_KEY, Entry, decode_header, encode_entry, encode_header
 from ckptlib.format.crc import crc32c, mask
 from ckptlib.format.slices import TensorSlice, overlaps, slice_key
 from ckptlib.format.strings import encode_strings
-from ckptlib.format.table import build_table
-from ckptlib.storage import create_temp, fsync_dir, remove_quietly, temp_path, write_temp
+from ckptlib.format.table import TableReader, build_table
+from ckptlib.storage import (
+    ASIDE_MARKER,
+    LocalFile,
+    aside_path,
+    create_temp,
+    fsync_dir,
+    remove_quietly,
+    remove_stale_temps,
+    stale_files,
+    write_temp,
+)
 from ckptlib.values import flatten, is_string_array, to_array
 
 # Writes smaller than this are gathered; larger ones go straight from the array's buffer.
@@ -106,7 +117,8 @@ class BundleWriter:
         """Add a whole tensor. ``dtype`` names a TF type to store instead of the array's own
         (only for types sharing its layout, e.g. ``"qint8"`` for an int8 array)."""
         array = to_array(value, name)
-        self._add_entry(self._key(name), self._entry_for(array, name, dtype), array)
+        entry = self._entry_for(array, name, dtype)  # first: a refused value reserves no name
+        self._add_entry(self._key(name), entry, array)
 
     def add_slice(
         self,
@@ -287,7 +299,8 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
     An existing bundle is first moved aside: its index before its data, so no reader can
     ever pair an old index with new data. On failure the new files are removed and the old
     bundle is put back; on success its leftovers (say, shards of another shard count) go.
-    After a kill, the moved-aside files carry temporary names and are swept later.
+    After a kill, ``recover_interrupted_saves`` puts the old bundle back (or drops it if
+    the new one had been completed).
     """
     directory = os.path.dirname(prefix)
     index = index_filename(prefix)
@@ -297,7 +310,7 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
     installed: list[str] = []
     try:
         for path in existing:
-            aside = temp_path(path)
+            aside = aside_path(path)
             os.replace(path, aside)
             moved.append((aside, path))
         for temp, final in zip(temps, finals, strict=True):
@@ -318,6 +331,61 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
         raise
     for aside, _ in moved:
         remove_quietly(aside)
+
+
+def recover_interrupted_saves(directory: str) -> None:
+    """Repair what killed saves left in ``directory``: a bundle that was being replaced gets
+    its old files back unless the new index made it; temporary files are removed.
+
+    Only files of writers that are gone are touched (see ``storage.stale_files``).
+    """
+    by_prefix: dict[str, dict[str, str]] = {}
+    for aside, final in stale_files(directory, ASIDE_MARKER):
+        prefix = _bundle_prefix(final)
+        if prefix is not None:
+            by_prefix.setdefault(prefix, {})[final] = aside
+    for prefix, asides in by_prefix.items():
+        _recover_bundle(prefix, asides)
+    remove_stale_temps(directory)
+
+
+def _bundle_prefix(path: str) -> str | None:
+    if path.endswith(".index"):
+        return path[: -len(".index")]
+    match = _DATA_SUFFIX.search(path)
+    return path[: match.start()] if match else None
+
+
+_DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+
+
+def _recover_bundle(prefix: str, asides: dict[str, str]) -> None:
+    """``asides``: final name -> moved-aside file, for one prefix. _install moves the old
+    index, then every old shard, then installs the new shards and the new index last."""
+    index = index_filename(prefix)
+    old_index = asides.get(index)
+    old_shards = _num_shards(old_index) if old_index is not None else None
+    if os.path.exists(index) or old_index is None or old_shards is None:
+        for aside in asides.values():  # the new bundle is whole, or the old one is beyond use
+            remove_quietly(aside)
+        return
+    old_data = {data_filename(prefix, i, old_shards) for i in range(old_shards)}
+    if old_data <= asides.keys():  # all old shards had moved: what is in place now is new
+        for path in glob.glob(glob.escape(prefix) + ".data-?????-of-?????"):
+            remove_quietly(path)
+    for final in sorted(asides, key=lambda f: f == index):  # data first, index last
+        with contextlib.suppress(OSError):
+            os.replace(asides[final], final)
+    fsync_dir(os.path.dirname(prefix))
+
+
+def _num_shards(index_path: str) -> int | None:
+    try:
+        with LocalFile(index_path) as file:
+            key, value = TableReader(file).first()
+            return decode_header(value).num_shards if key == HEADER_KEY else None
+    except CheckpointError:
+        return None
 
 
 def save(

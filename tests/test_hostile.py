@@ -221,6 +221,30 @@ def future_version(p: Path) -> None:
     p.with_name(p.name + ".index").write_bytes(build_table([(b"", header.SerializeToString())]))
 
 
+def partitioned_variant(p: Path) -> None:
+    # DT_VARIANT has no item size, so its slices are not bounded by real bytes: 100 slices
+    # claiming a 2**35-element tensor must be refused before any allocation.
+    full = BundleEntryProto(dtype=dtypes.DT_VARIANT)
+    full.shape.dim.add(size=1 << 35)
+    items = []
+    step = (1 << 35) // 100
+    for i in range(100):
+        s = TensorSlice(((i * step, step if i < 99 else (1 << 35) - 99 * step),))
+        full.slices.append(s.to_proto())
+        items.append((slice_key("w", s), entry_bytes(dtypes.DT_VARIANT, [s.extents[0][1] or 0], size=1)))
+    items.append((b"w", full.SerializeToString()))
+    write_bundle(p, items, b"\0")
+
+
+def empty_but_huge_dims(p: Path) -> None:
+    write_bundle(p, [(b"w", entry_bytes(1, [0, 1 << 62, 1 << 62], size=0))])
+
+
+def absurd_shard_count(p: Path) -> None:
+    index = p.with_name(p.name + ".index")
+    index.write_bytes(build_table([(b"", encode_header((1 << 31) - 1))]))
+
+
 def unknown_dtype(p: Path) -> None:
     write_bundle(p, [(b"v", entry_bytes(999, [1], size=4)), (b"w", numeric_entry(np.ones(1, np.float32)))], b"\0" * 4)
 
@@ -256,6 +280,9 @@ CASES: dict[str, Callable[[Path], None]] = {
         future_version,
         unknown_dtype,
         variant_dtype,
+        partitioned_variant,
+        empty_but_huge_dims,
+        absurd_shard_count,
     ]
 }
 
@@ -365,6 +392,13 @@ def test_expected_error_kinds(outcomes: dict[str, dict[str, object]]) -> None:
     assert kinds["future_version"] == "UnsupportedFeatureError"
     assert kinds["variant_dtype"] == "UnsupportedFeatureError"
     assert kinds["unknown_dtype"] == "UnsupportedFeatureError"
+    assert kinds["partitioned_variant"] == "UnsupportedFeatureError"
     assert kinds["shard_count_lies"] == "CheckpointNotFoundError"
-    corrupt = set(CASES) - {"future_version", "variant_dtype", "unknown_dtype", "shard_count_lies"}
+    corrupt = set(CASES) - {
+        "future_version",
+        "variant_dtype",
+        "unknown_dtype",
+        "shard_count_lies",
+        "partitioned_variant",
+    }
     assert {kinds[c] for c in corrupt} <= {"CorruptCheckpointError", "ChecksumMismatchError"}, kinds

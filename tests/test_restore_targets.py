@@ -66,3 +66,21 @@ def test_non_strict_restore_reports_missing_and_unexpected(prefix: str) -> None:
     assert report.missing == ["extra"] and report.unexpected == ["lr", "name", "step"]
     assert report.restored == ["w"]
     np.testing.assert_array_equal(state["extra"], np.zeros(2))
+
+
+def test_read_only_target_is_refused_before_anything_is_written(prefix: str) -> None:
+    frozen = np.zeros((2, 3), np.float32)
+    frozen.flags.writeable = False
+    state = {"w": frozen, "step": 0, "name": "", "lr": 0.0}
+    with pytest.raises(ckptlib.RestoreMismatchError, match="read-only"):
+        ckptlib.restore(prefix, into=state)
+    assert state["step"] == 0
+
+
+def test_a_refused_value_does_not_reserve_its_name(tmp_path: Path) -> None:
+    writer = ckptlib.BundleWriter(tmp_path / "m")
+    with pytest.raises(ckptlib.InvalidTensorError):
+        writer.add("x", np.array(["a", 1], dtype=object))
+    writer.add("x", np.arange(3))
+    writer.finish()
+    np.testing.assert_array_equal(ckptlib.restore(tmp_path / "m")["x"], np.arange(3))

@@ -27,7 +27,7 @@ import pytest
 import ckptlib
 import ckptlib.saver
 from ckptlib.state import read_state_file
-from ckptlib.storage import TEMP_MARKER
+from ckptlib.storage import _HOST, TEMP_MARKER
 from ckptlib.values import flatten
 
 LOCK_FILE = ".checkpoint.lock"
@@ -1018,14 +1018,16 @@ def test_failure_writing_the_state_file_deletes_nothing(tmp_path: Path, monkeypa
 
 def test_stale_temporary_files_are_swept(tmp_path: Path) -> None:
     gone = dead_pid()
+    host = _HOST
     stale = [
-        f"model.ckpt-1.index{TEMP_MARKER}{gone}-0123456789ab",
-        f"model.ckpt-1.data-00000-of-00001{TEMP_MARKER}{gone}-ba9876543210",
-        f"checkpoint{TEMP_MARKER}{gone}-aaaaaaaaaaaa",
+        f"model.ckpt-1.index{TEMP_MARKER}{host}-{gone}-0123456789ab",
+        f"model.ckpt-1.data-00000-of-00001{TEMP_MARKER}{host}-{gone}-ba9876543210",
+        f"checkpoint{TEMP_MARKER}{host}-{gone}-aaaaaaaaaaaa",
     ]
     live = [
-        f"model.ckpt-5.index{TEMP_MARKER}{os.getpid()}-0123456789ab",  # this process: still writing
-        f"checkpoint{TEMP_MARKER}{os.getppid()}-bbbbbbbbbbbb",  # a live parent process
+        f"model.ckpt-5.index{TEMP_MARKER}{host}-{os.getpid()}-0123456789ab",  # this process: still writing
+        f"checkpoint{TEMP_MARKER}{host}-{os.getppid()}-bbbbbbbbbbbb",  # a live parent process
+        f"checkpoint{TEMP_MARKER}hdeadbeef-{gone}-cccccccccccc",  # another host's, recent: maybe live
     ]
     not_ours = ["model.ckpt-1.index.tempstate123456", "notes.ckptlib-tmp-abc", f"other{TEMP_MARKER}x{gone}-1"]
     for name in stale + live + not_ours:
@@ -1035,6 +1037,49 @@ def test_stale_temporary_files_are_swept(tmp_path: Path) -> None:
     assert not left & set(stale)
     assert set(live) <= left
     assert set(not_ours) <= left
+
+
+def test_another_hosts_temporary_files_are_swept_once_a_day_old(tmp_path: Path) -> None:
+    old = tmp_path / f"checkpoint{TEMP_MARKER}hdeadbeef-{os.getpid()}-cccccccccccc"
+    old.write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    ckptlib.Saver().save(values(1), tmp_path / "model.ckpt", global_step=1)
+    assert not old.exists()
+
+
+def _kill_during_overwrite(tmp_path: Path, stop_before: int) -> str:
+    """Save step 1 twice; the second save's child dies after ``stop_before`` renames of
+    the install (old index aside, old shards aside, new shards in, new index in)."""
+    script = f"""
+import os, sys, numpy as np, ckptlib
+real = os.replace
+count = [0]
+def replace(src, dst):
+    if ".ckptlib-tmp-" in src or dst.endswith(".index") or ".ckptlib-old-" in dst:
+        if count[0] == {stop_before}:
+            os._exit(9)
+        count[0] += 1
+    real(src, dst)
+os.replace = replace
+ckptlib.Saver(num_shards=3).save({{"w": np.full(4, 2.0), "v": np.arange(3)}}, sys.argv[1], global_step=1)
+"""
+    prefix = ckptlib.Saver(num_shards=2).save({"w": np.full(4, 1.0), "v": np.arange(3)}, tmp_path / "m", global_step=1)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")], check=False)
+    return prefix
+
+
+@pytest.mark.parametrize("stop_before", range(8))
+def test_a_kill_while_overwriting_a_checkpoint_never_loses_it(tmp_path: Path, stop_before: int) -> None:
+    """Install renames: old index aside, 2 old shards aside, 3 new shards in, new index in
+    (7 renames; dying before each, or not at all). Afterwards latest_checkpoint finds a
+    whole checkpoint: the old one, or the new one once its index made it."""
+    prefix = _kill_during_overwrite(tmp_path, stop_before)
+    assert ckptlib.latest_checkpoint(tmp_path) == prefix
+    with ckptlib.load_checkpoint(prefix) as reader:
+        assert reader.verify() == []
+        w = reader.get_tensor("w")
+    assert w.tolist() == ([2.0] * 4 if stop_before == 7 else [1.0] * 4)
+    assert not [f for f in os.listdir(tmp_path) if ".ckptlib-" in f]
 
 
 def test_empty_state_is_rejected(tmp_path: Path) -> None:

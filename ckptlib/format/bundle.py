@@ -33,6 +33,8 @@ BUNDLE_MIN_CONSUMER = 0
 BUNDLE_MIN_PRODUCER = 0
 # tensor_shape.h: MaxDimensions().
 MAX_RANK = 254
+# No real checkpoint has more data files than this; a header claiming more is damaged.
+MAX_SHARDS = 1 << 20
 # The masked crc32c of zero bytes, stored for every empty numeric tensor.
 EMPTY_CRC = MASK_DELTA
 _INT64_MAX = (1 << 63) - 1
@@ -84,7 +86,7 @@ def decode_header(value: bytes) -> Header:
         )
     if BUNDLE_VERSION in version.bad_consumers:
         raise UnsupportedFeatureError(f"checkpoint disallows reader version {BUNDLE_VERSION}")
-    if proto.num_shards < 0:
+    if not 0 <= proto.num_shards <= MAX_SHARDS:
         raise CorruptCheckpointError(f"bundle header claims {proto.num_shards} shards")
     return Header(num_shards=proto.num_shards, big_endian=proto.endianness == BundleHeaderProto.BIG)
 
@@ -113,7 +115,7 @@ def decode_entry(value: bytes) -> Entry:
     if shape_proto.unknown_rank or len(dims) > MAX_RANK or (dims and min(dims) < 0):
         check_shape(dims, shape_proto.unknown_rank)  # raises the specific error
     count = math.prod(dims)
-    if count > _INT64_MAX:
+    if math.prod(d for d in dims if d) > _INT64_MAX >> 4:  # numpy refuses such shapes even when empty
         raise CorruptCheckpointError(f"invalid tensor shape {dims}: element count overflows int64")
     shard_id, offset, size = proto.shard_id, proto.offset, proto.size
     if shard_id < 0 or offset < 0 or size < 0:
@@ -139,18 +141,14 @@ def check_shape(dims: list[int], unknown_rank: bool = False) -> tuple[int, ...]:
         raise CorruptCheckpointError(f"tensor rank {len(dims)} exceeds the maximum of {MAX_RANK}")
     if dims and min(dims) < 0:
         raise CorruptCheckpointError(f"invalid tensor shape {dims}: negative dimension")
-    if math.prod(dims) > _INT64_MAX:
+    if math.prod(d for d in dims if d) > _INT64_MAX >> 4:
         raise CorruptCheckpointError(f"invalid tensor shape {dims}: element count overflows int64")
     return tuple(dims)
 
 
-def check_size(entry: Entry) -> None:
+def _check_size(dtype: int, count: int, size: int) -> None:
     """A numeric entry's size must be exactly its element count times the item size; a
     string entry needs at least one length byte per element plus the length checksum."""
-    _check_size(entry.dtype, entry.num_elements, entry.size)
-
-
-def _check_size(dtype: int, count: int, size: int) -> None:
     if dtype == dtypes.DT_STRING:
         if size < count + 4:
             raise CorruptCheckpointError(f"invalid size in bundle entry: stored {size}, expected at least {count + 4}")
