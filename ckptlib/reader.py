@@ -20,12 +20,13 @@ from ckptlib.errors import (
     ChecksumMismatchError,
     CorruptCheckpointError,
     DtypeMismatchError,
+    InvalidTensorError,
     ShapeMismatchError,
     TensorNotFoundError,
     UnsupportedFeatureError,
 )
 from ckptlib.format import dtypes
-from ckptlib.format.bundle import HEADER_KEY, Entry, Header, decode_entry, decode_header
+from ckptlib.format.bundle import HEADER_KEY, Entry, Header, decode_entry, decode_header, key_to_name, name_to_key
 from ckptlib.format.crc import crc32c, unmask
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
@@ -198,9 +199,9 @@ class BundleReader(CheckpointReader):
             # otherwise entries are decoded lazily, when a tensor is asked for.
             if any(key[:1] == b"\0" for key in keys):
                 for key, entry in self.raw_entries():
-                    self._entries[_decode_name(key)] = entry
-                    hidden.update(slice_key(_decode_name(key), s) for s in entry.slices)
-            self._names = [_decode_name(key) for key in keys if key not in hidden]
+                    self._entries[key_to_name(key)] = entry
+                    hidden.update(slice_key(key_to_name(key), s) for s in entry.slices)
+            self._names = [key_to_name(key) for key in keys if key not in hidden]
         return self._names
 
     def raw_entries(self) -> Iterator[tuple[bytes, Entry]]:
@@ -208,15 +209,15 @@ class BundleReader(CheckpointReader):
         with self._context():
             for key, value in self._table.items():
                 if key != HEADER_KEY:
-                    yield key, self._decode(_decode_name(key), value)
+                    yield key, self._decode(key_to_name(key), value)
 
     def entry(self, name: str) -> Entry:
         """The index entry of ``name``; raises ``TensorNotFoundError``."""
         entry = self._entries.get(name)
         if entry is None:
             try:
-                value = self._table.get(_encode_name(name))
-            except TensorNotFoundError:
+                value = self._table.get(name_to_key(name))
+            except (TensorNotFoundError, InvalidTensorError):
                 raise TensorNotFoundError("not found in checkpoint", path=self.prefix, tensor=name) from None
             except CheckpointError as e:
                 raise e.with_context(path=self._index_path, tensor=name) from None
@@ -239,7 +240,7 @@ class BundleReader(CheckpointReader):
         dtype = dtypes.lookup(entry.dtype).name
         if not entry.slices:
             return TensorInfo(name, dtype, entry.shape, entry.size, entry.shard_id)
-        pieces = [self.entry(_decode_name(slice_key(name, s))) for s in entry.slices]
+        pieces = [self.entry(key_to_name(slice_key(name, s))) for s in entry.slices]
         return TensorInfo(name, dtype, entry.shape, sum(p.size for p in pieces), None, len(pieces))
 
     def get_tensor(self, name: str) -> np.ndarray:
@@ -424,13 +425,3 @@ class _ErrorContext:
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, CheckpointError):
             exc.with_context(path=self._path, tensor=self._tensor)
-
-
-# Tensor names are UTF-8, but slice keys (hidden from listings) are arbitrary bytes:
-# surrogateescape keeps every key round-trippable between bytes and str.
-def _decode_name(key: bytes) -> str:
-    return key.decode("utf-8", "surrogateescape")
-
-
-def _encode_name(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")

@@ -15,7 +15,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.format.coding import Bytes
@@ -200,12 +200,13 @@ def create_temp(final_path: str) -> tuple[str, int]:
     return path, fd
 
 
-def write_temp(final_path: str, chunks: Iterable[Bytes], sync: bool) -> str:
-    """Write ``chunks`` to a new temporary file beside ``final_path``; returns its path."""
+@contextlib.contextmanager
+def new_temp_file(final_path: str, sync: bool) -> Iterator[tuple[str, int]]:
+    """A fresh temporary file beside ``final_path`` as ``(path, fd)``; flushed to disk
+    (``sync``) and closed on exit, or closed and removed if the block raises."""
     path, fd = create_temp(final_path)
     try:
-        for chunk in chunks:
-            write_all(fd, chunk)
+        yield path, fd
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -213,6 +214,13 @@ def write_temp(final_path: str, chunks: Iterable[Bytes], sync: bool) -> str:
         remove_quietly(path)
         raise
     os.close(fd)
+
+
+def write_temp(final_path: str, chunks: Iterable[Bytes], sync: bool) -> str:
+    """Write ``chunks`` to a new temporary file beside ``final_path``; returns its path."""
+    with new_temp_file(final_path, sync) as (path, fd):
+        for chunk in chunks:
+            write_all(fd, chunk)
     return path
 
 

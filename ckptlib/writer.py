@@ -22,7 +22,7 @@ import numpy as np
 
 from ckptlib.errors import CheckpointError, InvalidTensorError
 from ckptlib.format import dtypes
-from ckptlib.format.bundle import EMPTY_CRC, HEADER_KEY, Entry, decode_header, encode_entry, encode_header
+from ckptlib.format.bundle import EMPTY_CRC, HEADER_KEY, Entry, decode_header, encode_entry, encode_header, name_to_key
 from ckptlib.format.crc import crc32c, mask
 from ckptlib.format.slices import TensorSlice, overlaps, slice_key
 from ckptlib.format.strings import encode_strings
@@ -31,8 +31,8 @@ from ckptlib.storage import (
     ASIDE_MARKER,
     LocalFile,
     aside_path,
-    create_temp,
     fsync_dir,
+    new_temp_file,
     remove_quietly,
     remove_stale_temps,
     stale_files,
@@ -48,15 +48,6 @@ _PARALLEL_CRC_BYTES = 4 << 20
 
 def _masked_crc(data: memoryview) -> int:
     return mask(crc32c(data)) if data.nbytes else EMPTY_CRC
-
-
-def _encode_name(name: str) -> bytes:
-    """A tensor name as its key: UTF-8, with surrogate escapes (how the reader presents keys
-    that are not UTF-8) turned back into their original bytes."""
-    try:
-        return name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise InvalidTensorError("tensor name is not encodable as UTF-8", tensor=repr(name)) from None
 
 
 def data_filename(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -211,7 +202,7 @@ class BundleWriter:
         return temps
 
     def _key(self, name: str | bytes) -> bytes:
-        key = _encode_name(name) if isinstance(name, str) else name
+        key = name_to_key(name) if isinstance(name, str) else name
         if key == HEADER_KEY:
             raise InvalidTensorError("tensor names must not be empty")
         if key in self._keys:
@@ -254,8 +245,7 @@ class BundleWriter:
         checksums of large tensors are computed on another thread while they are written,
         as both the crc32c extension and file writes release the GIL.
         """
-        path, fd = create_temp(data_filename(self.prefix, shard_id, self._num_shards))
-        try:
+        with new_temp_file(data_filename(self.prefix, shard_id, self._num_shards), self._sync) as (path, fd):
             checksums: list[int | Future[int]] = []
             with open(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as out, ThreadPoolExecutor(1) as crc_pool:
                 offset = 0
@@ -276,19 +266,12 @@ class BundleWriter:
             for pending, checksum in zip(tensors, checksums, strict=True):
                 value = checksum if isinstance(checksum, int) else checksum.result()
                 pending.entry = pending.entry._replace(crc32c=value)
-            if self._sync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            remove_quietly(path)
-            raise
-        os.close(fd)
         return path
 
     def _index_bytes(self, shards: list[list[_Pending]]) -> bytes:
         items = [(HEADER_KEY, encode_header(self._num_shards))]
         items += [(p.key, encode_entry(p.entry)) for shard in shards for p in shard]
-        items += [(_encode_name(name), encode_entry(entry)) for name, entry in self._sliced.items()]
+        items += [(name_to_key(name), encode_entry(entry)) for name, entry in self._sliced.items()]
         items.sort(key=lambda item: item[0])
         return build_table(items)
 

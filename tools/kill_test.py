@@ -97,6 +97,8 @@ def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, ob
     for _ in range(kills):
         proc = subprocess.Popen([sys.executable, "-c", child, directory, log])
         time.sleep(rng.uniform(0.0, max_delay))
+        if proc.poll() is not None:
+            raise AssertionError(f"the saving child died by itself (exit {proc.returncode}) before the kill")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with open(log) as f:

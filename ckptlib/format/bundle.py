@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from ckptlib.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptlib.errors import CorruptCheckpointError, InvalidTensorError, UnsupportedFeatureError
 from ckptlib.format import dtypes
 from ckptlib.format.crc import MASK_DELTA
 from ckptlib.format.proto.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
@@ -38,6 +38,20 @@ MAX_SHARDS = 1 << 20
 # The masked crc32c of zero bytes, stored for every empty numeric tensor.
 EMPTY_CRC = MASK_DELTA
 _INT64_MAX = (1 << 63) - 1
+
+
+def name_to_key(name: str) -> bytes:
+    """A tensor name as its index key: UTF-8. Surrogate escapes (how ``key_to_name`` shows
+    bytes that are not UTF-8, e.g. in slice keys) turn back into those bytes."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidTensorError("tensor name is not encodable as UTF-8", tensor=repr(name)) from None
+
+
+def key_to_name(key: bytes) -> str:
+    """The inverse of ``name_to_key``; never fails."""
+    return key.decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
