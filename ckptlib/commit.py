@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -140,6 +141,16 @@ def inside(directory: str, prefix: str) -> bool:
     """Whether checkpoint ``prefix`` lives directly in ``directory`` (symlinks resolved)."""
     parent = os.path.realpath(os.path.dirname(prefix) or ".")
     return parent == os.path.realpath(directory or ".") and os.path.basename(prefix) not in ("", ".", "..")
+
+
+def owner(directory: str, name_pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    """A predicate: is a prefix one of those a saver makes, i.e. in ``directory`` and with a
+    basename matching ``name_pattern`` entirely?"""
+
+    def owns(prefix: str) -> bool:
+        return inside(directory, prefix) and name_pattern.fullmatch(os.path.basename(prefix)) is not None
+
+    return owns
 
 
 def remove_checkpoint(directory: str, prefix: str, *, meta: bool = True) -> bool:

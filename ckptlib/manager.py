@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ckptlib.checkpoint import checkpoint_exists
-from ckptlib.commit import inside, read_listing, remove_checkpoint, update_state
+from ckptlib.commit import owner, read_listing, remove_checkpoint, update_state
 from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.values import flatten
@@ -60,6 +60,7 @@ class CheckpointManager:
         self._num_shards = num_shards
         self._sync = sync
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(\d+)")
+        self._owner = owner(self._directory, self._pattern)
         self._managed: OrderedDict[str, float] = OrderedDict()
         self._recover()
 
@@ -163,7 +164,7 @@ class CheckpointManager:
         return restore(path, into=into)
 
     def _owns(self, prefix: str) -> bool:
-        return inside(self._directory, prefix) and self._pattern.fullmatch(os.path.basename(prefix)) is not None
+        return self._owner(prefix)
 
     def _number(self, prefix: str) -> int | None:
         match = self._pattern.fullmatch(os.path.basename(prefix))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ckptlib.checkpoint import checkpoint_exists
-from ckptlib.commit import Record, inside, read_listing, remove_checkpoint, update_state
+from ckptlib.commit import Record, owner, read_listing, remove_checkpoint, update_state
 from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
@@ -212,13 +212,8 @@ class Saver:
 
 
 def _owner(save_dir: str, save_path: str) -> Callable[[str], bool]:
-    """A predicate: is this prefix one of the checkpoints ``save_path`` produces in ``save_dir``?"""
-    pattern = re.compile(re.escape(os.path.basename(save_path)) + r"(-\d+)?")
-
-    def owns(prefix: str) -> bool:
-        return inside(save_dir, prefix) and pattern.fullmatch(os.path.basename(prefix)) is not None
-
-    return owns
+    """Is this prefix one of the checkpoints ``save_path`` produces (``save_path[-step]``)?"""
+    return owner(save_dir, re.compile(re.escape(os.path.basename(save_path)) + r"(-\d+)?"))
 
 
 def _as_step(global_step: Any) -> int:
