@@ -154,14 +154,15 @@ def stale_files(directory: str, marker: str) -> list[tuple[str, str]]:
             continue
         host, pid = parts[0], int(parts[1])
         path = os.path.join(directory, name)
-        if host == _HOST and _process_alive(pid):
+        try:
+            modified = os.path.getmtime(path)
+        except OSError:
             continue
-        if host != _HOST:
-            try:
-                if now - os.path.getmtime(path) < FOREIGN_STALE_SECONDS:
-                    continue
-            except OSError:
-                continue
+        if host == _HOST:
+            if _process_alive(pid) and not _started_after(pid, modified):
+                continue  # its writer may still be at work (a reused pid started later)
+        elif now - modified < FOREIGN_STALE_SECONDS:
+            continue
         found.append((path, os.path.join(directory, final)))
     return found
 
@@ -184,6 +185,23 @@ def _process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def _started_after(pid: int, moment: float) -> bool:
+    """Whether process ``pid`` started after ``moment`` (a reused pid, not the file's writer).
+
+    Linux only (``/proc``); elsewhere False, i.e. a live pid is trusted.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
+        ticks = os.sysconf("SC_CLK_TCK")
+        started = boot + int(fields[19]) / ticks  # field 22 of stat: start time in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return started > moment + 2 / ticks
 
 
 def write_all(fd: int, data: Bytes) -> None:

@@ -1039,6 +1039,21 @@ def test_stale_temporary_files_are_swept(tmp_path: Path) -> None:
     assert set(not_ours) <= left
 
 
+def test_a_reused_pid_does_not_keep_a_stale_temporary_file(tmp_path: Path) -> None:
+    """The pid in the name now belongs to a process that started after the file was last
+    written: it cannot be the writer, so the file is swept."""
+    newcomer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f"checkpoint{TEMP_MARKER}{_HOST}-{newcomer.pid}-dddddddddddd"
+        stale.write_bytes(b"partial")
+        os.utime(stale, (time.time() - 120, time.time() - 120))
+        ckptlib.Saver().save(values(1), tmp_path / "model.ckpt", global_step=1)
+        assert not stale.exists()
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+
+
 def test_another_hosts_temporary_files_are_swept_once_a_day_old(tmp_path: Path) -> None:
     old = tmp_path / f"checkpoint{TEMP_MARKER}hdeadbeef-{os.getpid()}-cccccccccccc"
     old.write_bytes(b"partial")

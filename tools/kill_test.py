@@ -132,7 +132,8 @@ def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, ob
     leftovers = [
         name
         for name in os.listdir(directory)
-        if TEMP_MARKER in name and not name.split(TEMP_MARKER)[1].startswith(f"{proc.pid}-")
+        # names end in <marker><host>-<pid>-<random>; the last child was stopped mid-save
+        if TEMP_MARKER in name and name.split(TEMP_MARKER)[1].split("-")[1] != str(proc.pid)
     ]
     if leftovers:
         raise AssertionError(f"stale temporary files were not swept: {leftovers}")
