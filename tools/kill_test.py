@@ -84,6 +84,13 @@ def check_directory(directory: str, started: set[int]) -> int | None:
     return step
 
 
+def _wait_for_growth(log: str, size: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait until the child has appended to ``log`` (it is about to save), or has exited."""
+    deadline = time.monotonic() + timeout
+    while os.path.getsize(log) <= size and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, object]:
     rng = random.Random(seed)
     tools = os.path.dirname(os.path.abspath(__file__))
@@ -95,7 +102,13 @@ def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, ob
     known_orphans: set[str] = set()
     t0 = time.monotonic()
     for _ in range(kills):
+        logged = os.path.getsize(log)
         proc = subprocess.Popen([sys.executable, "-c", child, directory, log])
+        # Most kills are timed from the child's first save, so that a slow interpreter start
+        # (imports alone can take a second on a loaded machine) cannot make them all land
+        # before any save; the rest are timed from the start, to hit recovery and start-up.
+        if rng.random() < 0.8:
+            _wait_for_growth(log, logged, proc)
         time.sleep(rng.uniform(0.0, max_delay))
         if proc.poll() is not None:
             raise AssertionError(f"the saving child died by itself (exit {proc.returncode}) before the kill")
