@@ -7,6 +7,7 @@ reader allocate more than the checkpoint's own size. Checksums are verified by d
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -26,8 +27,18 @@ from ckptlib.errors import (
     UnsupportedFeatureError,
 )
 from ckptlib.format import dtypes
-from ckptlib.format.bundle import HEADER_KEY, Entry, Header, decode_entry, decode_header, key_to_name, name_to_key
-from ckptlib.format.crc import crc32c, unmask
+from ckptlib.format.bundle import (
+    HEADER_KEY,
+    Entry,
+    EntryColumns,
+    Header,
+    decode_entry,
+    decode_header,
+    decode_plain_entries,
+    key_to_name,
+    name_to_key,
+)
+from ckptlib.format.crc import crc32c, crc32c_fast, unmask, unmask_all
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
@@ -111,6 +122,11 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     @abstractmethod
     def tensor_info(self, name: str) -> TensorInfo:
         """Where and how ``name`` is stored, without reading its data."""
+
+    def read_all(self) -> dict[str, np.ndarray]:
+        """Every tensor, by name in key order, as ``get_tensor`` returns it (``restore`` uses
+        this to read a whole checkpoint); raises for the first damaged tensor."""
+        return {name: self.get_tensor(name) for name in self.keys_list()}
 
     def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
         """Read ``name`` into the existing array ``out`` (same shape and dtype) and return it.
@@ -251,6 +267,55 @@ class BundleReader(CheckpointReader):
             return self._read(entry)
         except CheckpointError as e:
             raise e.with_context(path=self._index_path, tensor=name) from None
+
+    def read_all(self) -> dict[str, np.ndarray]:
+        """Every tensor, by name in key order, as ``get_tensor`` returns it.
+
+        One pass over the index decodes every entry at once, and the checksums of large
+        tensors are computed on several threads; every checksum is verified before this
+        returns, and the first damaged tensor in key order raises as ``get_tensor`` would.
+        """
+        if not self.mmap or self.header.big_endian:
+            return super().read_all()
+        with self._context():
+            items = [(key, value) for key, value in self._table.items() if key != HEADER_KEY]
+        keys = [key for key, _ in items]
+        try:
+            columns, rest = decode_plain_entries([value for _, value in items])
+        except CheckpointError:
+            return super().read_all()  # get_tensor raises, naming the tensor
+        arrays = self._map_plain(columns, set(rest))
+        if any(key[:1] == b"\0" for key in keys):  # partitioned tensors: slice keys are hidden
+            by_name = {key_to_name(keys[row]): array for row, array in arrays.items()}
+            return {name: by_name[name] if name in by_name else self.get_tensor(name) for name in self.keys_list()}
+        names = self._names = [key_to_name(key) for key in keys]
+        return {name: arrays[row] if row in arrays else self.get_tensor(name) for row, name in enumerate(names)}
+
+    def _map_plain(self, columns: EntryColumns, skip: set[int]) -> dict[int, np.ndarray]:
+        """Arrays viewing the memory-mapped shards for the entries (by row) that are
+        numeric, non-empty, not in ``skip``, inside their shard and (if verifying) intact;
+        the others are left for ``get_tensor``, which reports what is wrong with them."""
+        file_sizes = np.full(self.header.num_shards + 1, -1, dtype=np.int64)  # -1: missing or out of range
+        for shard_id in np.unique(columns.shard_ids).tolist():
+            with contextlib.suppress(CheckpointError):
+                file_sizes[shard_id] = self._shard(shard_id).size
+        shard_ids = np.minimum(columns.shard_ids, self.header.num_shards)
+        inside = (columns.sizes > 0) & (columns.offsets + columns.sizes <= file_sizes[shard_ids])
+        numpy_dtypes = [dtypes.numpy_dtype(enum) for enum in columns.dtypes.tolist()]
+        rows = [i for i in np.flatnonzero(inside).tolist() if i not in skip and numpy_dtypes[i] is not None]
+        offsets, sizes, shards = columns.offsets.tolist(), columns.sizes.tolist(), shard_ids.tolist()
+        if self.verify_checksums:
+            views = {i: self._shards[i].mapped_view() for i in np.unique(shard_ids[rows]).tolist()}
+            spans = [views[shards[i]][offsets[i] : offsets[i] + sizes[i]] for i in rows]
+            intact = (_checksums(spans) == unmask_all(columns.crcs[rows])).tolist()
+            rows = [row for row, good in zip(rows, intact, strict=True) if good]
+            del spans
+        # Each array's base is a byte array over its shard's map, which holds a buffer export
+        # of the map for as long as any array lives (closing the map then fails quietly: see
+        # LocalFile.close). np.ndarray(buffer=the map itself) would hold none.
+        bases = {i: np.frombuffer(self._shards[i].mapped(), np.uint8) for i in np.unique(shard_ids[rows]).tolist()}
+        shapes = columns.shapes
+        return {i: np.ndarray(shapes[i], numpy_dtypes[i], bases[shards[i]], offsets[i]) for i in rows}
 
     def _verify_structure(self) -> None:
         with self._context():
@@ -410,6 +475,24 @@ def _read_checksummed(shard: LocalFile, offset: int, raw: memoryview, verify: bo
     for future in futures:
         future.result()
     return state[0]
+
+
+# Tensors at least this large are checksummed on a thread pool by ``read_all``.
+_THREADED_CRC_BYTES = 1 << 20
+
+
+def _checksums(spans: list[memoryview]) -> np.ndarray:
+    """crc32c of every span; large ones on several threads (largest first), the rest here."""
+    out = np.fromiter(
+        (crc32c_fast(span) if span.nbytes < _THREADED_CRC_BYTES else 0 for span in spans), np.uint32, len(spans)
+    )
+    large = sorted(
+        (i for i, span in enumerate(spans) if span.nbytes >= _THREADED_CRC_BYTES), key=lambda i: -spans[i].nbytes
+    )
+    if large:
+        with ThreadPoolExecutor(min(len(large), os.cpu_count() or 1)) as pool:
+            out[large] = list(pool.map(crc32c_fast, (spans[i] for i in large)))
+    return out
 
 
 class _ErrorContext:

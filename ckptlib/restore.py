@@ -81,7 +81,7 @@ def restore(
     """
     with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
         if into is None:
-            return {name: reader.get_tensor(name) for name in reader.keys_list()}
+            return reader.read_all()
         targets = list(_targets(into, ""))
         report = _check(reader, targets, strict)
         for target in targets:

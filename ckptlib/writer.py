@@ -14,7 +14,6 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,32 +21,33 @@ import numpy as np
 
 from ckptlib.errors import CheckpointError, InvalidTensorError
 from ckptlib.format import dtypes
-from ckptlib.format.bundle import EMPTY_CRC, HEADER_KEY, Entry, decode_header, encode_entry, encode_header, name_to_key
-from ckptlib.format.crc import crc32c, mask
+from ckptlib.format.bulk_table import build_table_from_columns
+from ckptlib.format.bundle import (
+    HEADER_KEY,
+    Entry,
+    decode_header,
+    encode_entry,
+    encode_header,
+    encode_plain_entries,
+    name_to_key,
+)
+from ckptlib.format.crc import crc32c_fast, mask_all
 from ckptlib.format.slices import TensorSlice, overlaps, slice_key
 from ckptlib.format.strings import encode_strings
-from ckptlib.format.table import TableReader, build_table
+from ckptlib.format.table import TableReader
+from ckptlib.format.vector_coding import concat_segments
+from ckptlib.shard_writer import write_shards
 from ckptlib.storage import (
     ASIDE_MARKER,
     LocalFile,
     aside_path,
     fsync_dir,
-    new_temp_file,
     remove_quietly,
     remove_stale_temps,
     stale_files,
     write_temp,
 )
 from ckptlib.values import flatten, is_string_array, to_array
-
-# Writes smaller than this are gathered; larger ones go straight from the array's buffer.
-_WRITE_BUFFER = 1 << 20
-# Tensors at least this large have their checksum computed on another thread during the write.
-_PARALLEL_CRC_BYTES = 4 << 20
-
-
-def _masked_crc(data: memoryview) -> int:
-    return mask(crc32c(data)) if data.nbytes else EMPTY_CRC
 
 
 def data_filename(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -58,17 +58,65 @@ def index_filename(prefix: str) -> str:
     return f"{prefix}.index"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """A tensor (or one slice of one) waiting to be written."""
 
     key: bytes
-    entry: Entry  # location and checksum are filled in when the shard is written
+    dtype: int
+    shape: tuple[int, ...]
     array: np.ndarray
 
     @property
     def nbytes(self) -> int:
         return 0 if is_string_array(self.array) else self.array.nbytes
+
+
+class _Layout:
+    """Where ``finish`` puts each tensor: every shard's contents as buffers (numeric tensors
+    straight from their arrays), and each tensor's shard, offset and size."""
+
+    def __init__(self, shards: list[list[_Pending]]):
+        self.tensors: list[_Pending] = []
+        self.contents: list[list[memoryview]] = []
+        self.numeric: list[memoryview] = []  # the bytes of each numeric tensor, to be checksummed
+        self.numeric_index: list[int] = []  # ... and its place in ``tensors``
+        self.string_crcs: dict[int, int] = {}  # masked crcs of string tensors, by place
+        shard_ids: list[int] = []
+        offsets: list[int] = []
+        sizes: list[int] = []
+        for shard_id, shard in enumerate(shards):
+            buffers: list[memoryview] = []
+            offset = 0
+            for pending in shard:
+                i = len(self.tensors)
+                self.tensors.append(pending)
+                array = pending.array
+                if array.dtype == object:
+                    chunks, size, self.string_crcs[i] = encode_strings(list(array.reshape(-1)))
+                    buffers += map(memoryview, chunks)
+                else:
+                    data = _byte_view(array)
+                    self.numeric.append(data)
+                    self.numeric_index.append(i)
+                    size = data.nbytes
+                    buffers.append(data)
+                shard_ids.append(shard_id)
+                offsets.append(offset)
+                sizes.append(size)
+                offset += size
+            self.contents.append(buffers)
+        self.shard_ids = np.asarray(shard_ids, dtype=np.int64)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+
+
+def _byte_view(array: np.ndarray) -> memoryview:
+    """The array's bytes as a flat memoryview of its own buffer (no copy)."""
+    try:
+        return memoryview(array).cast("B")  # type: ignore[arg-type]
+    except (ValueError, TypeError):  # dtypes the buffer protocol cannot describe (ml_dtypes)
+        return array.reshape(-1).view(np.uint8).data
 
 
 class BundleWriter:
@@ -107,6 +155,11 @@ class BundleWriter:
     def add(self, name: str, value: Any, *, dtype: str | None = None) -> None:
         """Add a whole tensor. ``dtype`` names a TF type to store instead of the array's own
         (only for types sharing its layout, e.g. ``"qint8"`` for an int8 array)."""
+        if dtype is None and type(value) is np.ndarray and value.flags.c_contiguous:
+            enum = dtypes.plain_enum(value.dtype)  # the common case, kept lean
+            if enum is not None:
+                self._pending.append(_Pending(self._key(name), enum, value.shape, value))
+                return
         array = to_array(value, name)
         entry = self._entry_for(array, name, dtype)  # first: a refused value reserves no name
         self._add_entry(self._key(name), entry, array)
@@ -163,8 +216,9 @@ class BundleWriter:
     def finish(self) -> str:
         """Write the data shards, then the index; returns the prefix.
 
-        On any failure every temporary file is removed and an existing bundle at the same
-        prefix is left as it was (see ``_install``).
+        The shards are written in parallel while this thread checksums every tensor and
+        builds the index (see ``shard_writer``). On any failure every temporary file is
+        removed and an existing bundle at the same prefix is left as it was (see ``_install``).
         """
         directory = os.path.dirname(self.prefix)
         if directory:
@@ -173,33 +227,17 @@ class BundleWriter:
             assert self._max_shard_bytes is not None
             total = sum(p.nbytes for p in self._pending)
             self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
-        shards = self._assign_shards()
-        temps = self._write_shards(shards)
+        layout = _Layout(self._assign_shards())
+        finals = [data_filename(self.prefix, i, self._num_shards) for i in range(self._num_shards)]
+        temps, index = write_shards(finals, layout.contents, self._sync, lambda: self._index_bytes(layout))
         try:
-            temps.append(write_temp(index_filename(self.prefix), [self._index_bytes(shards)], self._sync))
+            temps.append(write_temp(index_filename(self.prefix), [index], self._sync))
         except BaseException:
             for temp in temps:
                 remove_quietly(temp)
             raise
-        finals = [data_filename(self.prefix, i, self._num_shards) for i in range(self._num_shards)]
         _install(self.prefix, temps, [*finals, index_filename(self.prefix)], self._sync)
         return self.prefix
-
-    def _write_shards(self, shards: list[list[_Pending]]) -> list[str]:
-        """Write every shard to a temporary file, in parallel; all or none survive."""
-        with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1)) as pool:
-            futures = [pool.submit(self._write_shard, i, shard) for i, shard in enumerate(shards)]
-        temps, failure = [], None
-        for future in futures:
-            try:
-                temps.append(future.result())
-            except BaseException as e:
-                failure = failure or e
-        if failure is not None:
-            for temp in temps:
-                remove_quietly(temp)
-            raise failure
-        return temps
 
     def _key(self, name: str | bytes) -> bytes:
         key = name_to_key(name) if isinstance(name, str) else name
@@ -220,7 +258,7 @@ class BundleWriter:
         return Entry(enum, tuple(int(d) for d in array.shape))
 
     def _add_entry(self, key: bytes, entry: Entry, array: np.ndarray) -> None:
-        self._pending.append(_Pending(key, entry, array))
+        self._pending.append(_Pending(key, entry.dtype, entry.shape, array))
 
     def _assign_shards(self) -> list[list[_Pending]]:
         """Spread tensors over shards, largest first onto the least-filled shard; each shard
@@ -238,42 +276,27 @@ class BundleWriter:
             shards[owner[i]].append(pending)
         return shards
 
-    def _write_shard(self, shard_id: int, tensors: list[_Pending]) -> str:
-        """Write one shard to a temporary file; returns its path.
-
-        Tensors go out from their own buffers (small ones gathered into larger writes);
-        checksums of large tensors are computed on another thread while they are written,
-        as both the crc32c extension and file writes release the GIL.
-        """
-        with new_temp_file(data_filename(self.prefix, shard_id, self._num_shards), self._sync) as (path, fd):
-            checksums: list[int | Future[int]] = []
-            with open(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as out, ThreadPoolExecutor(1) as crc_pool:
-                offset = 0
-                for pending in tensors:
-                    if is_string_array(pending.array):
-                        chunks, size, crc = encode_strings(list(pending.array.reshape(-1)))
-                        checksums.append(crc)
-                        for chunk in chunks:
-                            out.write(chunk)
-                    else:
-                        data = pending.array.reshape(-1).view(np.uint8).data
-                        size = data.nbytes
-                        big = size >= _PARALLEL_CRC_BYTES
-                        checksums.append(crc_pool.submit(_masked_crc, data) if big else _masked_crc(data))
-                        out.write(data)
-                    pending.entry = pending.entry._replace(shard_id=shard_id, offset=offset, size=size)
-                    offset += size
-            for pending, checksum in zip(tensors, checksums, strict=True):
-                value = checksum if isinstance(checksum, int) else checksum.result()
-                pending.entry = pending.entry._replace(crc32c=value)
-        return path
-
-    def _index_bytes(self, shards: list[list[_Pending]]) -> bytes:
-        items = [(HEADER_KEY, encode_header(self._num_shards))]
-        items += [(p.key, encode_entry(p.entry)) for shard in shards for p in shard]
-        items += [(name_to_key(name), encode_entry(entry)) for name, entry in self._sliced.items()]
-        items.sort(key=lambda item: item[0])
-        return build_table(items)
+    def _index_bytes(self, layout: _Layout) -> bytes:
+        """Checksum every numeric tensor's bytes and build the index table."""
+        tensors = layout.tensors
+        crcs = np.empty(len(tensors), dtype=np.uint32)
+        checksums = np.fromiter(map(crc32c_fast, layout.numeric), np.uint32, len(layout.numeric))
+        crcs[layout.numeric_index] = mask_all(checksums)
+        for i, crc in layout.string_crcs.items():
+            crcs[i] = crc
+        values, lengths = encode_plain_entries(
+            [p.dtype for p in tensors], [p.shape for p in tensors], layout.shard_ids, layout.offsets, layout.sizes, crcs
+        )
+        others = [(HEADER_KEY, encode_header(self._num_shards))]
+        others += [(name_to_key(name), encode_entry(entry)) for name, entry in self._sliced.items()]
+        keys = [p.key for p in tensors] + [key for key, _ in others]
+        values = np.concatenate([values, np.frombuffer(b"".join(value for _, value in others), np.uint8)])
+        lengths = np.concatenate([lengths, np.fromiter((len(value) for _, value in others), np.int64, len(others))])
+        order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        return build_table_from_columns(
+            [keys[i] for i in order], concat_segments(values, starts[order], lengths[order]), lengths[order]
+        )
 
 
 def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> None:

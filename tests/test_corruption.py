@@ -135,6 +135,14 @@ def _same(got: object, want: np.ndarray) -> bool:
     return np.ascontiguousarray(got).reshape(-1).view(np.uint8).tobytes() == want.reshape(-1).view(np.uint8).tobytes()
 
 
+def names_ok(reader: ckptlib.CheckpointReader) -> bool:
+    try:
+        reader.keys_list()
+    except ckptlib.CheckpointError:
+        return False
+    return True
+
+
 def check(checkpoint: Checkpoint, damaged: Path, what: str, must_detect: bool) -> str:
     """Open the checkpoint, read every tensor, verify; returns the outcome's name."""
     base = damaged.name
@@ -176,6 +184,18 @@ def check(checkpoint: Checkpoint, damaged: Path, what: str, must_detect: bool) -
                     failed.append(name)
                 else:
                     assert _same(got, want), f"{context}: {name} read back as {got!r}, stored {want!r}"
+            try:
+                everything = reader.read_all()
+            except _Hang:
+                raise
+            except Exception as e:
+                named(e)
+                assert failed or not names_ok(reader), f"{context}: read_all raised {e}, get_tensor read all"
+            else:
+                assert not failed, f"{context}: read_all returned tensors get_tensor refused: {failed}"
+                assert sorted(everything) == sorted(checkpoint.values), f"{context}: read_all gave {sorted(everything)}"
+                for name, want in checkpoint.values.items():
+                    assert _same(everything[name], want), f"{context}: read_all gave {name} as {everything[name]!r}"
             try:
                 problems = reader.verify()
             except _Hang:

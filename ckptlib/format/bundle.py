@@ -14,17 +14,22 @@ uses them; their consistency with the data files is the reader's job.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from ckptlib.errors import CorruptCheckpointError, InvalidTensorError, UnsupportedFeatureError
 from ckptlib.format import dtypes
+from ckptlib.format.coding import MAX_VARINT64_BYTES, encode_varint
 from ckptlib.format.crc import MASK_DELTA
 from ckptlib.format.proto.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
 from ckptlib.format.slices import TensorSlice
+from ckptlib.format.vector_coding import concat_segments, place, row_prefixes, varints
 
 HEADER_KEY = b""
 # tensor_bundle.cc: kTensorBundleVersion, kTensorBundleMinConsumer, kTensorBundleMinProducer.
@@ -38,6 +43,7 @@ MAX_SHARDS = 1 << 20
 # The masked crc32c of zero bytes, stored for every empty numeric tensor.
 EMPTY_CRC = MASK_DELTA
 _INT64_MAX = (1 << 63) - 1
+_INT32_MAX = (1 << 31) - 1
 
 
 def name_to_key(name: str) -> bytes:
@@ -106,6 +112,70 @@ def decode_header(value: bytes) -> Header:
 
 
 def encode_entry(entry: Entry) -> bytes:
+    """The entry's serialized ``BundleEntryProto``, byte for byte what protobuf (and
+    TensorFlow) write. Plain entries are encoded here directly; slices go through protobuf."""
+    if entry.slices:
+        return _encode_entry_proto(entry)
+    return encode_plain_entry(entry.dtype, entry.shape, entry.shard_id, entry.offset, entry.size, entry.crc32c)
+
+
+def encode_plain_entry(dtype: int, shape: tuple[int, ...], shard_id: int, offset: int, size: int, crc: int) -> bytes:
+    """``encode_entry`` of an entry without slices, from its fields (the save hot path).
+
+    proto3 leaves zero-valued scalars out; fields go in field-number order:
+    ``08 dtype | 12 len TensorShapeProto | 18 shard_id | 20 offset | 28 size | 35 crc:fixed32``.
+    """
+    out = _entry_head(dtype, shape)
+    if shard_id:
+        out += _TAG_SHARD + _varint(shard_id)
+    if offset:
+        out += _TAG_OFFSET + _varint(offset)
+    if size:
+        out += _TAG_SIZE + _varint(size)
+    if crc:
+        out += _TAG_CRC + crc.to_bytes(4, "little")
+    return out
+
+
+def encode_plain_entries(
+    dtype_enums: Sequence[int],
+    shapes: Sequence[tuple[int, ...]],
+    shard_ids: np.ndarray,
+    offsets: np.ndarray,
+    sizes: np.ndarray,
+    crcs: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``encode_plain_entry`` of many entries at once: the encoded values back to back
+    (uint8) and each one's length. The same bytes, without a Python call per field."""
+    n = len(shapes)
+    heads = list(map(_entry_head, dtype_enums, shapes))
+    head_lengths = np.fromiter(map(len, heads), dtype=np.int64, count=n)
+    head_bytes = np.frombuffer(b"".join(heads), dtype=np.uint8)
+    tails = np.zeros((n, 3 * (1 + MAX_VARINT64_BYTES) + 5), dtype=np.uint8)
+    cursor = np.zeros(n, dtype=np.int64)
+    for tag, column in ((_TAG_SHARD, shard_ids), (_TAG_OFFSET, offsets), (_TAG_SIZE, sizes)):
+        column = np.asarray(column, dtype=np.uint64)
+        digits, lengths = varints(column)
+        tagged = np.concatenate([np.full((n, 1), tag[0], dtype=np.uint8), digits], axis=1)
+        place(tails, cursor, tagged, np.where(column != 0, lengths + 1, 0))
+    crcs = np.asarray(crcs, dtype="<u4")
+    tagged = np.concatenate([np.full((n, 1), _TAG_CRC[0], dtype=np.uint8), crcs.view(np.uint8).reshape(n, 4)], axis=1)
+    place(tails, cursor, tagged, np.where(crcs != 0, 5, 0))
+    tail_bytes = row_prefixes(tails, cursor)
+    source = np.concatenate([head_bytes, tail_bytes])
+    starts = np.stack([np.cumsum(head_lengths) - head_lengths, len(head_bytes) + np.cumsum(cursor) - cursor], axis=1)
+    return concat_segments(source, starts.reshape(-1), np.stack([head_lengths, cursor], axis=1).reshape(-1)), (
+        head_lengths + cursor
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _entry_head(dtype: int, shape: tuple[int, ...]) -> bytes:
+    """The fields every plain entry of this dtype and shape starts with (1 and 2)."""
+    return (_TAG_DTYPE + _varint(dtype) if dtype else b"") + _shape_field(shape)
+
+
+def _encode_entry_proto(entry: Entry) -> bytes:
     proto = BundleEntryProto(dtype=entry.dtype, shard_id=entry.shard_id, offset=entry.offset, size=entry.size)
     proto.shape.SetInParent()  # TensorFlow always writes a shape, even a scalar's empty one
     for dim in entry.shape:
@@ -118,8 +188,224 @@ def encode_entry(entry: Entry) -> bytes:
     return proto.SerializeToString()
 
 
+# Field tags: (field number << 3) | wire type (0 varint, 2 length-delimited, 5 fixed32).
+_TAG_DTYPE, _TAG_SHAPE, _TAG_SHARD = b"\x08", b"\x12", b"\x18"
+_TAG_OFFSET, _TAG_SIZE, _TAG_CRC = b"\x20", b"\x28", b"\x35"
+_ONE_BYTE_VARINTS = [bytes((i,)) for i in range(128)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
+    return encode_varint(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape_field(shape: tuple[int, ...]) -> bytes:
+    """Field 2 of an entry: the ``TensorShapeProto`` of ``shape``, tag and length included.
+    Each dim is ``12 len (08 size)``; a zero size is left out, leaving ``12 00``."""
+    dims = b"".join(b"\x12\x00" if d == 0 else _dim(d) for d in shape)
+    return _TAG_SHAPE + _varint(len(dims)) + dims
+
+
+def _dim(size: int) -> bytes:
+    body = b"\x08" + encode_varint(size if size >= 0 else size + (1 << 64))
+    return b"\x12" + _varint(len(body)) + body
+
+
 def decode_entry(value: bytes) -> Entry:
     """Parse and sanity-check an entry; raises ``CorruptCheckpointError`` naming the problem."""
+    fields = _parse_plain_entry(value)
+    if fields is None:
+        return _decode_entry_proto(value)
+    dtype, dims, shard_id, offset, size, crc = fields
+    if len(dims) > MAX_RANK or math.prod(d for d in dims if d) > _INT64_MAX >> 4:
+        check_shape(list(dims))  # raises the specific error
+    _check_size(dtype, math.prod(dims), size)
+    return Entry(dtype, dims, shard_id, offset, size, crc)
+
+
+def _parse_plain_entry(value: bytes) -> tuple[int, tuple[int, ...], int, int, int, int] | None:
+    """The fields of an entry in the canonical layout ``encode_plain_entry`` (and TensorFlow)
+    writes, with every number in range; None for anything else (slices, unknown or repeated
+    fields, other orders, negative or oversized numbers), which protobuf then parses."""
+    end = len(value)
+    pos = 0
+    dtype = shard_id = offset = size = crc = 0
+    if pos < end and value[pos] == 0x08:
+        dtype, pos = _small_varint(value, pos + 1, _INT32_MAX)
+        if pos < 0:
+            return None
+    if pos + 1 >= end or value[pos] != 0x12:
+        return None
+    length = value[pos + 1]
+    shape_end = pos + 2 + length
+    if length >= 0x80 or shape_end > end:
+        return None
+    dims = _parse_dims(value[pos + 2 : shape_end])
+    if dims is None:
+        return None
+    pos = shape_end
+    if pos < end and value[pos] == 0x18:
+        shard_id, pos = _small_varint(value, pos + 1, _INT32_MAX)
+        if pos < 0:
+            return None
+    if pos < end and value[pos] == 0x20:
+        offset, pos = _small_varint(value, pos + 1, _INT64_MAX)
+        if pos < 0:
+            return None
+    if pos < end and value[pos] == 0x28:
+        size, pos = _small_varint(value, pos + 1, _INT64_MAX)
+        if pos < 0:
+            return None
+    if pos < end and value[pos] == 0x35:
+        if pos + 5 > end:
+            return None
+        crc = int.from_bytes(value[pos + 1 : pos + 5], "little")
+        pos += 5
+    if pos != end:
+        return None
+    return dtype, dims, shard_id, offset, size, crc
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_dims(shape: bytes) -> tuple[int, ...] | None:
+    """The dims of a serialized ``TensorShapeProto`` made only of ``12 len (08 size)`` dims."""
+    dims = []
+    pos, end = 0, len(shape)
+    while pos < end:
+        if shape[pos] != 0x12 or pos + 1 >= end:
+            return None
+        length = shape[pos + 1]
+        dim_end = pos + 2 + length
+        if length >= 0x80 or dim_end > end:
+            return None
+        if length == 0:
+            dims.append(0)
+        else:
+            if shape[pos + 2] != 0x08:
+                return None
+            size, after = _small_varint(shape, pos + 3, _INT64_MAX)
+            if after != dim_end:
+                return None
+            dims.append(size)
+        pos = dim_end
+    return tuple(dims)
+
+
+def _small_varint(buf: bytes, pos: int, limit: int) -> tuple[int, int]:
+    """A varint at ``pos`` no larger than ``limit``: ``(value, next position)``, or
+    ``(0, -1)`` when it is truncated, overlong or out of range."""
+    result = shift = 0
+    end = min(len(buf), pos + MAX_VARINT64_BYTES)
+    while pos < end:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (result, pos) if result <= limit else (0, -1)
+        shift += 7
+    return 0, -1
+
+
+class EntryColumns(NamedTuple):
+    """Many entries decoded at once: one array per field, ``shapes`` as tuples."""
+
+    dtypes: np.ndarray
+    shapes: list[tuple[int, ...]]
+    shard_ids: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    crcs: np.ndarray
+
+
+def decode_plain_entries(values: Sequence[bytes]) -> tuple[EntryColumns, list[int]]:
+    """``decode_entry`` of many values at once, for those in the canonical layout without
+    slices (see ``_parse_plain_entry``); returns their columns and the indexes of the rest,
+    which the caller decodes one at a time. Raises what ``decode_entry`` would for the first
+    value that is damaged (a size that does not match the shape, say)."""
+    n = len(values)
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+    ends = np.cumsum(lengths)
+    cursor = ends - lengths
+    joined = b"".join(values)
+    buf = np.frombuffer(joined + bytes(2 * MAX_VARINT64_BYTES), dtype=np.uint8)  # reads may overrun
+    ok = np.ones(n, dtype=bool)
+    dtype_enums = _optional_varint(buf, cursor, ends, ok, 0x08, _INT32_MAX)
+    ok &= (buf[cursor] == 0x12) & (buf[cursor + 1] < 0x80) & (cursor + 2 <= ends)
+    shape_starts = cursor + 2
+    shape_ends = cursor = np.where(ok, shape_starts + buf[cursor + 1], ends)
+    ok &= cursor <= ends
+    shape_ends = shape_ends.copy()  # ``cursor`` moves on below
+    shard_ids = _optional_varint(buf, cursor, ends, ok, 0x18, _INT32_MAX)
+    offsets = _optional_varint(buf, cursor, ends, ok, 0x20, _INT64_MAX)
+    sizes = _optional_varint(buf, cursor, ends, ok, 0x28, _INT64_MAX)
+    has_crc = ok & (cursor < ends) & (buf[cursor] == 0x35) & (cursor + 5 <= ends)
+    crc_at = np.where(has_crc, cursor + 1, 0)[:, None] + np.arange(4)
+    crcs = np.where(has_crc, buf[crc_at].astype(np.uint32) @ (np.uint32(1) << np.arange(0, 32, 8, dtype=np.uint32)), 0)
+    cursor = np.where(has_crc, cursor + 5, cursor)
+    ok &= cursor == ends
+    shapes: list[tuple[int, ...]] = []
+    rest = np.flatnonzero(~ok).tolist()
+    for i, (start, stop) in enumerate(zip(shape_starts.tolist(), shape_ends.tolist(), strict=True)):
+        dims = _parse_dims(joined[start:stop]) if ok[i] else None
+        if dims is None and ok[i]:
+            ok[i] = False
+            rest.append(i)
+        shapes.append(dims or ())
+    rest.sort()
+    columns = EntryColumns(dtype_enums, shapes, shard_ids, offsets, sizes, crcs.astype(np.uint32))
+    _check_sizes(columns, ok, values)
+    return columns, rest
+
+
+def _optional_varint(
+    buf: np.ndarray, cursor: np.ndarray, ends: np.ndarray, ok: np.ndarray, tag: int, limit: int
+) -> np.ndarray:
+    """Decode, for every row still ``ok``, the varint field ``tag`` at ``cursor`` if it is
+    there (0 if not), advancing ``cursor``; rows whose varint is malformed, runs past the
+    value or exceeds ``limit`` are marked not ``ok``."""
+    present = ok & (cursor < ends) & (buf[cursor] == tag)
+    window = buf[np.where(present, cursor + 1, 0)[:, None] + np.arange(MAX_VARINT64_BYTES - 1)]
+    last = window < 0x80
+    length = np.argmax(last, axis=1) + 1
+    valid = last.any(axis=1)  # 9 bytes at most: 63 bits, enough for every accepted value
+    groups = (window & 0x7F).astype(np.uint64) << (np.uint64(7) * np.arange(MAX_VARINT64_BYTES - 1, dtype=np.uint64))
+    groups[np.arange(MAX_VARINT64_BYTES - 1) >= length[:, None]] = 0
+    value = groups.sum(axis=1, dtype=np.uint64)
+    bad = present & (~valid | (cursor + 1 + length > ends) | (value > np.uint64(limit)))
+    ok &= ~bad
+    cursor += np.where(present & ~bad, 1 + length, 0)
+    return np.where(present & ~bad, value, 0).astype(np.int64)
+
+
+def _check_sizes(columns: EntryColumns, ok: np.ndarray, values: Sequence[bytes]) -> None:
+    """Raise ``decode_entry``'s error for the first decoded entry whose size or shape is wrong."""
+    counts = np.fromiter(map(_element_count, columns.shapes), dtype=np.int64, count=len(columns.shapes))
+    itemsizes = _ITEMSIZES[np.minimum(columns.dtypes, len(_ITEMSIZES) - 1)]
+    numeric = itemsizes > 0
+    # counts are at most INT64_MAX >> 4 and item sizes at most 16: no overflow
+    wrong = (counts < 0) | (numeric & (counts * itemsizes != columns.sizes))
+    wrong |= (columns.dtypes == dtypes.DT_STRING) & (columns.sizes < counts + 4)
+    for i in np.flatnonzero(ok & wrong)[:1]:
+        decode_entry(values[i])  # raises the specific error
+        raise CorruptCheckpointError("invalid entry")  # pragma: no cover - decode_entry raised
+
+
+@functools.lru_cache(maxsize=4096)
+def _element_count(shape: tuple[int, ...]) -> int:
+    """The element count of ``shape``; -1 for a shape TensorFlow refuses."""
+    if len(shape) > MAX_RANK or math.prod(d for d in shape if d) > _INT64_MAX >> 4:
+        return -1
+    return math.prod(shape)
+
+
+# Item size by DataType value (0: not a fixed-size numeric type); the last slot stands for
+# every value beyond the table.
+_ITEMSIZES = np.array([dtypes.itemsize(enum) or 0 for enum in range(128)] + [0], dtype=np.int64)
+
+
+def _decode_entry_proto(value: bytes) -> Entry:
     try:
         proto = BundleEntryProto.FromString(value)
     except DecodeError:

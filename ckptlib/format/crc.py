@@ -10,6 +10,7 @@ GIL on large buffers, so checksums can overlap with I/O in another thread).
 from __future__ import annotations
 
 import crc32c as _crc32c
+import numpy as np
 
 from ckptlib.format.coding import Bytes
 
@@ -22,8 +23,24 @@ def crc32c(data: Bytes, crc: int = 0) -> int:
     return int(_crc32c.crc32c(data, crc))
 
 
+# The extension's own function, for hot loops that map it over many buffers.
+crc32c_fast = _crc32c.crc32c
+
+
 def mask(crc: int) -> int:
     return ((((crc >> 15) | (crc << 17)) & _U32) + MASK_DELTA) & _U32
+
+
+def mask_all(crcs: np.ndarray) -> np.ndarray:
+    """``mask`` of every checksum in a uint32 array."""
+    crcs = np.asarray(crcs, dtype=np.uint32)
+    return ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(MASK_DELTA)
+
+
+def unmask_all(masked: np.ndarray) -> np.ndarray:
+    """``unmask`` of every checksum in a uint32 array."""
+    rot = np.asarray(masked, dtype=np.uint32) - np.uint32(MASK_DELTA)
+    return (rot >> np.uint32(17)) | (rot << np.uint32(15))
 
 
 def unmask(masked: int) -> int:

@@ -148,6 +148,11 @@ def by_name(name: str) -> DType:
     return row
 
 
+def plain_enum(dtype: np.dtype) -> int | None:
+    """The DataType of a native little-endian numeric dtype; None for anything else."""
+    return _ENUM_FOR_NUMPY.get(dtype)
+
+
 def enum_for_numpy(dtype: np.dtype) -> int:
     """The DataType a numpy array of ``dtype`` is saved as (byte order ignored)."""
     if dtype.kind in "SUO":

@@ -1,0 +1,156 @@
+"""The parallel shard writer and positioned writes: exact bytes, and nothing left behind on failure."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ckptlib
+from ckptlib import shard_writer, storage
+from ckptlib.format.crc import crc32c, mask
+from ckptlib.storage import TEMP_MARKER, pwrite_all
+from ckptlib.writer import data_filename
+
+
+def views(*chunks: bytes) -> list[memoryview]:
+    return [memoryview(c) for c in chunks]
+
+
+def read(path: str | Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwritev, real_pwrite = os.pwritev, os.pwrite
+
+    def stingy_pwritev(fd: int, buffers: list[Any], offset: int) -> int:
+        return real_pwrite(fd, bytes(buffers[0])[:3], offset)  # at most 3 bytes per call
+
+    def stingy_pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, bytes(data)[:3], offset)
+
+    monkeypatch.setattr(os, "pwritev", stingy_pwritev)
+    monkeypatch.setattr(os, "pwrite", stingy_pwrite)
+    chunks = [b"hello", b"", b"w", b"orld!" * 3]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        pwrite_all(fd, views(*chunks), 2)
+    finally:
+        os.close(fd)
+    monkeypatch.setattr(os, "pwritev", real_pwritev)
+    assert read(path) == b"\0\0" + b"".join(chunks)
+
+
+def test_pwrite_all_splits_more_buffers_than_iov_max(tmp_path: Path) -> None:
+    chunks = [bytes([i % 251]) * (i % 7) for i in range(5000)]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        pwrite_all(fd, views(*chunks), 0)
+    finally:
+        os.close(fd)
+    assert read(path) == b"".join(chunks)
+
+
+def test_pwrite_all_splits_writes_larger_than_one_call_may_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "_MAX_IO", 5)
+    chunks = [b"0123456789abc", b"de", b"fghijklmnopq"]
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        pwrite_all(fd, views(*chunks), 0)
+    finally:
+        os.close(fd)
+    assert read(path) == b"".join(chunks)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_write_shards_writes_every_shard_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: bool) -> None:
+    monkeypatch.setattr(shard_writer, "PIECE_BYTES", 1000)  # large buffers split, small ones batched
+    monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 3)
+    rng = np.random.default_rng(0)
+    contents = [[rng.bytes(int(n)) for n in rng.integers(0, 2500, 40)] for _ in range(3)] + [[]]
+    finals = [str(tmp_path / f"shard{i}") for i in range(len(contents))]
+    temps, result = shard_writer.write_shards(finals, [views(*c) for c in contents], sync, lambda: "done")
+    assert result == "done"
+    assert [read(t) for t in temps] == [b"".join(c) for c in contents]
+    assert all(TEMP_MARKER in t and t.startswith(f) for t, f in zip(temps, finals))
+
+
+def failing_after(calls: int, real: Any, error: OSError) -> Any:
+    count = [0]
+
+    def fail(*args: Any) -> Any:
+        count[0] += 1
+        if count[0] > calls:
+            raise error
+        return real(*args)
+
+    return fail
+
+
+def only_checkpoint_files(directory: Path) -> list[str]:
+    names = sorted(os.listdir(directory))
+    assert not [n for n in names if TEMP_MARKER in n], names
+    return names
+
+
+@pytest.mark.parametrize("where", ["pwrite_all", "fsync", "meanwhile"])
+def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    prefix = str(tmp_path / "model.ckpt")
+    old = {f"t{i}": np.full(70_000, i, np.float32) for i in range(6)}
+    ckptlib.save(old, prefix, num_shards=3)
+    before = only_checkpoint_files(tmp_path)
+    monkeypatch.setattr(shard_writer, "PIECE_BYTES", 4096)
+    no_space = OSError(errno.ENOSPC, "No space left on device")
+    if where == "pwrite_all":
+        monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(5, storage.pwrite_all, no_space))
+    elif where == "fsync":
+        monkeypatch.setattr(shard_writer.os, "fsync", failing_after(1, os.fsync, OSError(errno.EIO, "I/O error")))
+    else:
+        from ckptlib import writer
+
+        monkeypatch.setattr(writer, "build_table_from_columns", failing_after(0, None, no_space))
+    new = {f"t{i}": np.full(70_000, 10 + i, np.float32) for i in range(6)}
+    with pytest.raises(OSError):
+        ckptlib.save(new, prefix, num_shards=3)
+    assert only_checkpoint_files(tmp_path) == before
+    restored = ckptlib.restore(prefix)
+    assert all(np.array_equal(restored[name], value) for name, value in old.items())
+
+
+def test_shards_hold_each_tensor_at_its_offset_in_add_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written in parallel pieces, each shard is still exactly its tensors back to back."""
+    monkeypatch.setattr(shard_writer, "PIECE_BYTES", 1 << 12)
+    rng = np.random.default_rng(1)
+    state = {f"v{i:02d}": rng.standard_normal(int(rng.integers(0, 9000))).astype(np.float32) for i in range(30)}
+    state["text"] = np.array([b"a", b"bc" * 900], dtype=object)
+    prefix = str(tmp_path / "m")
+    ckptlib.save(state, prefix, num_shards=3)
+    with ckptlib.load_checkpoint(prefix) as reader:
+        layout: dict[int, list[tuple[int, int, str]]] = {}
+        for key, entry in reader.raw_entries():
+            layout.setdefault(entry.shard_id, []).append((entry.offset, entry.size, key.decode()))
+    for shard, tensors in layout.items():
+        data = read(data_filename(prefix, shard, 3))
+        tensors.sort()
+        assert sum(size for _, size, _ in tensors) == len(data)
+        position = 0
+        for offset, size, name in tensors:
+            assert offset == position
+            if name != "text":
+                assert data[offset : offset + size] == state[name].tobytes()
+                with ckptlib.load_checkpoint(prefix) as reader:
+                    assert reader.entry(name).crc32c == (mask(crc32c(state[name].tobytes())) if size else 0xA282EAD8)
+            position += size
+        order = [name for _, _, name in tensors]
+        assert order == [n for n in state if n in order]  # add order within the shard

@@ -1,0 +1,106 @@
+"""CheckpointReader.read_all, the whole-checkpoint read behind ckptlib.restore."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ckptlib
+from ckptlib import reader as reader_module
+from ckptlib.writer import data_filename
+
+
+def mixed_state() -> dict[str, object]:
+    rng = np.random.default_rng(5)
+    return {
+        "a/kernel": rng.standard_normal((64, 32)).astype(np.float32),
+        "a/bias": np.zeros(0, np.float32),  # empty: no bytes, still a checksum
+        "b/bf16": rng.standard_normal(1000).astype(ml_dtypes.bfloat16),
+        "b/step": np.int64(7),
+        "c/text": np.array([b"x", b"yz" * 40], dtype=object),
+        "d/big": rng.standard_normal(600_000).astype(np.float32),  # above the threaded-checksum size
+        "e/flags": rng.standard_normal(10) > 0,
+    }
+
+
+def test_read_all_equals_get_tensor_for_every_kind_of_tensor(tmp_path: Path) -> None:
+    state = mixed_state()
+    writer = ckptlib.BundleWriter(tmp_path / "m", num_shards=3)
+    for name, value in state.items():
+        writer.add(name, value)
+    writer.add_slice("p/part", (4, 2), "0,2:-", np.ones((2, 2), np.float32))
+    writer.add_slice("p/part", (4, 2), "2,2:-", np.zeros((2, 2), np.float32))
+    writer.finish()
+    with ckptlib.load_checkpoint(tmp_path / "m") as reader:
+        everything = reader.read_all()
+        assert list(everything) == reader.keys_list()
+        for name in reader.keys_list():
+            got, want = everything[name], reader.get_tensor(name)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert np.array_equal(got, want)
+
+
+def test_restored_arrays_outlive_the_reader_and_writes_stay_private(tmp_path: Path) -> None:
+    state = {f"t{i}": np.full(1000, i, np.float32) for i in range(50)}
+    ckptlib.save(state, tmp_path / "m")
+    restored = ckptlib.restore(tmp_path / "m")  # the reader is closed when this returns
+    gc.collect()
+    assert all(np.array_equal(restored[name], value) for name, value in state.items())
+    restored["t3"][:] = -1  # copy-on-write: the file keeps its bytes
+    assert np.array_equal(ckptlib.restore(tmp_path / "m")["t3"], state["t3"])
+
+
+def flip_byte_of(prefix: Path, name: str, shard_count: int = 1) -> None:
+    with ckptlib.load_checkpoint(prefix) as reader:
+        entry = reader.entry(name)
+    path = data_filename(str(prefix), entry.shard_id, shard_count)
+    with open(path, "r+b") as f:
+        f.seek(entry.offset + entry.size // 2)
+        byte = f.read(1)
+        f.seek(entry.offset + entry.size // 2)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("damaged", [["t07"], ["t30", "t07"], ["big"]])
+def test_the_first_damaged_tensor_in_key_order_is_named(tmp_path: Path, damaged: list[str]) -> None:
+    state = {f"t{i:02d}": np.full(3000, i, np.float32) for i in range(40)}
+    state["big"] = np.arange(2_000_000, dtype=np.float32)  # checksummed on the thread pool
+    ckptlib.save(state, tmp_path / "m")
+    for name in damaged:
+        flip_byte_of(tmp_path / "m", name)
+    with pytest.raises(ckptlib.ChecksumMismatchError, match=sorted(damaged)[0]):
+        ckptlib.restore(tmp_path / "m")
+    unchecked = ckptlib.restore(tmp_path / "m", verify_checksums=False)
+    assert sorted(unchecked) == sorted(state)
+
+
+def test_a_truncated_shard_is_reported_not_mapped_past_its_end(tmp_path: Path) -> None:
+    state = {f"t{i:02d}": np.full(3000, i, np.float32) for i in range(10)}
+    ckptlib.save(state, tmp_path / "m")
+    path = data_filename(str(tmp_path / "m"), 0, 1)
+    with open(path, "r+b") as f:
+        f.truncate(5 * 12000 + 100)
+    with pytest.raises(ckptlib.CorruptCheckpointError, match="t05"):
+        ckptlib.restore(tmp_path / "m")
+
+
+def test_large_tensors_are_checksummed_on_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[tuple[int, bool]] = []
+    real = reader_module.crc32c_fast
+
+    def spy(data: memoryview) -> int:
+        seen.append((memoryview(data).nbytes, threading.current_thread() is threading.main_thread()))
+        return int(real(data))
+
+    monkeypatch.setattr(reader_module, "crc32c_fast", spy)
+    monkeypatch.setattr(reader_module, "_THREADED_CRC_BYTES", 4096)
+    state = {"small": np.ones(10, np.float32), "l1": np.ones(5000, np.float32), "l2": np.ones(9000, np.float32)}
+    ckptlib.save(state, tmp_path / "m")
+    restored = ckptlib.restore(tmp_path / "m")
+    assert sorted(seen) == [(40, True), (20000, False), (36000, False)]
+    assert all(np.array_equal(restored[name], value) for name, value in state.items())
