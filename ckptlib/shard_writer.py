@@ -105,13 +105,26 @@ def _quick_handoffs() -> Iterator[None]:
     """Let a writer whose system call has returned take the GIL back within a fraction of a
     millisecond, rather than the default 5 ms, while the calling thread runs Python: with
     dozens of writes per shard, waiting out full switch intervals can cost more than the
-    writes themselves."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
+    writes themselves. Nested and concurrent saves share one setting; the last to leave
+    puts the user's interval back."""
+    global _handoff_users, _interval_before
+    with _handoff_lock:
+        if _handoff_users == 0:
+            _interval_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(_interval_before, SWITCH_INTERVAL))
+        _handoff_users += 1
     try:
         yield
     finally:
-        sys.setswitchinterval(previous)
+        with _handoff_lock:
+            _handoff_users -= 1
+            if _handoff_users == 0:
+                sys.setswitchinterval(_interval_before)
+
+
+_handoff_lock = threading.Lock()
+_handoff_users = 0
+_interval_before = 0.005
 
 
 def _pieces(shard: int, buffers: Sequence[memoryview]) -> Iterator[_Piece]:

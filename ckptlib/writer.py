@@ -113,10 +113,9 @@ class _Layout:
 
 def _byte_view(array: np.ndarray) -> memoryview:
     """The array's bytes as a flat memoryview of its own buffer (no copy)."""
-    try:
+    if array.dtype.isbuiltin == 1 and array.size:  # numpy's own types; ml_dtypes' are 2
         return memoryview(array).cast("B")  # type: ignore[arg-type]
-    except (ValueError, TypeError):  # dtypes the buffer protocol cannot describe (ml_dtypes)
-        return array.reshape(-1).view(np.uint8).data
+    return array.reshape(-1).view(np.uint8).data  # no buffer-protocol format, or empty
 
 
 class BundleWriter:

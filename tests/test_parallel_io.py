@@ -154,3 +154,30 @@ def test_shards_hold_each_tensor_at_its_offset_in_add_order(tmp_path: Path, monk
             position += size
         order = [name for _, _, name in tensors]
         assert order == [n for n in state if n in order]  # add order within the shard
+
+
+def test_the_switch_interval_is_put_back_after_concurrent_saves(tmp_path: Path) -> None:
+    import sys
+    import threading
+
+    before = sys.getswitchinterval()
+    seen: list[float] = []
+    started = threading.Barrier(3)
+
+    def slow_meanwhile() -> None:
+        started.wait()
+        seen.append(sys.getswitchinterval())
+        started.wait()
+
+    def save(i: int) -> None:
+        shard_writer.write_shards([str(tmp_path / f"s{i}")], [views(b"x" * 100)], False, slow_meanwhile)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    started.wait()
+    for thread in threads:
+        thread.join()
+    assert seen == [pytest.approx(shard_writer.SWITCH_INTERVAL)] * 2
+    assert sys.getswitchinterval() == before
