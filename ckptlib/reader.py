@@ -300,7 +300,8 @@ class BundleReader(CheckpointReader):
             with contextlib.suppress(CheckpointError):
                 file_sizes[shard_id] = self._shard(shard_id).size
         shard_ids = np.minimum(columns.shard_ids, self.header.num_shards)
-        inside = (columns.sizes > 0) & (columns.offsets + columns.sizes <= file_sizes[shard_ids])
+        # offset <= size - n, not offset + n <= size: a hostile offset near 2**63 must not wrap
+        inside = (columns.sizes > 0) & (columns.offsets <= file_sizes[shard_ids] - columns.sizes)
         numpy_dtypes = [dtypes.numpy_dtype(enum) for enum in columns.dtypes.tolist()]
         rows = [i for i in np.flatnonzero(inside).tolist() if i not in skip and numpy_dtypes[i] is not None]
         offsets, sizes, shards = columns.offsets.tolist(), columns.sizes.tolist(), shard_ids.tolist()

@@ -76,18 +76,25 @@ def restore(
     with what was expected and found.
 
     Numeric tensors returned without ``into`` are copy-on-write views of the memory-mapped
-    files (``mmap=True``, see ``load_checkpoint``); numpy targets in ``into`` are filled
-    straight from the files, without an intermediate copy.
+    files (``mmap=True``, see ``load_checkpoint``). With ``into`` and ``mmap=True``, when the
+    targets take every stored tensor, the whole checkpoint is mapped and every checksum
+    verified before any target is written, so a damaged checkpoint leaves the targets as
+    they were; otherwise (and with ``mmap=False``) numpy targets are filled one by one,
+    straight from the files.
     """
     with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
         if into is None:
             return reader.read_all()
         targets = list(_targets(into, ""))
-        report = _check(reader, targets, strict)
+        stored = set(reader.keys_list())
+        values = reader.read_all() if mmap and stored <= {t.name for t in targets} else None
+        report = _check(reader, targets, strict, values)
         for target in targets:
-            if target.name not in reader:
+            if target.name not in stored:
                 continue
-            if isinstance(target.leaf, np.ndarray):
+            if values is not None:
+                _assign(target, values[target.name])
+            elif isinstance(target.leaf, np.ndarray):
                 reader.read_into(target.name, target.leaf)
             else:
                 _assign(target, reader.get_tensor(target.name))
@@ -105,7 +112,11 @@ def _targets(tree: Mapping[str, Any], prefix: str) -> list[_Target]:
     return out
 
 
-def _check(reader: CheckpointReader, targets: list[_Target], strict: bool) -> RestoreReport:
+def _check(
+    reader: CheckpointReader, targets: list[_Target], strict: bool, values: Mapping[str, np.ndarray] | None
+) -> RestoreReport:
+    """Every problem with the targets at once, as one error; ``values``, if already read,
+    tell shapes and dtypes without another index lookup per tensor."""
     stored = set(reader.keys_list())
     wanted = {t.name for t in targets}
     missing = sorted(wanted - stored)
@@ -114,8 +125,10 @@ def _check(reader: CheckpointReader, targets: list[_Target], strict: bool) -> Re
     for target in targets:
         if target.name not in stored:
             continue
-        shape = tuple(reader.shape(target.name))
-        dtype = reader.dtype(target.name)
+        if values is not None:
+            shape, dtype = values[target.name].shape, values[target.name].dtype
+        else:
+            shape, dtype = tuple(reader.shape(target.name)), reader.dtype(target.name)
         target_shape, target_dtype = _describe(target.leaf)
         if target_shape is not None and tuple(target_shape) != shape:
             shape_problems.append(f"{target.name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")

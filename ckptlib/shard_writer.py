@@ -24,7 +24,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import NamedTuple, TypeVar
 
 from ckptlib.storage import create_temp, pwrite_all, remove_quietly, start_writeback
@@ -64,6 +64,7 @@ def write_shards(
     first error is raised. The buffers must not change until this returns.
     """
     created: list[tuple[str, int]] = []
+    closed: list[str] = []
     try:
         for path in final_paths:
             created.append(create_temp(path))
@@ -76,28 +77,26 @@ def write_shards(
             try:
                 with _quick_handoffs():
                     result = meanwhile()
+                wait(futures)
             except BaseException:
-                stop.set()
+                stop.set()  # the writers stop at their next piece; the pool's exit waits for them
                 raise
-            finally:
-                for future in futures:
-                    with contextlib.suppress(BaseException):
-                        future.exception()  # wait; the caller's error, if any, comes first
             for future in futures:
                 future.result()
             if sync:
                 list(pool.map(os.fsync, fds))
+        while created:  # an fd leaves ``created`` before its close: a failed close is not retried
+            path, fd = created.pop(0)
+            closed.append(path)
+            os.close(fd)  # network file systems may report a failed write only here
     except BaseException:
-        for path, fd in created:
+        for _, fd in created:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        for path in [*closed, *(path for path, _ in created)]:
             remove_quietly(path)
         raise
-    paths = []
-    for path, fd in created:
-        os.close(fd)
-        paths.append(path)
-    return paths, result
+    return closed, result
 
 
 @contextlib.contextmanager

@@ -181,3 +181,42 @@ def test_the_switch_interval_is_put_back_after_concurrent_saves(tmp_path: Path) 
         thread.join()
     assert seen == [pytest.approx(shard_writer.SWITCH_INTERVAL)] * 2
     assert sys.getswitchinterval() == before
+
+
+def test_an_interrupt_while_waiting_for_the_writers_is_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    real = shard_writer.pwrite_all
+
+    def slow(fd: int, buffers: list[memoryview], offset: int) -> None:
+        time.sleep(0.3)
+        real(fd, buffers, offset)
+
+    def interrupted_wait(futures: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shard_writer, "pwrite_all", slow)
+    monkeypatch.setattr(shard_writer, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        shard_writer.write_shards([str(tmp_path / "x")], [views(b"hello")], False, lambda: None)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_close_removes_every_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_close = os.close
+    closes = [0]
+
+    def flaky_close(fd: int) -> None:
+        closes[0] += 1
+        real_close(fd)
+        if closes[0] == 2:
+            raise OSError(errno.EIO, "delayed write error")
+
+    monkeypatch.setattr(shard_writer.os, "close", flaky_close)
+    finals = [str(tmp_path / f"s{i}") for i in range(3)]
+    with pytest.raises(OSError, match="delayed write"):
+        shard_writer.write_shards(finals, [views(b"a"), views(b"b"), views(b"c")], False, lambda: None)
+    monkeypatch.setattr(shard_writer.os, "close", real_close)
+    assert os.listdir(tmp_path) == []

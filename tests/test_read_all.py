@@ -104,3 +104,53 @@ def test_large_tensors_are_checksummed_on_threads(monkeypatch: pytest.MonkeyPatc
     restored = ckptlib.restore(tmp_path / "m")
     assert sorted(seen) == [(40, True), (20000, False), (36000, False)]
     assert all(np.array_equal(restored[name], value) for name, value in state.items())
+
+
+def test_restore_into_writes_no_target_when_any_tensor_is_damaged(tmp_path: Path) -> None:
+    state = {f"t{i:02d}": np.full(3000, i, np.float32) for i in range(20)}
+    ckptlib.save(state, tmp_path / "m")
+    flip_byte_of(tmp_path / "m", "t15")
+    targets = {name: np.zeros_like(value) for name, value in state.items()}
+    with pytest.raises(ckptlib.ChecksumMismatchError, match="t15"):
+        ckptlib.restore(tmp_path / "m", into=targets)
+    assert all(not target.any() for target in targets.values())  # t00..t14 untouched too
+
+
+def test_restore_into_fills_every_kind_of_target(tmp_path: Path) -> None:
+    state = mixed_state()
+    ckptlib.save(state, tmp_path / "m", num_shards=2)
+    targets: dict[str, object] = {
+        name: np.zeros_like(value) if isinstance(value, np.ndarray) and value.dtype != object else None
+        for name, value in state.items()
+    }
+    targets["b/step"] = 0  # a plain value: replaced in its mapping
+    report = ckptlib.restore(tmp_path / "m", into=targets)
+    assert report.restored == sorted(state)
+    for name, value in state.items():
+        got = targets[name]
+        assert np.array_equal(np.asarray(got), np.asarray(value)), name
+    assert targets["b/step"] == 7 and isinstance(targets["b/step"], int)
+
+
+def hostile_index(prefix: Path, entry: bytes) -> None:
+    from ckptlib.format.bundle import encode_header
+    from ckptlib.format.table import build_table
+
+    ckptlib.save({"a": np.arange(4, dtype=np.float32)}, prefix, sync=False)
+    with open(f"{prefix}.index", "wb") as f:
+        f.write(build_table([(b"", encode_header(1)), (b"a", entry)]))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_offset_that_wraps_past_2_63_is_refused_not_mapped(tmp_path: Path, verify: bool) -> None:
+    from ckptlib.format.bundle import EMPTY_CRC, encode_plain_entry
+
+    hostile_index(tmp_path / "m", encode_plain_entry(1, (4,), 0, (1 << 63) - 8, 16, EMPTY_CRC))
+    with pytest.raises(ckptlib.CorruptCheckpointError, match="past the end"):
+        ckptlib.restore(tmp_path / "m", verify_checksums=verify)
+
+
+def test_a_shape_field_running_past_its_entry_is_a_corrupt_checkpoint(tmp_path: Path) -> None:
+    hostile_index(tmp_path / "m", bytes.fromhex("08011248"))  # shape length 0x48, no bytes after
+    with pytest.raises(ckptlib.CorruptCheckpointError):
+        ckptlib.restore(tmp_path / "m")

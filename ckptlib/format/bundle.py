@@ -334,9 +334,9 @@ def decode_plain_entries(values: Sequence[bytes]) -> tuple[EntryColumns, list[in
     dtype_enums = _optional_varint(buf, cursor, ends, ok, 0x08, _INT32_MAX)
     ok &= (buf[cursor] == 0x12) & (buf[cursor + 1] < 0x80) & (cursor + 2 <= ends)
     shape_starts = cursor + 2
-    shape_ends = cursor = np.where(ok, shape_starts + buf[cursor + 1], ends)
-    ok &= cursor <= ends
-    shape_ends = shape_ends.copy()  # ``cursor`` moves on below
+    shape_ends = np.where(ok, shape_starts + buf[cursor + 1], ends)
+    ok &= shape_ends <= ends
+    cursor = np.where(ok, shape_ends, ends)  # a bad row's cursor must not point past its value
     shard_ids = _optional_varint(buf, cursor, ends, ok, 0x18, _INT32_MAX)
     offsets = _optional_varint(buf, cursor, ends, ok, 0x20, _INT64_MAX)
     sizes = _optional_varint(buf, cursor, ends, ok, 0x28, _INT64_MAX)
