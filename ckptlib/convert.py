@@ -158,6 +158,8 @@ def _save_safetensors(tensors: Mapping[str, np.ndarray], path: str, quantized: M
 
 def _load_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     module = _safetensors()
+    import ml_dtypes  # noqa: F401  registers bfloat16 and the float8 types, which safetensors asks numpy for
+
     try:
         arrays = dict(module.load_file(path))  # type: ignore[attr-defined]
         with module.safe_open(path, framework="np") as f:  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -108,3 +110,31 @@ def test_numpy_native_aliases() -> None:
     assert dtypes.enum_for_numpy(np.dtype(np.bool_)) == dtypes.DT_BOOL
     assert dtypes.enum_for_numpy(np.dtype(np.intp)) == dtypes.DT_INT64
     assert dtypes.enum_for_numpy(np.dtype(np.longlong)) == dtypes.DT_INT64
+
+
+def _fresh_python(code: str) -> str:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_ml_dtypes_is_imported_only_when_a_tensor_needs_it(tmp_path: Path) -> None:
+    """It takes longer to import than the rest of ckptlib; float32 work must not pay for it."""
+    prefix = str(tmp_path / "plain")
+    out = _fresh_python(
+        "import sys, numpy as np, ckptlib\n"
+        f"ckptlib.save({{'x': np.ones(3, np.float32), 's': b'text'}}, {prefix!r})\n"
+        f"assert ckptlib.restore({prefix!r})['x'].sum() == 3\n"
+        "print('ml_dtypes' in sys.modules)"
+    )
+    assert out == "False"
+    bf16 = str(tmp_path / "bf16")
+    ckptlib.save({"b": np.arange(4).astype(ml_dtypes.bfloat16)}, bf16)
+    out = _fresh_python(
+        f"import sys, ckptlib\nb = ckptlib.restore({bf16!r})['b']\n"
+        "print(b.dtype, b.tolist(), 'ml_dtypes' in sys.modules)"
+    )
+    assert out == "bfloat16 [0.0, 1.0, 2.0, 3.0] True"
