@@ -278,10 +278,11 @@ class BundleReader(CheckpointReader):
         if not self.mmap or self.header.big_endian:
             return super().read_all()
         with self._context():
-            items = [(key, value) for key, value in self._table.items() if key != HEADER_KEY]
-        keys = [key for key, _ in items]
+            keys, values = self._table.columns()
+        if keys and keys[0] == HEADER_KEY:
+            del keys[0], values[0]
         try:
-            columns, rest = decode_plain_entries([value for _, value in items])
+            columns, rest = decode_plain_entries(values)
         except CheckpointError:
             return super().read_all()  # get_tensor raises, naming the tensor
         arrays = self._map_plain(columns, set(rest))

@@ -345,15 +345,12 @@ def decode_plain_entries(values: Sequence[bytes]) -> tuple[EntryColumns, list[in
     crcs = np.where(has_crc, buf[crc_at].astype(np.uint32) @ (np.uint32(1) << np.arange(0, 32, 8, dtype=np.uint32)), 0)
     cursor = np.where(has_crc, cursor + 5, cursor)
     ok &= cursor == ends
-    shapes: list[tuple[int, ...]] = []
+    # Shapes repeat: each distinct serialized shape is parsed once (``_parse_dims`` caches).
+    parsed = list(map(_parse_dims, map(joined.__getitem__, map(slice, shape_starts.tolist(), shape_ends.tolist()))))
+    unparsed = [i for i in np.flatnonzero(ok).tolist() if parsed[i] is None]
+    ok[unparsed] = False
     rest = np.flatnonzero(~ok).tolist()
-    for i, (start, stop) in enumerate(zip(shape_starts.tolist(), shape_ends.tolist(), strict=True)):
-        dims = _parse_dims(joined[start:stop]) if ok[i] else None
-        if dims is None and ok[i]:
-            ok[i] = False
-            rest.append(i)
-        shapes.append(dims or ())
-    rest.sort()
+    shapes: list[tuple[int, ...]] = [dims or () for dims in parsed]
     columns = EntryColumns(dtype_enums, shapes, shard_ids, offsets, sizes, crcs.astype(np.uint32))
     _check_sizes(columns, ok, values)
     return columns, rest

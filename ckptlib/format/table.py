@@ -192,6 +192,17 @@ class TableReader:
         for i in range(len(self._handles)):
             yield from self._data_block(i).items()
 
+    def columns(self) -> tuple[list[bytes], list[bytes]]:
+        """Every key and every value, in key order, as two lists (``items`` without a tuple
+        per entry)."""
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for i in range(len(self._handles)):
+            block = self._data_block(i)
+            keys += block.keys()
+            values += block.values()
+        return keys, values
+
     def verify_all(self) -> None:
         """Read and check every data block (checksums, key order)."""
         for i in range(len(self._handles)):

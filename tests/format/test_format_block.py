@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckptlib
+from ckptlib.format import block as block_module
 from ckptlib.format.block import BlockBuilder, parse_block
 from ckptlib.format.coding import decode_fixed32, decode_varint
 
@@ -139,3 +140,64 @@ def test_parse_damaged_block(entries: list[tuple[bytes, bytes]], data: st.DataOb
 def test_malformed_blocks(contents: str) -> None:
     with pytest.raises(ckptlib.CorruptCheckpointError):
         parse_block(bytes.fromhex(contents))
+
+
+def parse_with_threshold(block: bytes, threshold: int) -> object:
+    """``parse_block``'s verdict (entries or error type) with the numpy walk tried on blocks
+    of at least ``threshold`` restarts."""
+    saved = block_module._BULK_MIN_RESTARTS
+    block_module._BULK_MIN_RESTARTS = threshold
+    try:
+        return parse_block(block)
+    except ckptlib.CorruptCheckpointError as e:
+        return type(e)
+    finally:
+        block_module._BULK_MIN_RESTARTS = saved
+
+
+SMALL_ENTRIES = st.dictionaries(KEY, st.binary(max_size=100), max_size=120).map(lambda d: sorted(d.items()))
+
+
+@SETTINGS
+@given(SMALL_ENTRIES, st.one_of(st.integers(1, 20), st.integers(60, 130)), st.data())
+def test_the_numpy_walk_parses_blocks_exactly_as_the_loop_does(
+    entries: list[tuple[bytes, bytes]], interval: int, data: st.DataObject
+) -> None:
+    """Intact or damaged (flipped, inserted or truncated bytes), one verdict for both paths."""
+    builder = BlockBuilder(interval)
+    for key, value in entries:
+        builder.add(key, value)
+    block = bytearray(builder.finish())
+    mutations = data.draw(st.integers(0, 3))
+    for _ in range(mutations):
+        i = data.draw(st.integers(0, len(block) - 1))
+        kind = data.draw(st.sampled_from(["flip", "insert", "cut"]))
+        if kind == "flip":
+            block[i] ^= data.draw(st.integers(1, 255))
+        elif kind == "insert":
+            block.insert(i, data.draw(st.integers(0, 255)))
+        elif i:
+            del block[i:]
+    loop = parse_with_threshold(bytes(block), 1 << 30)
+    assert parse_with_threshold(bytes(block), 1) == loop
+    if not mutations:
+        assert loop == entries
+
+
+def test_the_numpy_walk_takes_real_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    builder = BlockBuilder()
+    entries = [(f"layer_{i:05d}/kernel".encode(), bytes([i % 256]) * (i % 90)) for i in range(2000)]
+    for key, value in entries:
+        builder.add(key, value)
+    block = builder.finish()
+    calls = []
+    real = block_module._parse_common_block
+
+    def spy(*args: object) -> object:
+        result = real(*args)  # type: ignore[arg-type]
+        calls.append(result is not None)
+        return result
+
+    monkeypatch.setattr(block_module, "_parse_common_block", spy)
+    assert parse_block(block) == entries
+    assert calls == [True]
