@@ -42,6 +42,7 @@ from ckptlib.format.crc import crc32c, crc32c_fast, unmask, unmask_all
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
+from ckptlib.gc_pause import gc_paused
 from ckptlib.storage import LocalFile
 from ckptlib.writer import data_filename, index_filename
 
@@ -277,6 +278,10 @@ class BundleReader(CheckpointReader):
         """
         if not self.mmap or self.header.big_endian:
             return super().read_all()
+        with gc_paused():
+            return self._read_all_mapped()
+
+    def _read_all_mapped(self) -> dict[str, np.ndarray]:
         with self._context():
             keys, values = self._table.columns()
         if keys and keys[0] == HEADER_KEY:

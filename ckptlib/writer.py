@@ -36,6 +36,7 @@ from ckptlib.format.slices import TensorSlice, overlaps, slice_key
 from ckptlib.format.strings import encode_strings
 from ckptlib.format.table import TableReader
 from ckptlib.format.vector_coding import concat_segments
+from ckptlib.gc_pause import gc_paused
 from ckptlib.shard_writer import write_shards
 from ckptlib.storage import (
     ASIDE_MARKER,
@@ -226,9 +227,10 @@ class BundleWriter:
             assert self._max_shard_bytes is not None
             total = sum(p.nbytes for p in self._pending)
             self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
-        layout = _Layout(self._assign_shards())
         finals = [data_filename(self.prefix, i, self._num_shards) for i in range(self._num_shards)]
-        temps, index = write_shards(finals, layout.contents, self._sync, lambda: self._index_bytes(layout))
+        with gc_paused():
+            layout = _Layout(self._assign_shards())
+            temps, index = write_shards(finals, layout.contents, self._sync, lambda: self._index_bytes(layout))
         try:
             temps.append(write_temp(index_filename(self.prefix), [index], self._sync))
         except BaseException:

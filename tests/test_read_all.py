@@ -154,3 +154,23 @@ def test_a_shape_field_running_past_its_entry_is_a_corrupt_checkpoint(tmp_path: 
     hostile_index(tmp_path / "m", bytes.fromhex("08011248"))  # shape length 0x48, no bytes after
     with pytest.raises(ckptlib.CorruptCheckpointError):
         ckptlib.restore(tmp_path / "m")
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_put_back_as_it_was(tmp_path: Path, enabled: bool) -> None:
+    import gc
+
+    state = {f"t{i}": np.full(10, i, np.float32) for i in range(30)}
+    if not enabled:
+        gc.disable()
+    try:
+        ckptlib.save(state, tmp_path / "m")
+        assert gc.isenabled() == enabled
+        ckptlib.restore(tmp_path / "m")
+        assert gc.isenabled() == enabled
+        flip_byte_of(tmp_path / "m", "t3")
+        with pytest.raises(ckptlib.ChecksumMismatchError):
+            ckptlib.restore(tmp_path / "m")
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
