@@ -33,12 +33,16 @@ def timed(label: str, op) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     state = many_small_state()
-    work = tempfile.mkdtemp(prefix="ckptlib-bench-", dir=os.getcwd())
+    with tempfile.TemporaryDirectory(prefix="ckptlib-bench-", dir=os.getcwd()) as work:
+        run(state, work)
+
+
+def run(state: dict, work: str) -> None:  # type: ignore[type-arg]
     t0 = time.perf_counter()
     objects = TF2Objects(tf, state)
     print(f"(building {len(state)} tf.Variables took {time.perf_counter() - t0:.1f} s, untimed)")
     print("| operation | seconds |\n|---|---:|")
-    ck = timed("ckptlib save", lambda: ckptlib.save(state, os.path.join(work, "ck/model")))
+    ck = timed("ckptlib save (fsync)", lambda: ckptlib.save(state, os.path.join(work, "ck/model")))
     tf_write = timed("TF2 Checkpoint.write", lambda: objects.write(os.path.join(work, "tf2/model")))
     ck_read = timed("ckptlib restore + touch", lambda: touch(ckptlib.restore(os.path.join(work, "ck/model")).values()))
     tf_read = timed("TF2 Checkpoint.read", lambda: objects.read(os.path.join(work, "tf2/model")))

@@ -1,0 +1,91 @@
+"""ckptlib's memory-mapped restore against the leanest checksum-verifying reader, alone.
+
+    python benchmarks/mmap_floor.py [--repeat 8]
+
+The large state (bench.py) saved once with fsync and once without, and its bytes in one
+raw file; then, round by round, three contenders each map everything, crc32c every byte
+(arrays of 1 MiB and more on all cores) and touch every page: plain ndarrays over a raw
+copy-on-write map, and ``ckptlib.restore`` of each checkpoint. Nothing else runs in the
+process (bench.py's process also holds TensorFlow and several GiB of arrays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import crc32c
+import numpy as np
+
+import ckptlib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import MIB, large_state, touch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=8)
+    args = parser.parse_args()
+    state = large_state()
+    arrays = list(state.values())
+    with tempfile.TemporaryDirectory(prefix="ckptlib-bench-", dir=os.getcwd()) as work:
+        raw = os.path.join(work, "raw.bin")
+        ckptlib.save(state, os.path.join(work, "nosync"), sync=False)
+        ckptlib.save(state, os.path.join(work, "sync"))
+        with open(raw, "wb") as f:
+            for a in arrays:
+                a.tofile(f)
+
+        def views() -> list[np.ndarray]:
+            with open(raw, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            base = np.frombuffer(mapped, np.uint8)
+            out, large, pos = [], [], 0
+            for a in arrays:
+                out.append(np.ndarray(a.shape, a.dtype, base, pos))
+                if a.nbytes < MIB:
+                    crc32c.crc32c(base[pos : pos + a.nbytes])
+                else:
+                    large.append(base[pos : pos + a.nbytes])
+                pos += a.nbytes
+            with ThreadPoolExecutor(os.cpu_count()) as pool:
+                list(pool.map(crc32c.crc32c, large))
+            touch(out)
+            return out
+
+        def restore(name: str) -> dict[str, np.ndarray]:
+            out = ckptlib.restore(os.path.join(work, name))
+            touch(out.values())
+            return out
+
+        contenders = {
+            "raw mmap views + crc32c + touch": views,
+            "ckptlib restore + touch (saved without fsync)": lambda: restore("nosync"),
+            "ckptlib restore + touch (saved with fsync)": lambda: restore("sync"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for round_ in range(args.repeat + 1):  # the first round warms up
+            for name, op in contenders.items():
+                t0 = time.perf_counter()
+                result = op()
+                elapsed = time.perf_counter() - t0
+                del result
+                if round_:
+                    times[name].append(elapsed)
+    floor = statistics.median(times["raw mmap views + crc32c + touch"])
+    print("| operation | median s | ratio to the floor |")
+    print("|---|---:|---:|")
+    for name, ts in times.items():
+        print(f"| {name} | {statistics.median(ts):.4f} | {floor / statistics.median(ts):.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
