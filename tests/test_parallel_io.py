@@ -26,6 +26,16 @@ def read(path: str | Path) -> bytes:
         return f.read()
 
 
+def pwrite_file(path: Path, chunks: list[bytes], offset: int) -> Path:
+    """``pwrite_all`` of ``chunks`` at ``offset`` into a new file at ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        pwrite_all(fd, views(*chunks), offset)
+    finally:
+        os.close(fd)
+    return path
+
+
 def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_pwritev, real_pwrite = os.pwritev, os.pwrite
 
@@ -38,36 +48,21 @@ def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(os, "pwritev", stingy_pwritev)
     monkeypatch.setattr(os, "pwrite", stingy_pwrite)
     chunks = [b"hello", b"", b"w", b"orld!" * 3]
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        pwrite_all(fd, views(*chunks), 2)
-    finally:
-        os.close(fd)
+    path = pwrite_file(tmp_path / "f", chunks, 2)
     monkeypatch.setattr(os, "pwritev", real_pwritev)
     assert read(path) == b"\0\0" + b"".join(chunks)
 
 
 def test_pwrite_all_splits_more_buffers_than_iov_max(tmp_path: Path) -> None:
     chunks = [bytes([i % 251]) * (i % 7) for i in range(5000)]
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        pwrite_all(fd, views(*chunks), 0)
-    finally:
-        os.close(fd)
+    path = pwrite_file(tmp_path / "f", chunks, 0)
     assert read(path) == b"".join(chunks)
 
 
 def test_pwrite_all_splits_writes_larger_than_one_call_may_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storage, "_MAX_IO", 5)
     chunks = [b"0123456789abc", b"de", b"fghijklmnopq"]
-    path = tmp_path / "f"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        pwrite_all(fd, views(*chunks), 0)
-    finally:
-        os.close(fd)
+    path = pwrite_file(tmp_path / "f", chunks, 0)
     assert read(path) == b"".join(chunks)
 
 
