@@ -161,12 +161,14 @@ def encode_plain_entries(
     crcs = np.asarray(crcs, dtype="<u4")
     tagged = np.concatenate([np.full((n, 1), _TAG_CRC[0], dtype=np.uint8), crcs.view(np.uint8).reshape(n, 4)], axis=1)
     place(tails, cursor, tagged, np.where(crcs != 0, 5, 0))
-    tail_bytes = row_prefixes(tails, cursor)
-    source = np.concatenate([head_bytes, tail_bytes])
-    starts = np.stack([np.cumsum(head_lengths) - head_lengths, len(head_bytes) + np.cumsum(cursor) - cursor], axis=1)
-    return concat_segments(source, starts.reshape(-1), np.stack([head_lengths, cursor], axis=1).reshape(-1)), (
-        head_lengths + cursor
-    )
+    tail_lengths = cursor
+    # Interleave: head 0, tail 0, head 1, tail 1, ...
+    source = np.concatenate([head_bytes, row_prefixes(tails, tail_lengths)])
+    head_starts = np.cumsum(head_lengths) - head_lengths
+    tail_starts = len(head_bytes) + np.cumsum(tail_lengths) - tail_lengths
+    starts = np.stack([head_starts, tail_starts], axis=1).reshape(-1)
+    lengths = np.stack([head_lengths, tail_lengths], axis=1).reshape(-1)
+    return concat_segments(source, starts, lengths), head_lengths + tail_lengths
 
 
 @functools.lru_cache(maxsize=4096)
