@@ -8,6 +8,7 @@ reader allocate more than the checkpoint's own size. Checksums are verified by d
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -34,15 +35,17 @@ from ckptlib.format.bundle import (
     Header,
     decode_entry,
     decode_header,
-    decode_plain_entries,
+    decode_plain_entries_at,
     key_to_name,
+    keys_to_names,
     name_to_key,
 )
-from ckptlib.format.crc import crc32c, crc32c_fast, unmask, unmask_all
+from ckptlib.format.crc import crc32c, unmask, unmask_all
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
 from ckptlib.gc_pause import gc_paused
+from ckptlib.span_checks import check_spans
 from ckptlib.storage import LocalFile
 from ckptlib.writer import data_filename, index_filename
 
@@ -283,18 +286,21 @@ class BundleReader(CheckpointReader):
 
     def _read_all_mapped(self) -> dict[str, np.ndarray]:
         with self._context():
-            keys, values = self._table.columns()
+            table = self._table.columns()
+        keys, starts, ends = table.keys, table.value_starts, table.value_ends
         if keys and keys[0] == HEADER_KEY:
-            del keys[0], values[0]
+            keys, starts, ends = keys[1:], starts[1:], ends[1:]
         try:
-            columns, rest = decode_plain_entries(values)
+            columns, rest = decode_plain_entries_at(table.data, starts, ends)
         except CheckpointError:
             return super().read_all()  # get_tensor raises, naming the tensor
         arrays = self._map_plain(columns, set(rest))
         if any(key[:1] == b"\0" for key in keys):  # partitioned tensors: slice keys are hidden
             by_name = {key_to_name(keys[row]): array for row, array in arrays.items()}
             return {name: by_name[name] if name in by_name else self.get_tensor(name) for name in self.keys_list()}
-        names = self._names = [key_to_name(key) for key in keys]
+        names = self._names = keys_to_names(keys)
+        if len(arrays) == len(names):  # every tensor mapped, in row order
+            return dict(zip(names, arrays.values(), strict=True))
         return {name: arrays[row] if row in arrays else self.get_tensor(name) for row, name in enumerate(names)}
 
     def _map_plain(self, columns: EntryColumns, skip: set[int]) -> dict[int, np.ndarray]:
@@ -308,21 +314,35 @@ class BundleReader(CheckpointReader):
         shard_ids = np.minimum(columns.shard_ids, self.header.num_shards)
         # offset <= size - n, not offset + n <= size: a hostile offset near 2**63 must not wrap
         inside = (columns.sizes > 0) & (columns.offsets <= file_sizes[shard_ids] - columns.sizes)
-        numpy_dtypes = [dtypes.numpy_dtype(enum) for enum in columns.dtypes.tolist()]
-        rows = [i for i in np.flatnonzero(inside).tolist() if i not in skip and numpy_dtypes[i] is not None]
-        offsets, sizes, shards = columns.offsets.tolist(), columns.sizes.tolist(), shard_ids.tolist()
-        if self.verify_checksums:
-            views = {i: self._shards[i].mapped_view() for i in np.unique(shard_ids[rows]).tolist()}
-            spans = [views[shards[i]][offsets[i] : offsets[i] + sizes[i]] for i in rows]
-            intact = (_checksums(spans) == unmask_all(columns.crcs[rows])).tolist()
-            rows = [row for row, good in zip(rows, intact, strict=True) if good]
-            del spans
+        by_enum = {enum: dtypes.numpy_dtype(enum) for enum in np.unique(columns.dtypes).tolist()}
+        usable = inside & np.isin(columns.dtypes, [enum for enum, found in by_enum.items() if found is not None])
+        usable[list(skip)] = False
+        rows = np.flatnonzero(usable)
+        row_list = rows.tolist()
+        used = np.unique(shard_ids[rows]).tolist()
         # Each array's base is a byte array over its shard's map, which holds a buffer export
         # of the map for as long as any array lives (closing the map then fails quietly: see
         # LocalFile.close). np.ndarray(buffer=the map itself) would hold none.
-        bases = {i: np.frombuffer(self._shards[i].mapped(), np.uint8) for i in np.unique(shard_ids[rows]).tolist()}
-        shapes = columns.shapes
-        return {i: np.ndarray(shapes[i], numpy_dtypes[i], bases[shards[i]], offsets[i]) for i in rows}
+        bases = {i: np.frombuffer(self._shards[i].mapped(), np.uint8) for i in used}
+        shapes = columns.shapes if len(row_list) == len(columns.shapes) else [columns.shapes[i] for i in row_list]
+        numpy_dtypes = list(map(by_enum.__getitem__, columns.dtypes[rows].tolist()))
+        row_bases = (
+            itertools.repeat(bases[used[0]]) if len(used) == 1 else map(bases.__getitem__, shard_ids[rows].tolist())
+        )
+        offsets = columns.offsets[rows]
+
+        def make_arrays() -> dict[int, np.ndarray]:
+            return dict(zip(row_list, map(np.ndarray, shapes, numpy_dtypes, row_bases, offsets.tolist()), strict=True))
+
+        if not self.verify_checksums:
+            return make_arrays()
+        views = {i: self._shards[i].mapped_view() for i in used}
+        intact, arrays = check_spans(
+            views, shard_ids[rows], offsets, columns.sizes[rows], unmask_all(columns.crcs[rows]), make_arrays
+        )
+        for row in rows[~intact].tolist():
+            del arrays[row]
+        return arrays
 
     def _verify_structure(self) -> None:
         with self._context():
@@ -482,24 +502,6 @@ def _read_checksummed(shard: LocalFile, offset: int, raw: memoryview, verify: bo
     for future in futures:
         future.result()
     return state[0]
-
-
-# Tensors at least this large are checksummed on a thread pool by ``read_all``.
-_THREADED_CRC_BYTES = 1 << 20
-
-
-def _checksums(spans: list[memoryview]) -> np.ndarray:
-    """crc32c of every span; large ones on several threads (largest first), the rest here."""
-    out = np.fromiter(
-        (crc32c_fast(span) if span.nbytes < _THREADED_CRC_BYTES else 0 for span in spans), np.uint32, len(spans)
-    )
-    large = sorted(
-        (i for i, span in enumerate(spans) if span.nbytes >= _THREADED_CRC_BYTES), key=lambda i: -spans[i].nbytes
-    )
-    if large:
-        with ThreadPoolExecutor(min(len(large), os.cpu_count() or 1)) as pool:
-            out[large] = list(pool.map(crc32c_fast, (spans[i] for i in large)))
-    return out
 
 
 class _ErrorContext:

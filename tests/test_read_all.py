@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ckptlib
-from ckptlib import reader as reader_module
+from ckptlib import span_checks
 from ckptlib.writer import data_filename
 
 
@@ -89,21 +89,39 @@ def test_a_truncated_shard_is_reported_not_mapped_past_its_end(tmp_path: Path) -
         ckptlib.restore(tmp_path / "m")
 
 
-def test_large_tensors_are_checksummed_on_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_runs_of_adjacent_tensors_are_checksummed_in_pieces_on_threads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     seen: list[tuple[int, bool]] = []
-    real = reader_module.crc32c_fast
+    real = span_checks.crc32c_fast
 
     def spy(data: memoryview) -> int:
         seen.append((memoryview(data).nbytes, threading.current_thread() is threading.main_thread()))
         return int(real(data))
 
-    monkeypatch.setattr(reader_module, "crc32c_fast", spy)
-    monkeypatch.setattr(reader_module, "_THREADED_CRC_BYTES", 4096)
-    state = {"small": np.ones(10, np.float32), "l1": np.ones(5000, np.float32), "l2": np.ones(9000, np.float32)}
+    monkeypatch.setattr(span_checks, "crc32c_fast", spy)
+    monkeypatch.setattr(span_checks, "_THREADED_BYTES", 4096)
+    state = {"l1": np.ones(5000, np.float32), "l2": np.ones(9000, np.float32), "small": np.ones(10, np.float32)}
     ckptlib.save(state, tmp_path / "m")
     restored = ckptlib.restore(tmp_path / "m")
-    assert sorted(seen) == [(40, True), (20000, False), (36000, False)]
+    assert seen == [(56040, False)]  # three adjacent tensors, one pass
     assert all(np.array_equal(restored[name], value) for name, value in state.items())
+    seen.clear()
+    monkeypatch.setattr(span_checks, "_RUN_BYTES", 20000)  # cut at 20000-byte boundaries
+    ckptlib.restore(tmp_path / "m")
+    assert sorted(seen) == [(40, True), (20000, False), (36000, False)]
+
+
+def test_a_damaged_run_is_searched_tensor_by_tensor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sizes: list[int] = []
+    real = span_checks.crc32c_fast
+    monkeypatch.setattr(span_checks, "crc32c_fast", lambda data: sizes.append(len(data)) or real(data))
+    state = {f"t{i:02d}": np.full(1000, i, np.float32) for i in range(10)}
+    ckptlib.save(state, tmp_path / "m")
+    flip_byte_of(tmp_path / "m", "t04")
+    with pytest.raises(ckptlib.ChecksumMismatchError, match="t04"):
+        ckptlib.restore(tmp_path / "m")
+    assert sizes == [40000] + [4000] * 10  # the run, then each of its tensors
 
 
 def test_restore_into_writes_no_target_when_any_tensor_is_damaged(tmp_path: Path) -> None:

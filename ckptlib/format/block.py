@@ -13,7 +13,9 @@ listed in ``restart`` so a reader can binary-search. An empty block is ``0000000
 
 from __future__ import annotations
 
+import itertools
 import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,8 +75,45 @@ class BlockBuilder:
         return bytes(out)
 
 
+class BlockColumns(NamedTuple):
+    """A block's (or a table's) entries as columns: value ``i`` is
+    ``data[value_starts[i] : value_ends[i]]``."""
+
+    keys: list[bytes]
+    data: bytes
+    value_starts: np.ndarray
+    value_ends: np.ndarray
+
+    def value(self, i: int) -> bytes:
+        return self.data[int(self.value_starts[i]) : int(self.value_ends[i])]
+
+    def values(self) -> list[bytes]:
+        return list(map(self.data.__getitem__, map(slice, self.value_starts.tolist(), self.value_ends.tolist())))
+
+    def entries(self) -> list[tuple[bytes, bytes]]:
+        return list(zip(self.keys, self.values(), strict=True))
+
+
+def concat_columns(parts: list[BlockColumns]) -> BlockColumns:
+    """The entries of several blocks, in order, as one set of columns."""
+    if len(parts) == 1:
+        return parts[0]
+    shifts = np.cumsum([0] + [len(part.data) for part in parts], dtype=np.int64)
+    return BlockColumns(
+        list(itertools.chain.from_iterable(part.keys for part in parts)),
+        b"".join(part.data for part in parts),
+        np.concatenate([np.zeros(0, np.int64), *(p.value_starts + d for p, d in zip(parts, shifts, strict=False))]),
+        np.concatenate([np.zeros(0, np.int64), *(p.value_ends + d for p, d in zip(parts, shifts, strict=False))]),
+    )
+
+
 def parse_block(contents: Bytes) -> list[tuple[bytes, bytes]]:
-    """All ``(key, value)`` entries of a block, in order.
+    """All ``(key, value)`` entries of a block, in order; see ``parse_block_columns``."""
+    return parse_block_columns(contents).entries()
+
+
+def parse_block_columns(contents: Bytes) -> BlockColumns:
+    """All entries of a block, in order, as columns.
 
     Raises ``CorruptCheckpointError`` for a malformed block (bad restart array, entries
     running past the restart array, a shared prefix longer than the previous key) or for
@@ -93,7 +132,9 @@ def parse_block(contents: Bytes) -> list[tuple[bytes, bytes]]:
         parsed = _parse_common_block(data, restarts, MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * size)
         if parsed is not None:
             return parsed
-    entries: list[tuple[bytes, bytes]] = []
+    keys: list[bytes] = []
+    starts: list[int] = []
+    ends: list[int] = []
     pos = 0
     key = b""
     key_budget = MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * size
@@ -114,12 +155,14 @@ def parse_block(contents: Bytes) -> list[tuple[bytes, bytes]]:
         if key_budget < 0:
             raise CorruptCheckpointError("bad block contents: keys expand beyond any real checkpoint's")
         new_key = key[:shared] + data[pos:key_end]
-        if entries and new_key <= key:
+        if keys and new_key <= key:
             raise CorruptCheckpointError(f"keys out of order in block: {new_key!r} after {key!r}")
         key = new_key
-        entries.append((key, data[key_end:value_end]))
+        keys.append(key)
+        starts.append(key_end)
+        ends.append(value_end)
         pos = value_end
-    return entries
+    return BlockColumns(keys, data, np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
 
 
 # Blocks with at least this many restart points are parsed with numpy first, unless a
@@ -128,8 +171,8 @@ _BULK_MIN_RESTARTS = 8
 _MAX_GROUP = 64
 
 
-def _parse_common_block(data: bytes, restarts: np.ndarray, key_budget: int) -> list[tuple[bytes, bytes]] | None:
-    """``parse_block`` for the blocks every writer produces, with the entry walk done on all
+def _parse_common_block(data: bytes, restarts: np.ndarray, key_budget: int) -> BlockColumns | None:
+    """``parse_block_columns`` for the blocks every writer produces, with the entry walk done on all
     restart groups at once: restart offsets strictly increasing from 0, every varint one
     byte, every entry ending inside its group, keys strictly increasing. Anything else
     returns None and goes through the one-entry-at-a-time loop, which names the problem."""
@@ -164,8 +207,7 @@ def _parse_common_block(data: bytes, restarts: np.ndarray, key_budget: int) -> l
     if keys is None or any(map(operator.ge, keys, keys[1:])):
         return None
     value_start = start + 3 + non_shared
-    values = map(data.__getitem__, map(slice, value_start.tolist(), (value_start + value_len).tolist()))
-    return list(zip(keys, values, strict=True))
+    return BlockColumns(keys, data, value_start, value_start + value_len)
 
 
 def _rebuild_keys(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -58,6 +58,15 @@ def name_to_key(name: str) -> bytes:
 def key_to_name(key: bytes) -> str:
     """The inverse of ``name_to_key``; never fails."""
     return key.decode("utf-8", "surrogateescape")
+
+
+def keys_to_names(keys: list[bytes]) -> list[str]:
+    """``key_to_name`` of every key: one decode of all of them, split at NUL separators
+    when no key holds a NUL (UTF-8 never puts a 0 byte inside a multi-byte character)."""
+    joined = b"\0".join(keys)
+    if len(keys) < 2 or joined.count(b"\0") != len(keys) - 1:
+        return [key_to_name(key) for key in keys]
+    return joined.decode("utf-8", "surrogateescape").split("\0")
 
 
 @dataclass(frozen=True)
@@ -322,16 +331,22 @@ class EntryColumns(NamedTuple):
 
 
 def decode_plain_entries(values: Sequence[bytes]) -> tuple[EntryColumns, list[int]]:
-    """``decode_entry`` of many values at once, for those in the canonical layout without
-    slices (see ``_parse_plain_entry``); returns their columns and the indexes of the rest,
-    which the caller decodes one at a time. Raises what ``decode_entry`` would for the first
-    value that is damaged (a size that does not match the shape, say)."""
-    n = len(values)
-    lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
+    """``decode_entry`` of many values at once; see ``decode_plain_entries_at``."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     ends = np.cumsum(lengths)
-    cursor = ends - lengths
-    joined = b"".join(values)
-    buf = np.frombuffer(joined + bytes(2 * MAX_VARINT64_BYTES), dtype=np.uint8)  # reads may overrun
+    return decode_plain_entries_at(b"".join(values), ends - lengths, ends)
+
+
+def decode_plain_entries_at(data: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[EntryColumns, list[int]]:
+    """``decode_entry`` of the values ``data[starts[i] : ends[i]]`` at once, for those in
+    the canonical layout without slices (see ``_parse_plain_entry``); returns their columns
+    and the indexes of the rest, which the caller decodes one at a time. Raises what
+    ``decode_entry`` would for the first value that is damaged (a size that does not match
+    the shape, say)."""
+    n = len(starts)
+    ends = np.asarray(ends, dtype=np.int64)
+    cursor = np.array(starts, dtype=np.int64)
+    buf = np.frombuffer(data + bytes(2 * MAX_VARINT64_BYTES), dtype=np.uint8)  # reads may overrun
     ok = np.ones(n, dtype=bool)
     dtype_enums = _optional_varint(buf, cursor, ends, ok, 0x08, _INT32_MAX)
     ok &= (buf[cursor] == 0x12) & (buf[cursor + 1] < 0x80) & (cursor + 2 <= ends)
@@ -344,17 +359,17 @@ def decode_plain_entries(values: Sequence[bytes]) -> tuple[EntryColumns, list[in
     sizes = _optional_varint(buf, cursor, ends, ok, 0x28, _INT64_MAX)
     has_crc = ok & (cursor < ends) & (buf[cursor] == 0x35) & (cursor + 5 <= ends)
     crc_at = np.where(has_crc, cursor + 1, 0)[:, None] + np.arange(4)
-    crcs = np.where(has_crc, buf[crc_at].astype(np.uint32) @ (np.uint32(1) << np.arange(0, 32, 8, dtype=np.uint32)), 0)
+    crcs = np.where(has_crc, np.ascontiguousarray(buf[crc_at]).view("<u4")[:, 0], 0)
     cursor = np.where(has_crc, cursor + 5, cursor)
     ok &= cursor == ends
     # Shapes repeat: each distinct serialized shape is parsed once (``_parse_dims`` caches).
-    parsed = list(map(_parse_dims, map(joined.__getitem__, map(slice, shape_starts.tolist(), shape_ends.tolist()))))
+    parsed = list(map(_parse_dims, map(data.__getitem__, map(slice, shape_starts.tolist(), shape_ends.tolist()))))
     unparsed = [i for i in np.flatnonzero(ok).tolist() if parsed[i] is None]
     ok[unparsed] = False
     rest = np.flatnonzero(~ok).tolist()
     shapes: list[tuple[int, ...]] = [dims or () for dims in parsed]
     columns = EntryColumns(dtype_enums, shapes, shard_ids, offsets, sizes, crcs.astype(np.uint32))
-    _check_sizes(columns, ok, values)
+    _check_sizes(columns, ok, lambda i: data[starts[i] : ends[i]])
     return columns, rest
 
 
@@ -365,20 +380,25 @@ def _optional_varint(
     there (0 if not), advancing ``cursor``; rows whose varint is malformed, runs past the
     value or exceeds ``limit`` are marked not ``ok``."""
     present = ok & (cursor < ends) & (buf[cursor] == tag)
-    window = buf[np.where(present, cursor + 1, 0)[:, None] + np.arange(MAX_VARINT64_BYTES - 1)]
-    last = window < 0x80
-    length = np.argmax(last, axis=1) + 1
-    valid = last.any(axis=1)  # 9 bytes at most: 63 bits, enough for every accepted value
-    groups = (window & 0x7F).astype(np.uint64) << (np.uint64(7) * np.arange(MAX_VARINT64_BYTES - 1, dtype=np.uint64))
-    groups[np.arange(MAX_VARINT64_BYTES - 1) >= length[:, None]] = 0
-    value = groups.sum(axis=1, dtype=np.uint64)
-    bad = present & (~valid | (cursor + 1 + length > ends) | (value > np.uint64(limit)))
+    start = cursor + 1
+    value = np.zeros(len(cursor), dtype=np.uint64)
+    length = np.zeros(len(cursor), dtype=np.int64)  # 0: no final byte within 9 (63 bits)
+    reading = np.flatnonzero(present)
+    for k in range(MAX_VARINT64_BYTES - 1):  # a byte of every unfinished varint per step
+        if not len(reading):
+            break
+        byte = buf[start[reading] + k]
+        value[reading] |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+        final = byte < 0x80
+        length[reading[final]] = k + 1
+        reading = reading[~final]
+    bad = present & ((length == 0) | (start + length > ends) | (value > np.uint64(limit)))
     ok &= ~bad
     cursor += np.where(present & ~bad, 1 + length, 0)
     return np.where(present & ~bad, value, 0).astype(np.int64)
 
 
-def _check_sizes(columns: EntryColumns, ok: np.ndarray, values: Sequence[bytes]) -> None:
+def _check_sizes(columns: EntryColumns, ok: np.ndarray, value: Callable[[int], bytes]) -> None:
     """Raise ``decode_entry``'s error for the first decoded entry whose size or shape is wrong."""
     counts = np.fromiter(map(_element_count, columns.shapes), dtype=np.int64, count=len(columns.shapes))
     itemsizes = _ITEMSIZES[np.minimum(columns.dtypes, len(_ITEMSIZES) - 1)]
@@ -387,7 +407,7 @@ def _check_sizes(columns: EntryColumns, ok: np.ndarray, values: Sequence[bytes])
     wrong = (counts < 0) | (numeric & (counts * itemsizes != columns.sizes))
     wrong |= (columns.dtypes == dtypes.DT_STRING) & (columns.sizes < counts + 4)
     for i in np.flatnonzero(ok & wrong)[:1]:
-        decode_entry(values[i])  # raises the specific error
+        decode_entry(value(i))  # raises the specific error
         raise CorruptCheckpointError("invalid entry")  # pragma: no cover - decode_entry raised
 
 

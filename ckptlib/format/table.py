@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ckptlib.errors import CorruptCheckpointError, TensorNotFoundError
-from ckptlib.format.block import INDEX_BLOCK_RESTART_INTERVAL, BlockBuilder, parse_block
+from ckptlib.format.block import (
+    INDEX_BLOCK_RESTART_INTERVAL,
+    BlockBuilder,
+    BlockColumns,
+    concat_columns,
+    parse_block,
+    parse_block_columns,
+)
 from ckptlib.format.footer import BLOCK_TRAILER_SIZE, FOOTER_SIZE, BlockHandle, Footer, block_trailer, check_block
 
 BLOCK_SIZE = 262144
@@ -164,7 +171,7 @@ class TableReader:
         index_entries = self._read_block(footer.index)
         self._separators = [key for key, _ in index_entries]
         self._handles = [BlockHandle.decode_exact(value) for _, value in index_entries]
-        self._blocks: dict[int, dict[bytes, bytes]] = {}
+        self._blocks: dict[int, BlockColumns] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -174,55 +181,58 @@ class TableReader:
         """The value stored under ``key``; raises ``TensorNotFoundError`` when absent."""
         i = bisect.bisect_left(self._separators, key)
         if i < len(self._handles):
-            value = self._data_block(i).get(key)
-            if value is not None:
-                return value
+            block = self._data_block(i)
+            j = bisect.bisect_left(block.keys, key)
+            if j < len(block.keys) and block.keys[j] == key:
+                return block.value(j)
         raise TensorNotFoundError(f"key {key!r} not found")
 
     def first(self) -> tuple[bytes, bytes]:
         """The first entry of the table (a bundle's header)."""
         for i in range(len(self._handles)):
             block = self._data_block(i)
-            if block:
-                return next(iter(block.items()))
+            if block.keys:
+                return block.keys[0], block.value(0)
         raise CorruptCheckpointError("table has no entries")
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every entry in key order."""
         for i in range(len(self._handles)):
-            yield from self._data_block(i).items()
+            yield from self._data_block(i).entries()
 
-    def columns(self) -> tuple[list[bytes], list[bytes]]:
-        """Every key and every value, in key order, as two lists (``items`` without a tuple
-        per entry)."""
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        for i in range(len(self._handles)):
-            block = self._data_block(i)
-            keys += block.keys()
-            values += block.values()
-        return keys, values
+    def columns(self) -> BlockColumns:
+        """Every entry, in key order, as columns (``items`` without a tuple or a value
+        object per entry)."""
+        return concat_columns([self._data_block(i) for i in range(len(self._handles))])
 
     def verify_all(self) -> None:
         """Read and check every data block (checksums, key order)."""
         for i in range(len(self._handles)):
             self._data_block(i)
 
-    def _data_block(self, i: int) -> dict[bytes, bytes]:
+    def _data_block(self, i: int) -> BlockColumns:
         block = self._blocks.get(i)
         if block is None:
-            entries = self._read_block(self._handles[i])
-            if entries:
-                low = self._separators[i - 1] if i > 0 else None
-                if (low is not None and entries[0][0] <= low) or entries[-1][0] > self._separators[i]:
-                    raise CorruptCheckpointError(f"data block {i} holds keys outside its index range")
-            block = self._blocks[i] = dict(entries)
+            block = self._blocks[i] = self._block_columns(i)
         return block
 
+    def _block_columns(self, i: int) -> BlockColumns:
+        """Data block ``i``, parsed and checked against its index range."""
+        columns = parse_block_columns(check_block(self._read_raw_block(self._handles[i]), self._verify))
+        if columns.keys:
+            low = self._separators[i - 1] if i > 0 else None
+            if (low is not None and columns.keys[0] <= low) or columns.keys[-1] > self._separators[i]:
+                raise CorruptCheckpointError(f"data block {i} holds keys outside its index range")
+        return columns
+
     def _read_block(self, handle: BlockHandle) -> list[tuple[bytes, bytes]]:
+        return parse_block(check_block(self._read_raw_block(handle), self._verify))
+
+    def _read_raw_block(self, handle: BlockHandle) -> bytes:
+        """A block and its trailer, as stored."""
         if handle.offset + handle.size + BLOCK_TRAILER_SIZE > self._data_end:
             raise CorruptCheckpointError("bad block handle: block extends past the end of the file")
         raw = self._source.read_at(handle.offset, handle.size + BLOCK_TRAILER_SIZE)
         if len(raw) != handle.size + BLOCK_TRAILER_SIZE:
             raise CorruptCheckpointError("truncated block read")
-        return parse_block(check_block(raw, self._verify))
+        return raw

@@ -22,6 +22,8 @@ from ckptlib.format.bundle import (
     decode_header,
     encode_entry,
     encode_header,
+    key_to_name,
+    keys_to_names,
 )
 from ckptlib.format.proto.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
 from ckptlib.format.slices import TensorSlice
@@ -561,3 +563,13 @@ def test_surrogate_escaped_names(tmp_path: Path, name: str) -> None:
     with ckptlib.load_checkpoint(out / "ckpt") as reader:
         assert reader.keys_list() == [name]
         assert [k for k, _ in reader.raw_entries()] == [name.encode("utf-8", "surrogateescape")]
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.binary(max_size=12) | st.sampled_from([b"\xc3", b"caf\xc3\xa9", b"\xff\xfe", b"a\0b", b""]), max_size=30
+    )
+)
+def test_keys_to_names_decodes_every_key_as_key_to_name_does(keys: list[bytes]) -> None:
+    assert keys_to_names(keys) == [key_to_name(key) for key in keys]

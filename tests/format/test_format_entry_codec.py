@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from ckptlib.format.bundle import (
     _parse_plain_entry,
     decode_entry,
     decode_plain_entries,
+    decode_plain_entries_at,
     encode_entry,
     encode_plain_entry,
 )
@@ -127,9 +129,18 @@ def decode_one_at_a_time(values: list[bytes]) -> list[object]:
     return out
 
 
+# Between values in a buffer: bytes that would pass for more of an entry (a crc tag, a
+# varint continuation), so that a read overrunning its value shows.
+JUNK = b"\x35\x80\xff\x28"
+
+
 def decode_together(values: list[bytes]) -> list[object]:
+    lengths = [len(value) for value in values]
+    starts = [len(JUNK) + i * len(JUNK) + sum(lengths[:i]) for i in range(len(values))]
+    data = JUNK + JUNK.join(values) + JUNK
     try:
-        columns, rest = decode_plain_entries(values)
+        columns, rest = decode_plain_entries_at(data, np.array(starts, np.int64), np.array(starts, np.int64) + lengths)
+        assert decode_plain_entries(values)[1] == rest
     except CheckpointError as e:
         return [type(e)]
     out: list[object] = []
