@@ -124,8 +124,7 @@ class CheckpointManager:
         number = self._counter if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
         writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
-        for name, value in tensors.items():
-            writer.add(name, value)
+        writer.add_all(tensors)
         writer.finish()
 
         timestamp = time.time()

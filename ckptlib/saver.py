@@ -116,8 +116,7 @@ class Saver:
         writer = BundleWriter(
             prefix, num_shards=self._shard_count(tensors), max_shard_bytes=self._max_shard_bytes, sync=self._sync
         )
-        for name, value in tensors.items():
-            writer.add(name, value)
+        writer.add_all(tensors)
         writer.finish()
 
         if write_state:

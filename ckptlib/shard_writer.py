@@ -25,7 +25,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
+
+import numpy as np
 
 from ckptlib.storage import create_temp, pwrite_all, remove_quietly, start_writeback
 
@@ -42,18 +44,26 @@ MAX_WRITERS = 8
 T = TypeVar("T")
 
 
+class Buffer(Protocol):
+    """Bytes to write: a memoryview, or a C-contiguous ndarray (its buffer is written)."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+
 class _Piece(NamedTuple):
     shard: int
     offset: int
     size: int
-    buffers: list[memoryview]
+    buffers: list[Buffer]
 
 
 def write_shards(
     final_paths: Sequence[str],
-    contents: Sequence[Sequence[memoryview]],
+    contents: Sequence[Sequence[Buffer]],
     sync: bool,
     meanwhile: Callable[[], T],
+    sizes: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[str], T]:
     """Write ``contents[i]`` (byte buffers, back to back) to a temporary file beside
     ``final_paths[i]``, every shard in parallel, and run ``meanwhile()`` on the calling
@@ -61,7 +71,8 @@ def write_shards(
 
     Returns the temporary paths (flushed to disk if ``sync``, and closed) and what
     ``meanwhile`` returned. If anything fails, every temporary file is removed and the
-    first error is raised. The buffers must not change until this returns.
+    first error is raised. The buffers must not change until this returns. ``sizes``,
+    if given, holds each shard's buffer sizes (``nbytes``), saving a pass over them.
     """
     created: list[tuple[str, int]] = []
     closed: list[str] = []
@@ -69,7 +80,9 @@ def write_shards(
         for path in final_paths:
             created.append(create_temp(path))
         fds = [fd for _, fd in created]
-        pieces = deque(_interleave([_pieces(i, buffers) for i, buffers in enumerate(contents)]))
+        pieces = deque(
+            _interleave([_pieces(i, buffers, sizes[i] if sizes else None) for i, buffers in enumerate(contents)])
+        )
         stop = threading.Event()
         workers = max(1, min(len(fds), os.cpu_count() or 1, MAX_WRITERS))
         with ThreadPoolExecutor(workers, thread_name_prefix="ckptlib-write") as pool:
@@ -126,32 +139,33 @@ _handoff_users = 0
 _interval_before = 0.005
 
 
-def _pieces(shard: int, buffers: Sequence[memoryview]) -> Iterator[_Piece]:
-    """One shard's bytes as writes of at most ``PIECE_BYTES`` and ``PIECE_BUFFERS``."""
-    offset = 0
-    batch: list[memoryview] = []
-    size = 0
-    for buffer in buffers:
-        nbytes = buffer.nbytes
-        if nbytes >= PIECE_BYTES:
-            if batch:
-                yield _Piece(shard, offset, size, batch)
-                offset, batch, size = offset + size, [], 0
-            for start in range(0, nbytes, PIECE_BYTES):
-                part = buffer[start : start + PIECE_BYTES]
-                yield _Piece(shard, offset, part.nbytes, [part])
-                offset += part.nbytes
-            continue
-        if size + nbytes > PIECE_BYTES or len(batch) == PIECE_BUFFERS:
-            yield _Piece(shard, offset, size, batch)
-            offset, batch, size = offset + size, [], 0
-        batch.append(buffer)
-        size += nbytes
-    if size:
-        yield _Piece(shard, offset, size, batch)
+def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None) -> list[_Piece]:
+    """One shard's bytes as writes of at most about ``PIECE_BYTES`` and at most
+    ``PIECE_BUFFERS`` buffers: runs of small buffers together, large ones cut up."""
+    if sizes is None:
+        sizes = np.fromiter((buffer.nbytes for buffer in buffers), dtype=np.int64, count=len(buffers))
+    ends = np.cumsum(sizes)
+    starts = (ends - sizes).tolist()
+    large = np.flatnonzero(sizes >= PIECE_BYTES).tolist()
+    pieces: list[_Piece] = []
+    i, n = 0, len(buffers)
+    for stop in [*large, n]:  # the small buffers before each large one, then the large one
+        while i < stop:
+            # as many as fit in PIECE_BYTES (at least one), at most PIECE_BUFFERS
+            j = int(np.searchsorted(ends, starts[i] + PIECE_BYTES, side="right"))
+            j = min(max(j, i + 1), i + PIECE_BUFFERS, stop)
+            pieces.append(_Piece(shard, starts[i], int(ends[j - 1]) - starts[i], list(buffers[i:j])))
+            i = j
+        if stop < n:
+            flat = np.frombuffer(buffers[stop], dtype=np.uint8)  # type: ignore[call-overload]
+            for start in range(0, flat.size, PIECE_BYTES):
+                part = flat[start : start + PIECE_BYTES]
+                pieces.append(_Piece(shard, starts[stop] + start, part.size, [part]))
+            i = stop + 1
+    return pieces
 
 
-def _interleave(queues: list[Iterator[_Piece]]) -> Iterator[_Piece]:
+def _interleave(queues: list[list[_Piece]]) -> Iterator[_Piece]:
     """Round-robin over the shards' pieces."""
     for group in itertools.zip_longest(*queues):
         yield from (piece for piece in group if piece is not None)

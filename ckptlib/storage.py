@@ -17,7 +17,10 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
 
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.format.coding import Bytes
@@ -210,19 +213,19 @@ def _started_after(pid: int, moment: float) -> bool:
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024) or 1024
 
 
-def pwrite_all(fd: int, buffers: list[memoryview], offset: int) -> None:
-    """Write ``buffers`` (byte views) back to back at ``offset``, with as few system calls
-    as the kernel allows: short writes are resumed, and more than ``IOV_MAX`` buffers or
-    ``_MAX_IO`` bytes per call are split."""
+def pwrite_all(fd: int, buffers: Sequence[Any], offset: int) -> None:
+    """Write ``buffers`` (memoryviews or C-contiguous arrays) back to back at ``offset``,
+    with as few system calls as the kernel allows: short writes are resumed, and more than
+    ``IOV_MAX`` buffers or ``_MAX_IO`` bytes per call are split."""
     pending = [b for b in buffers if b.nbytes]
     i = 0
     while i < len(pending):
-        batch: list[memoryview] = []
+        batch: list[Any] = []
         size = 0
         for buf in pending[i : i + _IOV_MAX]:
             if size + buf.nbytes > _MAX_IO:
                 if not batch:
-                    batch.append(buf[:_MAX_IO])
+                    batch.append(_bytes_of(buf)[:_MAX_IO])
                 break
             batch.append(buf)
             size += buf.nbytes
@@ -236,8 +239,13 @@ def pwrite_all(fd: int, buffers: list[memoryview], offset: int) -> None:
                 written -= head.nbytes
                 i += 1
             else:
-                pending[i] = head[written:]
+                pending[i] = _bytes_of(head)[written:]
                 written = 0
+
+
+def _bytes_of(buffer: Any) -> memoryview:
+    """A flat byte view of a buffer (any shape or item type)."""
+    return np.frombuffer(buffer, dtype=np.uint8).data
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:

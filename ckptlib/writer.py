@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -59,64 +59,75 @@ def index_filename(prefix: str) -> str:
     return f"{prefix}.index"
 
 
-@dataclass(slots=True)
 class _Pending:
-    """A tensor (or one slice of one) waiting to be written."""
+    """The tensors (and slices of tensors) waiting to be written, as columns: index key,
+    DataType and array (whose shape is the tensor's)."""
 
-    key: bytes
-    dtype: int
-    shape: tuple[int, ...]
-    array: np.ndarray
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.dtypes: list[int] = []
+        self.arrays: list[np.ndarray] = []
 
-    @property
-    def nbytes(self) -> int:
-        return 0 if is_string_array(self.array) else self.array.nbytes
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def append(self, key: bytes, dtype: int, array: np.ndarray) -> None:
+        self.keys.append(key)
+        self.dtypes.append(dtype)
+        self.arrays.append(array)
+
+    def nbytes(self) -> list[int]:
+        return [0 if is_string_array(array) else array.nbytes for array in self.arrays]
 
 
 class _Layout:
     """Where ``finish`` puts each tensor: every shard's contents as buffers (numeric tensors
-    straight from their arrays), and each tensor's shard, offset and size."""
+    are their own arrays, written and checksummed straight from their memory), and each
+    tensor's shard, offset and size. ``keys``, ``dtypes`` and ``arrays`` list the tensors
+    shard by shard."""
 
-    def __init__(self, shards: list[list[_Pending]]):
-        self.tensors: list[_Pending] = []
-        self.contents: list[list[memoryview]] = []
-        self.numeric: list[memoryview] = []  # the bytes of each numeric tensor, to be checksummed
-        self.numeric_index: list[int] = []  # ... and its place in ``tensors``
+    def __init__(self, pending: _Pending, shards: list[list[int]] | None):
+        if shards is None:  # one shard, in the order added
+            self.keys, self.dtypes, self.arrays = pending.keys, pending.dtypes, pending.arrays
+            counts = [len(pending)]
+        else:
+            order = [i for shard in shards for i in shard]
+            self.keys = [pending.keys[i] for i in order]
+            self.dtypes = [pending.dtypes[i] for i in order]
+            self.arrays = [pending.arrays[i] for i in order]
+            counts = [len(shard) for shard in shards]
+        self.contents: list[list[Any]] = []
+        self.sizes_by_shard: list[np.ndarray] = []
         self.string_crcs: dict[int, int] = {}  # masked crcs of string tensors, by place
-        shard_ids: list[int] = []
-        offsets: list[int] = []
-        sizes: list[int] = []
-        for shard_id, shard in enumerate(shards):
-            buffers: list[memoryview] = []
-            offset = 0
-            for pending in shard:
-                i = len(self.tensors)
-                self.tensors.append(pending)
-                array = pending.array
-                if array.dtype == object:
-                    chunks, size, self.string_crcs[i] = encode_strings(list(array.reshape(-1)))
-                    buffers += map(memoryview, chunks)
-                else:
-                    data = _byte_view(array)
-                    self.numeric.append(data)
-                    self.numeric_index.append(i)
-                    size = data.nbytes
-                    buffers.append(data)
-                shard_ids.append(shard_id)
-                offsets.append(offset)
-                sizes.append(size)
-                offset += size
-            self.contents.append(buffers)
-        self.shard_ids = np.asarray(shard_ids, dtype=np.int64)
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.sizes = np.asarray(sizes, dtype=np.int64)
+        has_strings = dtypes.DT_STRING in self.dtypes
+        first = 0
+        for count in counts:
+            arrays = self.arrays[first : first + count]
+            self.contents.append(self._with_strings(arrays, first) if has_strings else arrays)
+            self.sizes_by_shard.append(np.fromiter((b.nbytes for b in self.contents[-1]), np.int64, count))
+            first += count
+        self.sizes = np.concatenate([np.zeros(0, np.int64), *self.sizes_by_shard])
+        self.shard_ids = np.repeat(np.arange(len(counts)), counts)
+        self.offsets = np.concatenate([np.zeros(0, np.int64), *(np.cumsum(s) - s for s in self.sizes_by_shard)])
 
+    def numeric(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The places of the numeric tensors, and their arrays."""
+        if not self.string_crcs:
+            return np.arange(len(self.arrays)), self.arrays
+        places = np.setdiff1d(np.arange(len(self.arrays)), list(self.string_crcs))
+        return places, [self.arrays[i] for i in places.tolist()]
 
-def _byte_view(array: np.ndarray) -> memoryview:
-    """The array's bytes as a flat memoryview of its own buffer (no copy)."""
-    if array.dtype.isbuiltin == 1 and array.size:  # numpy's own types; ml_dtypes' are 2
-        return memoryview(array).cast("B")  # type: ignore[arg-type]
-    return array.reshape(-1).view(np.uint8).data  # no buffer-protocol format, or empty
+    def _with_strings(self, arrays: list[np.ndarray], first: int) -> list[Any]:
+        """A shard's buffers, each string tensor encoded into one; ``first`` is the place
+        of the shard's first tensor."""
+        buffers: list[Any] = []
+        for i, array in enumerate(arrays):
+            if array.dtype == object:
+                chunks, _, self.string_crcs[first + i] = encode_strings(list(array.reshape(-1)))
+                buffers.append(memoryview(b"".join(chunks)))
+            else:
+                buffers.append(array)
+        return buffers
 
 
 class BundleWriter:
@@ -148,9 +159,34 @@ class BundleWriter:
         self._max_shard_bytes = max_shard_bytes
         self._num_shards = num_shards or 1
         self._sync = sync
-        self._pending: list[_Pending] = []
+        self._pending = _Pending()
         self._keys: set[bytes] = set()
         self._sliced: dict[str, Entry] = {}  # full entries of partitioned tensors
+
+    def add_all(self, tensors: Mapping[str, Any]) -> None:
+        """``add`` every ``name: value`` of a flat mapping, in order. C-contiguous ndarrays
+        of plain numeric types (the usual state) are taken in bulk, not one call each."""
+        names, values = list(tensors), list(tensors.values())
+        keys = _keys_of(names)
+        if keys is None or b"" in keys or len(set(keys)) != len(keys) or not self._keys.isdisjoint(keys):
+            for name, value in zip(names, values, strict=True):
+                self.add(name, value)  # raises what is wrong, for the first value it concerns
+            return
+        enums = [
+            dtypes.plain_enum(value.dtype) if type(value) is np.ndarray and value.flags.c_contiguous else None
+            for value in values
+        ]
+        plain = np.array([enum is not None for enum in enums], dtype=bool)
+        bounds = [0, *(np.flatnonzero(plain[1:] != plain[:-1]) + 1).tolist(), len(values)]
+        for start, stop in itertools.pairwise(bounds):
+            if not plain[start]:
+                for name, value in zip(names[start:stop], values[start:stop], strict=True):
+                    self.add(name, value)
+                continue
+            self._keys.update(keys[start:stop])
+            self._pending.keys += keys[start:stop]
+            self._pending.dtypes += cast("list[int]", enums[start:stop])  # all plain in a run
+            self._pending.arrays += values[start:stop]
 
     def add(self, name: str, value: Any, *, dtype: str | None = None) -> None:
         """Add a whole tensor. ``dtype`` names a TF type to store instead of the array's own
@@ -158,7 +194,7 @@ class BundleWriter:
         if dtype is None and type(value) is np.ndarray and value.flags.c_contiguous:
             enum = dtypes.plain_enum(value.dtype)  # the common case, kept lean
             if enum is not None:
-                self._pending.append(_Pending(self._key(name), enum, value.shape, value))
+                self._pending.append(self._key(name), enum, value)
                 return
         array = to_array(value, name)
         entry = self._entry_for(array, name, dtype)  # first: a refused value reserves no name
@@ -225,12 +261,14 @@ class BundleWriter:
             os.makedirs(directory, exist_ok=True)
         if self._requested_shards is None:
             assert self._max_shard_bytes is not None
-            total = sum(p.nbytes for p in self._pending)
+            total = sum(self._pending.nbytes())
             self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
         finals = [data_filename(self.prefix, i, self._num_shards) for i in range(self._num_shards)]
         with gc_paused():
-            layout = _Layout(self._assign_shards())
-            temps, index = write_shards(finals, layout.contents, self._sync, lambda: self._index_bytes(layout))
+            layout = _Layout(self._pending, self._assign_shards())
+            temps, index = write_shards(
+                finals, layout.contents, self._sync, lambda: self._index_bytes(layout), layout.sizes_by_shard
+            )
         try:
             temps.append(write_temp(index_filename(self.prefix), [index], self._sync))
         except BaseException:
@@ -259,38 +297,40 @@ class BundleWriter:
         return Entry(enum, tuple(int(d) for d in array.shape))
 
     def _add_entry(self, key: bytes, entry: Entry, array: np.ndarray) -> None:
-        self._pending.append(_Pending(key, entry.dtype, entry.shape, array))
+        self._pending.append(key, entry.dtype, array)
 
-    def _assign_shards(self) -> list[list[_Pending]]:
+    def _assign_shards(self) -> list[list[int]] | None:
         """Spread tensors over shards, largest first onto the least-filled shard; each shard
-        keeps the order in which tensors were added."""
+        lists its tensors (by place in ``_pending``) in the order they were added. None: one
+        shard, everything in order."""
         if self._num_shards == 1:
-            return [self._pending]
+            return None
+        nbytes = self._pending.nbytes()
         load = [0] * self._num_shards
-        owner: dict[int, int] = {}
-        for i in sorted(range(len(self._pending)), key=lambda i: -self._pending[i].nbytes):
+        owner = [0] * len(nbytes)
+        for i in sorted(range(len(nbytes)), key=lambda i: -nbytes[i]):
             shard = load.index(min(load))
             owner[i] = shard
-            load[shard] += max(self._pending[i].nbytes, 1)
-        shards: list[list[_Pending]] = [[] for _ in range(self._num_shards)]
-        for i, pending in enumerate(self._pending):
-            shards[owner[i]].append(pending)
+            load[shard] += max(nbytes[i], 1)
+        shards: list[list[int]] = [[] for _ in range(self._num_shards)]
+        for i, shard in enumerate(owner):
+            shards[shard].append(i)
         return shards
 
     def _index_bytes(self, layout: _Layout) -> bytes:
         """Checksum every numeric tensor's bytes and build the index table."""
-        tensors = layout.tensors
-        crcs = np.empty(len(tensors), dtype=np.uint32)
-        checksums = np.fromiter(map(crc32c_fast, layout.numeric), np.uint32, len(layout.numeric))
-        crcs[layout.numeric_index] = mask_all(checksums)
+        crcs = np.empty(len(layout.keys), dtype=np.uint32)
+        places, numeric = layout.numeric()
+        crcs[places] = mask_all(np.fromiter(map(crc32c_fast, numeric), np.uint32, len(numeric)))
         for i, crc in layout.string_crcs.items():
             crcs[i] = crc
+        shapes = [array.shape for array in layout.arrays]
         values, lengths = encode_plain_entries(
-            [p.dtype for p in tensors], [p.shape for p in tensors], layout.shard_ids, layout.offsets, layout.sizes, crcs
+            layout.dtypes, shapes, layout.shard_ids, layout.offsets, layout.sizes, crcs
         )
         others = [(HEADER_KEY, encode_header(self._num_shards))]
         others += [(name_to_key(name), encode_entry(entry)) for name, entry in self._sliced.items()]
-        keys = [p.key for p in tensors] + [key for key, _ in others]
+        keys = layout.keys + [key for key, _ in others]
         values = np.concatenate([values, np.frombuffer(b"".join(value for _, value in others), np.uint8)])
         lengths = np.concatenate([lengths, np.fromiter((len(value) for _, value in others), np.int64, len(others))])
         order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
@@ -298,6 +338,21 @@ class BundleWriter:
         return build_table_from_columns(
             [keys[i] for i in order], concat_segments(values, starts[order], lengths[order]), lengths[order]
         )
+
+
+def _keys_of(names: list[str]) -> list[bytes] | None:
+    """``name_to_key`` of every name, in one encode; None when some name is not a str,
+    holds a NUL, or cannot be encoded (``add`` then says which)."""
+    try:
+        joined = "\0".join(names)
+    except TypeError:
+        return None
+    if joined.count("\0") != len(names) - 1:
+        return None
+    try:
+        return joined.encode("utf-8", "surrogateescape").split(b"\0") if names else []
+    except UnicodeEncodeError:
+        return None
 
 
 def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> None:
@@ -409,6 +464,5 @@ def save(
     cannot be stored, before any file is written.
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
-    for name, value in flatten(tensors).items():
-        writer.add(name, value)
+    writer.add_all(flatten(tensors))
     return writer.finish()

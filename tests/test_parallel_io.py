@@ -215,3 +215,58 @@ def test_a_failed_close_removes_every_temporary_file(tmp_path: Path, monkeypatch
         shard_writer.write_shards(finals, [views(b"a"), views(b"b"), views(b"c")], False, lambda: None)
     monkeypatch.setattr(shard_writer.os, "close", real_close)
     assert os.listdir(tmp_path) == []
+
+
+def test_pwrite_all_writes_arrays_of_any_shape_and_dtype_and_resumes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml_dtypes
+
+    arrays = [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.ones((2, 3), ml_dtypes.bfloat16),
+        np.array(7, dtype=np.int64),
+        np.zeros(0, np.int8),
+    ]
+    expected = b"".join(a.tobytes() for a in arrays)
+    real_pwrite = os.pwrite
+
+    def raw(buffer: Any) -> bytes:  # bytes() cannot take a bfloat16 array; the kernel can
+        return np.frombuffer(buffer, np.uint8).tobytes()
+
+    monkeypatch.setattr(os, "pwritev", lambda fd, bufs, off: real_pwrite(fd, raw(bufs[0])[:5], off))
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, off: real_pwrite(fd, raw(data)[:5], off))
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        pwrite_all(fd, arrays, 0)
+    finally:
+        os.close(fd)
+    assert read(tmp_path / "f") == expected
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pieces_cover_a_shard_once_in_order_within_the_limits(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    monkeypatch.setattr(shard_writer, "PIECE_BYTES", 1000)
+    monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 4)
+    rng = np.random.default_rng(seed)
+    buffers: list[Any] = []
+    for n in rng.integers(0, 3000, 60).tolist():
+        kind = int(rng.integers(0, 3))
+        if kind == 0:
+            buffers.append(memoryview(rng.bytes(n)))
+        else:  # arrays, written from their own buffers
+            buffers.append(rng.integers(0, 100, (n // 4, 4) if kind == 1 else n, dtype=np.uint8))
+    sizes = np.array([b.nbytes for b in buffers], dtype=np.int64) if seed % 2 else None
+    pieces = shard_writer._pieces(3, buffers, sizes)
+
+    def raw(buffer: Any) -> bytes:
+        return np.frombuffer(buffer, np.uint8).tobytes()
+
+    assert b"".join(raw(b) for p in pieces for b in p.buffers) == b"".join(map(raw, buffers))
+    position = 0
+    for piece in pieces:
+        assert piece.shard == 3 and piece.offset == position
+        assert piece.size == sum(b.nbytes for b in piece.buffers)
+        assert len(piece.buffers) <= 4
+        assert piece.size <= 1000 or len(piece.buffers) == 1
+        position += piece.size

@@ -9,6 +9,9 @@ GIL on large buffers, so checksums can overlap with I/O in another thread).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import crc32c as _crc32c
 import numpy as np
 
@@ -23,8 +26,9 @@ def crc32c(data: Bytes, crc: int = 0) -> int:
     return int(_crc32c.crc32c(data, crc))
 
 
-# The extension's own function, for hot loops that map it over many buffers.
-crc32c_fast = _crc32c.crc32c
+# The extension's own function, for hot loops that map it over many buffers (anything with
+# the buffer protocol: bytes, memoryviews, C-contiguous ndarrays of any dtype).
+crc32c_fast: Callable[[Any], int] = _crc32c.crc32c
 
 
 def mask(crc: int) -> int:

@@ -1,0 +1,77 @@
+"""BundleWriter.add_all: the same bundle, byte for byte, as adding each tensor in turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import ckptlib
+from ckptlib.writer import BundleWriter, data_filename
+
+
+def files_of(prefix: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(prefix.parent.iterdir())}
+
+
+def mixed_state() -> dict[str, Any]:
+    rng = np.random.default_rng(3)
+    state: dict[str, Any] = {f"plain/{i:03d}": rng.standard_normal(int(rng.integers(0, 50))) for i in range(30)}
+    state["strided"] = np.arange(20, dtype=np.int32)[::2]  # copied by add, not taken as is
+    state["bf16"] = np.ones((3, 2), ml_dtypes.bfloat16)
+    state["big_endian"] = np.arange(5, dtype=">f4")
+    state["text"] = np.array([b"a", b"bc"], dtype=object)
+    state["list"] = [1, 2, 3]
+    state["scalar"] = np.float64(2.5)
+    state["zero_d"] = np.array(4, np.int16)
+    state["caf\u00e9/\u03b8"] = np.zeros((2, 0), np.float32)
+    state.update({f"tail/{i}": np.full(i, i, np.uint8) for i in range(10)})
+    return state
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_add_all_writes_what_adding_one_by_one_writes(tmp_path: Path, num_shards: int) -> None:
+    state = mixed_state()
+    one, bulk = (
+        BundleWriter(tmp_path / "a" / "m", num_shards=num_shards),
+        BundleWriter(tmp_path / "b" / "m", num_shards=num_shards),
+    )
+    for name, value in state.items():
+        one.add(name, value)
+    bulk.add_all(state)
+    one.finish(), bulk.finish()
+    assert files_of(tmp_path / "a" / "m") == files_of(tmp_path / "b" / "m")
+    restored = ckptlib.restore(tmp_path / "b" / "m")
+    assert np.array_equal(restored["strided"], state["strided"]) and restored["text"].tolist() == [b"a", b"bc"]
+    assert data_filename("m", 0, num_shards) in files_of(tmp_path / "b" / "m")
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ({"a": np.ones(2), "": np.ones(2)}, "empty"),
+        ({"a": np.ones(2), "b": object()}, "tensor 'b': cannot save a value of type object"),
+        ({"x": np.ones(2), "a\udcff\ud800": np.ones(2)}, "UTF-8"),
+    ],
+)
+def test_add_all_refuses_what_add_refuses(tmp_path: Path, state: dict[str, Any], message: str) -> None:
+    writer = BundleWriter(tmp_path / "m")
+    with pytest.raises(ckptlib.InvalidTensorError, match=message):
+        writer.add_all(state)
+
+
+def test_add_all_refuses_a_name_already_added(tmp_path: Path) -> None:
+    writer = BundleWriter(tmp_path / "m")
+    writer.add("w", np.ones(2))
+    with pytest.raises(ckptlib.InvalidTensorError, match="duplicate"):
+        writer.add_all({"v": np.ones(1), "w": np.ones(3)})
+
+
+def test_names_with_nul_bytes_are_added_one_by_one(tmp_path: Path) -> None:
+    writer = BundleWriter(tmp_path / "m")
+    writer.add_all({"a\0b": np.ones(2, np.float32), "c": np.zeros(1, np.float32)})
+    writer.finish()
+    assert sorted(ckptlib.restore(tmp_path / "m")) == ["a\0b", "c"]
