@@ -38,7 +38,7 @@ def direct(views: dict[int, memoryview], shard_ids: np.ndarray, offsets: np.ndar
 
 @pytest.mark.parametrize("seed", range(12))
 def test_verdicts_match_one_checksum_per_span(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    monkeypatch.setattr(span_checks, "_RUN_BYTES", 20_000)  # several pieces per run
+    monkeypatch.setattr(span_checks, "_PIECE_BYTES", 1_000)  # several pieces per run and per span
     monkeypatch.setattr(span_checks, "_THREADED_BYTES", 8_000)  # some on the pool, some here
     rng = np.random.default_rng(seed)
     views, shard_ids, offsets, sizes = layout(rng, 200)
@@ -71,3 +71,16 @@ def test_no_spans() -> None:
         {}, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint32), lambda: "x"
     )
     assert intact.shape == (0,) and result == "x"
+
+
+@pytest.mark.parametrize("damage_at", [None, 0, 2999, 3000, 4999])
+def test_one_large_span_is_checked_in_pieces(monkeypatch: pytest.MonkeyPatch, damage_at: int | None) -> None:
+    monkeypatch.setattr(span_checks, "_PIECE_BYTES", 1_000)
+    monkeypatch.setattr(span_checks, "_THREADED_BYTES", 1_000)
+    data = bytearray(np.random.default_rng(1).bytes(5_000))
+    expected = np.array([crc32c.crc32c(bytes(data))], dtype=np.uint32)
+    if damage_at is not None:
+        data[damage_at] ^= 0x10
+    one = np.zeros(1, np.int64)
+    intact, _ = span_checks.check_spans({0: memoryview(data)}, one, one, np.array([5_000]), expected, lambda: None)
+    assert intact.tolist() == [damage_at is None]
