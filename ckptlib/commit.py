@@ -9,13 +9,17 @@ previous latest checkpoint restorable:
    cross-process lock, merged with the entries other savers keep in the same directory;
 3. rotation: old checkpoints of *this* saver deleted only after the state file no longer
    lists them, index first (so a half-deleted checkpoint is never visible), and only
-   inside the save directory, whatever the state file says;
+   inside the save directory, whatever the state file says. They are noted in a journal
+   (``.checkpoint.<name>.deleting``) before the state file drops them, and the journal
+   goes once they are gone, so a kill in between leaves no checkpoint behind for good:
+   the next saver of that name finishes the job (``finish_deletions``);
 4. stale temporary files from killed saves swept away.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -32,7 +36,7 @@ from ckptlib.state import (
     state_lock,
     write_state_file,
 )
-from ckptlib.storage import remove_quietly
+from ckptlib.storage import fsync_dir, remove_quietly, write_temp
 from ckptlib.writer import index_filename
 
 logger = logging.getLogger("ckptlib")
@@ -165,6 +169,62 @@ def remove_checkpoint(directory: str, prefix: str, *, meta: bool = True) -> bool
     if meta:
         remove_quietly(prefix + ".meta")
     return True
+
+
+def deletion_journal(directory: str, latest_filename: str | None, name: str) -> str:
+    """Where the saver of checkpoints named ``name`` notes the ones it is deleting: a
+    hidden file beside the state file, which TensorFlow ignores."""
+    state_name = os.path.basename(state_file_path(directory, latest_filename))
+    return os.path.join(directory, f".{state_name}.{name}.deleting")
+
+
+def note_deletions(journal: str, prefixes: Sequence[str], sync: bool) -> None:
+    """Record, before the state file stops listing them, the checkpoints about to go."""
+    if not prefixes:
+        return
+    data = json.dumps([os.path.basename(p) for p in prefixes]).encode()
+    os.replace(write_temp(journal, [data], sync), journal)
+    if sync:
+        fsync_dir(os.path.dirname(journal))
+
+
+def delete_noted(directory: str, journal: str, prefixes: Sequence[str], *, meta: bool = True) -> None:
+    """Delete the checkpoints ``note_deletions`` recorded, then the journal."""
+    for prefix in prefixes:
+        remove_checkpoint(directory, prefix, meta=meta)
+    if prefixes:
+        remove_quietly(journal)
+
+
+def finish_deletions(
+    directory: str, latest_filename: str | None, journal: str, owns: Callable[[str], bool], *, meta: bool = True
+) -> list[str]:
+    """Delete what a killed saver had noted and not deleted yet: each noted checkpoint it
+    owns that the state file does not list (a kill before the state file was replaced
+    leaves them listed, and kept). Returns the prefixes deleted."""
+    try:
+        with open(journal, "rb") as f:
+            names = json.loads(f.read())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable deletion journal %s: %s", journal, e)
+        names = []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        logger.warning("ignoring malformed deletion journal %s", journal)
+        names = []
+    deleted = []
+    with state_lock(directory, latest_filename):
+        listing = read_listing(directory, latest_filename)
+        listed = {_path_key(p) for p, _ in listing.records} if listing is not None else set()
+        if listing is not None and listing.latest:
+            listed.add(_path_key(listing.latest))
+        for name in names:
+            prefix = os.path.join(directory, name)
+            if owns(prefix) and _path_key(prefix) not in listed and remove_checkpoint(directory, prefix, meta=meta):
+                deleted.append(prefix)
+        remove_quietly(journal)
+    return deleted
 
 
 def _mtime(prefix: str) -> float:

@@ -11,7 +11,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ckptlib.checkpoint import checkpoint_exists
-from ckptlib.commit import owner, read_listing, remove_checkpoint, update_state
+from ckptlib.commit import (
+    delete_noted,
+    deletion_journal,
+    finish_deletions,
+    note_deletions,
+    owner,
+    read_listing,
+    update_state,
+)
 from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.values import flatten
@@ -62,6 +70,8 @@ class CheckpointManager:
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(\d+)")
         self._owner = owner(self._directory, self._pattern)
         self._managed: OrderedDict[str, float] = OrderedDict()
+        self._journal = deletion_journal(self._directory, None, checkpoint_name)
+        finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
         self._recover()
 
     def _recover(self) -> None:
@@ -132,9 +142,9 @@ class CheckpointManager:
         self._managed[prefix] = timestamp
         self._latest = prefix
         doomed = self._sweep()
+        note_deletions(self._journal, doomed, self._sync)
         self._record_state()
-        for old in doomed:  # only once the state file no longer lists them
-            remove_checkpoint(self._directory, old, meta=False)
+        delete_noted(self._directory, self._journal, doomed, meta=False)  # no longer listed
         recover_interrupted_saves(self._directory)
         return prefix
 

@@ -11,7 +11,16 @@ from typing import Any
 import numpy as np
 
 from ckptlib.checkpoint import checkpoint_exists
-from ckptlib.commit import Record, owner, read_listing, remove_checkpoint, update_state
+from ckptlib.commit import (
+    Record,
+    delete_noted,
+    deletion_journal,
+    finish_deletions,
+    note_deletions,
+    owner,
+    read_listing,
+    update_state,
+)
 from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
@@ -122,16 +131,23 @@ class Saver:
         if write_state:
             now = time.time()
             self._record(prefix, now)
-            update_state(
-                save_dir,
-                latest_filename,
-                latest=(prefix, now),
-                mine=self._last,
-                owns=_owner(save_dir, save_path),
-                relative=self._relative,
-                sync=self._sync,
-            )
-            self._delete_old(save_dir)
+            doomed = self._due_for_deletion()
+            journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
+            try:
+                note_deletions(journal, [p for p, _ in doomed], self._sync)
+                update_state(
+                    save_dir,
+                    latest_filename,
+                    latest=(prefix, now),
+                    mine=self._last,
+                    owns=_owner(save_dir, save_path),
+                    relative=self._relative,
+                    sync=self._sync,
+                )
+            except Exception:
+                self._to_delete[:0] = doomed  # still listed: deleted by a later save
+                raise
+            delete_noted(save_dir, journal, [p for p, _ in doomed])
         recover_interrupted_saves(save_dir)
         return prefix
 
@@ -177,13 +193,17 @@ class Saver:
         while len(self._last) > self._max_to_keep:
             self._to_delete.append(self._last.pop(0))
 
-    def _delete_old(self, save_dir: str) -> None:
+    def _due_for_deletion(self) -> list[Record]:
+        """The queued checkpoints to delete now, less one kept per
+        ``keep_checkpoint_every_n_hours`` period (TF's ``_MaybeDeleteOldCheckpoints``)."""
+        doomed = []
         while self._to_delete:
             prefix, timestamp = self._to_delete.pop(0)
             if self._next_keep_time is not None and timestamp > self._next_keep_time:
                 self._next_keep_time += (self._keep_every_hours or 0) * 3600
                 continue
-            remove_checkpoint(save_dir, prefix)
+            doomed.append((prefix, timestamp))
+        return doomed
 
     def _recover_from_state_file(self, save_dir: str, latest_filename: str, save_path: str) -> None:
         """Once per directory: adopt the checkpoints of this saver's prefix that the state
@@ -192,6 +212,8 @@ class Saver:
         if key in self._recovered:
             return
         self._recovered.add(key)
+        journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
+        finish_deletions(save_dir, latest_filename, journal, _owner(save_dir, save_path))
         found = read_listing(save_dir, latest_filename)
         if found is None or not self._max_to_keep:
             return

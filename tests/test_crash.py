@@ -28,3 +28,4 @@ def test_fifty_kills_never_lose_the_last_good_checkpoint(tmp_path: Path) -> None
     assert summary["survivors"] == 50
     # The kills must have landed mid-save, not only between saves, for the test to mean anything.
     assert summary["distinct_latest_steps"] >= 10
+    assert summary["stranded_at_the_end"] == 0  # every rotated-out checkpoint deleted, or noted for deletion

@@ -84,6 +84,28 @@ def check_directory(directory: str, started: set[int]) -> int | None:
     return step
 
 
+def stranded_checkpoints(directory: str) -> list[str]:
+    """Checkpoints older than the latest that the state file no longer lists and that no
+    deletion journal notes: nothing would ever delete them."""
+    listed = ckptlib.get_checkpoint_state(directory)
+    latest = ckptlib.latest_checkpoint(directory)
+    if listed is None or latest is None:
+        return []
+    kept = {os.path.basename(p) for p in listed.all_model_checkpoint_paths}
+    noted: set[str] = set()
+    for name in os.listdir(directory):
+        if name.endswith(".deleting"):
+            with open(os.path.join(directory, name)) as f:
+                noted.update(json.load(f))
+    newest = int(latest.rsplit("-", 1)[1])
+    unlisted = {
+        name.split(".index")[0]
+        for name in os.listdir(directory)
+        if name.startswith("model.ckpt-") and name.endswith(".index")
+    }
+    return sorted(n for n in unlisted - kept - noted if int(n.rsplit("-", 1)[1]) < newest)
+
+
 def _wait_for_growth(log: str, size: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Wait until the child has appended to ``log`` (it is about to save), or has exited."""
     deadline = time.monotonic() + timeout
@@ -150,6 +172,9 @@ def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, ob
     ]
     if leftovers:
         raise AssertionError(f"stale temporary files were not swept: {leftovers}")
+    stranded = stranded_checkpoints(directory)
+    if stranded:
+        raise AssertionError(f"rotated-out checkpoints left on disk for good: {stranded}")
     return {
         "kills": kills,
         "survivors": survivors,
@@ -157,6 +182,7 @@ def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, ob
         "kills_before_first_checkpoint": sum(1 for s in steps_seen if s is None),
         "kills_leaving_temp_files": mid_write,
         "kills_orphaning_a_rotated_checkpoint": mid_rotation_files,
+        "stranded_at_the_end": len(stranded),
         "kills_with_listed_incomplete": mid_rotation,
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -1,0 +1,174 @@
+"""Rotation survives a kill between the state file's update and the old files' deletion:
+the doomed checkpoints are noted in a journal first, and the next saver finishes the job."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckptlib
+import ckptlib.commit
+import ckptlib.manager
+import ckptlib.saver
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: raised mid-save, nothing after it runs."""
+
+
+def values(step: int) -> dict[str, np.ndarray]:
+    return {"w": np.full(4, step, np.float32)}
+
+
+def steps_on_disk(directory: Path, name: str = "model.ckpt") -> list[int]:
+    return sorted(
+        int(f[len(name) + 1 : -len(".index")])
+        for f in os.listdir(directory)
+        if f.startswith(name + "-") and f.endswith(".index")
+    )
+
+
+def data_files(directory: Path) -> list[str]:
+    return sorted(f for f in os.listdir(directory) if ".data-" in f)
+
+
+def listed(directory: Path) -> list[str]:
+    st = ckptlib.get_checkpoint_state(directory)
+    assert st is not None
+    return [os.path.basename(p) for p in st.all_model_checkpoint_paths]
+
+
+def journals(directory: Path) -> list[str]:
+    return sorted(f for f in os.listdir(directory) if f.endswith(".deleting"))
+
+
+def kill_first_deletion(monkeypatch: pytest.MonkeyPatch) -> None:
+    def killed(*args: object, **kwargs: object) -> bool:
+        raise Killed
+
+    monkeypatch.setattr(ckptlib.commit, "remove_checkpoint", killed)
+
+
+def test_a_kill_before_the_old_files_go_leaves_them_for_the_next_saver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saver = ckptlib.Saver(max_to_keep=2)
+    for step in (1, 2):
+        saver.save(values(step), tmp_path / "model.ckpt", global_step=step)
+    kill_first_deletion(monkeypatch)
+    with pytest.raises(Killed):
+        saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
+    monkeypatch.undo()
+    assert listed(tmp_path) == ["model.ckpt-2", "model.ckpt-3"]
+    assert steps_on_disk(tmp_path) == [1, 2, 3]  # 1 is no longer listed: without the journal, kept for ever
+    assert journals(tmp_path) == [".checkpoint.model.ckpt.deleting"]
+
+    ckptlib.Saver(max_to_keep=2).save(values(4), tmp_path / "model.ckpt", global_step=4)  # a new process
+    assert steps_on_disk(tmp_path) == [3, 4]
+    assert data_files(tmp_path) == ["model.ckpt-3.data-00000-of-00001", "model.ckpt-4.data-00000-of-00001"]
+    assert listed(tmp_path) == ["model.ckpt-3", "model.ckpt-4"]
+    assert journals(tmp_path) == []
+
+
+def test_a_kill_before_the_state_file_changes_deletes_nothing_still_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saver = ckptlib.Saver(max_to_keep=2)
+    for step in (1, 2):
+        saver.save(values(step), tmp_path / "model.ckpt", global_step=step)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(ckptlib.saver, "update_state", killed)
+    with pytest.raises(Killed):
+        saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
+    monkeypatch.undo()
+    assert journals(tmp_path) == [".checkpoint.model.ckpt.deleting"]  # noted: 1
+    assert listed(tmp_path) == ["model.ckpt-1", "model.ckpt-2"]  # ... but still listed
+
+    fresh = ckptlib.Saver(max_to_keep=2)
+    fresh.save(values(2), tmp_path / "model.ckpt", global_step=2)  # resumes: 1 is adopted, then rotated out
+    assert journals(tmp_path) == []
+    assert listed(tmp_path) == ["model.ckpt-1", "model.ckpt-2"]
+    assert ckptlib.restore(tmp_path / "model.ckpt-1")["w"][0] == 1
+
+
+def test_only_the_savers_own_checkpoints_in_its_directory_are_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "run").mkdir()
+    ckptlib.save(values(1), tmp_path / "outside")
+    ckptlib.save(values(1), tmp_path / "run" / "other-1")
+    ckptlib.save(values(1), tmp_path / "run" / "model.ckpt-1")
+    journal = tmp_path / "run" / ".checkpoint.model.ckpt.deleting"
+    journal.write_text('["../outside", "other-1", "model.ckpt-1", "model.ckpt-9"]')
+    ckptlib.Saver().save(values(2), tmp_path / "run" / "model.ckpt", global_step=2)
+    assert ckptlib.checkpoint_exists(tmp_path / "outside")
+    assert ckptlib.checkpoint_exists(tmp_path / "run" / "other-1")
+    assert not ckptlib.checkpoint_exists(tmp_path / "run" / "model.ckpt-1")
+    assert not journal.exists()
+    journal.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="ckptlib"):
+        ckptlib.Saver().save(values(3), tmp_path / "run" / "model.ckpt", global_step=3)
+    assert "unreadable deletion journal" in caplog.text
+    assert not journal.exists() and steps_on_disk(tmp_path / "run") == [2, 3]
+
+
+def test_checkpoints_kept_every_n_hours_are_never_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_700_000_000.0]
+    monkeypatch.setattr(ckptlib.saver.time, "time", lambda: now[0])
+    saver = ckptlib.Saver(max_to_keep=1, keep_checkpoint_every_n_hours=0.5)
+    noted: list[list[str]] = []
+    real = ckptlib.saver.note_deletions
+    monkeypatch.setattr(
+        ckptlib.saver, "note_deletions", lambda j, p, s: (noted.append([os.path.basename(x) for x in p]), real(j, p, s))
+    )
+    for step in range(1, 5):
+        now[0] += 1200  # 20 minutes per save
+        saver.save(values(step), tmp_path / "model.ckpt", global_step=step)
+    kept = [s for s in steps_on_disk(tmp_path) if s != 4]
+    assert kept  # preserved ones stay on disk, unlisted
+    every_noted = {name for names in noted for name in names}
+    assert every_noted and not every_noted & {f"model.ckpt-{s}" for s in kept}
+    assert journals(tmp_path) == []
+
+
+def test_the_manager_finishes_an_interrupted_rotation_when_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+    manager.save(values(1))
+    kill_first_deletion(monkeypatch)
+    with pytest.raises(Killed):
+        manager.save(values(2))
+    monkeypatch.undo()
+    assert steps_on_disk(tmp_path, "ckpt") == [1, 2]
+    assert journals(tmp_path) == [".checkpoint.ckpt.deleting"]
+    restarted = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+    assert steps_on_disk(tmp_path, "ckpt") == [2] and journals(tmp_path) == []
+    assert restarted.checkpoints == [str(tmp_path / "ckpt-2")]
+
+
+def test_a_failed_state_update_leaves_the_old_checkpoint_for_the_next_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saver = ckptlib.Saver(max_to_keep=1)
+    saver.save(values(1), tmp_path / "model.ckpt", global_step=1)
+    real = ckptlib.saver.update_state
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckptlib.saver, "update_state", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        saver.save(values(2), tmp_path / "model.ckpt", global_step=2)
+    monkeypatch.setattr(ckptlib.saver, "update_state", real)
+    assert listed(tmp_path) == ["model.ckpt-1"] and steps_on_disk(tmp_path) == [1, 2]
+    saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
+    assert listed(tmp_path) == ["model.ckpt-3"]
+    assert steps_on_disk(tmp_path) == [3] and journals(tmp_path) == []  # 1 (put back) and 2 rotated out
