@@ -217,7 +217,7 @@ class BundleReader(CheckpointReader):
             # Slice keys start with a 0 byte (OrderedCode's NumIncreasing(0)). Only when some
             # key does must every entry be decoded to learn which keys its slices hide;
             # otherwise entries are decoded lazily, when a tensor is asked for.
-            if any(key[:1] == b"\0" for key in keys):
+            if keys and min(keys)[:1] == b"\0":
                 for key, entry in self.raw_entries():
                     self._entries[key_to_name(key)] = entry
                     hidden.update(slice_key(key_to_name(key), s) for s in entry.slices)
@@ -295,7 +295,7 @@ class BundleReader(CheckpointReader):
         except CheckpointError:
             return super().read_all()  # get_tensor raises, naming the tensor
         arrays = self._map_plain(columns, set(rest))
-        if any(key[:1] == b"\0" for key in keys):  # partitioned tensors: slice keys are hidden
+        if keys and min(keys)[:1] == b"\0":  # partitioned tensors: slice keys are hidden
             by_name = {key_to_name(keys[row]): array for row, array in arrays.items()}
             return {name: by_name[name] if name in by_name else self.get_tensor(name) for name in self.keys_list()}
         names = self._names = keys_to_names(keys)

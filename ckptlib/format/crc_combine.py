@@ -19,7 +19,6 @@ import functools
 import numpy as np
 
 _POLY = 0x82F63B78  # CRC-32C (Castagnoli), bit-reflected
-_BYTE_BITS = (np.arange(256)[:, None] >> np.arange(8)) & 1 == 1  # bit b of each byte value
 
 
 def shift(crcs: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -58,10 +57,13 @@ def _apply(tables: np.ndarray, crcs: np.ndarray) -> np.ndarray:
 
 
 def _byte_tables(images: np.ndarray) -> np.ndarray:
-    """Byte tables of the linear map taking register bit ``b`` to ``images[b]``."""
-    return np.stack(
-        [np.bitwise_xor.reduce(np.where(_BYTE_BITS, images[8 * j : 8 * j + 8], 0), axis=1) for j in range(4)]
-    ).astype(np.uint32)
+    """Byte tables of the linear map taking register bit ``b`` to ``images[b]``: entry
+    ``[j][v]`` is the XOR of the images of the bits set in byte value ``v`` at byte ``j``."""
+    per_byte = images.reshape(4, 8)
+    tables = np.zeros((4, 256), dtype=np.uint32)
+    for bit in range(8):  # values with this top bit: the ones below it, plus this bit's image
+        tables[:, 1 << bit : 2 << bit] = tables[:, : 1 << bit] ^ per_byte[:, bit : bit + 1]
+    return tables
 
 
 @functools.cache
