@@ -8,6 +8,7 @@ reader allocate more than the checkpoint's own size. Checksums are verified by d
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 from abc import abstractmethod
@@ -279,12 +280,12 @@ class BundleReader(CheckpointReader):
         tensors are computed on several threads; every checksum is verified before this
         returns, and the first damaged tensor in key order raises as ``get_tensor`` would.
         """
-        if not self.mmap or self.header.big_endian:
+        if self.header.big_endian:
             return super().read_all()
         with gc_paused():
-            return self._read_all_mapped()
+            return self._read_all_at_once()
 
-    def _read_all_mapped(self) -> dict[str, np.ndarray]:
+    def _read_all_at_once(self) -> dict[str, np.ndarray]:
         with self._context():
             table = self._table.columns()
         keys, starts, ends = table.keys, table.value_starts, table.value_ends
@@ -294,7 +295,7 @@ class BundleReader(CheckpointReader):
             columns, rest = decode_plain_entries_at(table.data, starts, ends)
         except CheckpointError:
             return super().read_all()  # get_tensor raises, naming the tensor
-        arrays = self._map_plain(columns, set(rest))
+        arrays = self._map_plain(columns, set(rest)) if self.mmap else self._copy_small(columns, set(rest))
         if keys and min(keys)[:1] == b"\0":  # partitioned tensors: slice keys are hidden
             by_name = {key_to_name(keys[row]): array for row, array in arrays.items()}
             return {name: by_name[name] if name in by_name else self.get_tensor(name) for name in self.keys_list()}
@@ -303,10 +304,12 @@ class BundleReader(CheckpointReader):
             return dict(zip(names, arrays.values(), strict=True))
         return {name: arrays[row] if row in arrays else self.get_tensor(name) for row, name in enumerate(names)}
 
-    def _map_plain(self, columns: EntryColumns, skip: set[int]) -> dict[int, np.ndarray]:
-        """Arrays viewing the memory-mapped shards for the entries (by row) that are
-        numeric, non-empty, not in ``skip``, inside their shard and (if verifying) intact;
-        the others are left for ``get_tensor``, which reports what is wrong with them."""
+    def _plain_rows(
+        self, columns: EntryColumns, skip: set[int], below: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.dtype | None]]:
+        """The rows that are numeric, non-empty, not in ``skip``, inside their shard (and of
+        fewer than ``below`` bytes); every entry's shard id (clipped to the shard count); the
+        numpy dtype of each DataType present."""
         file_sizes = np.full(self.header.num_shards + 1, -1, dtype=np.int64)  # -1: missing or out of range
         for shard_id in np.unique(columns.shard_ids).tolist():
             with contextlib.suppress(CheckpointError):
@@ -314,10 +317,18 @@ class BundleReader(CheckpointReader):
         shard_ids = np.minimum(columns.shard_ids, self.header.num_shards)
         # offset <= size - n, not offset + n <= size: a hostile offset near 2**63 must not wrap
         inside = (columns.sizes > 0) & (columns.offsets <= file_sizes[shard_ids] - columns.sizes)
+        if below is not None:
+            inside &= columns.sizes < below
         by_enum = {enum: dtypes.numpy_dtype(enum) for enum in np.unique(columns.dtypes).tolist()}
         usable = inside & np.isin(columns.dtypes, [enum for enum, found in by_enum.items() if found is not None])
         usable[list(skip)] = False
-        rows = np.flatnonzero(usable)
+        return np.flatnonzero(usable), shard_ids, by_enum
+
+    def _map_plain(self, columns: EntryColumns, skip: set[int]) -> dict[int, np.ndarray]:
+        """Arrays viewing the memory-mapped shards for the entries (by row) that are
+        numeric, non-empty, not in ``skip``, inside their shard and (if verifying) intact;
+        the others are left for ``get_tensor``, which reports what is wrong with them."""
+        rows, shard_ids, by_enum = self._plain_rows(columns, skip)
         row_list = rows.tolist()
         used = np.unique(shard_ids[rows]).tolist()
         # Each array's base is a byte array over its shard's map, which holds a buffer export
@@ -343,6 +354,50 @@ class BundleReader(CheckpointReader):
         for row in rows[~intact].tolist():
             del arrays[row]
         return arrays
+
+    def _copy_small(self, columns: EntryColumns, skip: set[int]) -> dict[int, np.ndarray]:
+        """Arrays of their own memory for the entries (by row) ``_map_plain`` would map
+        that are under ``_COPY_BYTES``: each run of back-to-back tensors is read, up to
+        ``_COPY_PIECE_BYTES`` at a time, into a private buffer, checked there (so what is
+        copied out is what was verified), and copied out while the next piece is checked.
+        Larger tensors are left for ``get_tensor``, which reads them straight into place."""
+        rows, shard_ids, by_enum = self._plain_rows(columns, skip, below=_COPY_BYTES)
+        order = rows[np.lexsort((columns.offsets[rows], shard_ids[rows]))]
+        shard, start, size = shard_ids[order], columns.offsets[order], columns.sizes[order]
+        first = np.ones(len(order), dtype=bool)  # does a piece begin here?
+        first[1:] = (shard[1:] != shard[:-1]) | (start[1:] != start[:-1] + size[:-1])
+        run_start = start[np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))]
+        piece = (start - run_start) // _COPY_PIECE_BYTES
+        first[1:] |= piece[1:] != piece[:-1]
+        bounds = [*np.flatnonzero(first).tolist(), len(order)]
+        expected = unmask_all(columns.crcs[order])
+        shapes, enums = columns.shapes, columns.dtypes.tolist()
+        copies: dict[int, np.ndarray] = {}
+
+        def copy_out(buffer: np.ndarray, members: np.ndarray, offsets: list[int], intact: list[bool]) -> None:
+            for row, offset, good in zip(members.tolist(), offsets, intact, strict=True):
+                if good:
+                    copies[row] = np.ndarray(shapes[row], by_enum[enums[row]], buffer, offset).copy()
+
+        largest = max((int(start[b - 1] + size[b - 1] - start[a]) for a, b in itertools.pairwise(bounds)), default=0)
+        buffers = [np.empty(largest, dtype=np.uint8), np.empty(largest if len(bounds) > 2 else 0, dtype=np.uint8)]
+        previous: tuple[np.ndarray, np.ndarray, list[int], list[bool]] | None = None
+        for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+            begin = int(start[a])
+            buffer = buffers[i % 2][: int(start[b - 1] + size[b - 1]) - begin]
+            self._shards[int(shard[a])].readinto(begin, buffer.data)
+            offsets = start[a:b] - begin
+            meanwhile = functools.partial(copy_out, *previous) if previous else _nothing
+            if self.verify_checksums:
+                zeros = np.zeros(b - a, dtype=np.int64)
+                intact, _ = check_spans({0: buffer.data}, zeros, offsets, size[a:b], expected[a:b], meanwhile)
+            else:
+                meanwhile()
+                intact = np.ones(b - a, dtype=bool)
+            previous = (buffer, order[a:b], offsets.tolist(), intact.tolist())
+        if previous:
+            copy_out(*previous)
+        return {row: copies[row] for row in rows.tolist() if row in copies}
 
     def _verify_structure(self) -> None:
         with self._context():
@@ -475,6 +530,11 @@ def _check_target(reader: CheckpointReader, name: str, out: np.ndarray) -> None:
         raise DtypeMismatchError(f"target dtype {out.dtype}, checkpoint has {dtype}", tensor=name)
 
 
+# read_all(mmap=False) copies tensors smaller than this out of pieces of their shard read
+# whole (up to _COPY_PIECE_BYTES); larger ones are read straight into their own arrays.
+_COPY_BYTES = 1 << 20
+_COPY_PIECE_BYTES = 32 << 20
+
 # Tensors at least this large are read in chunks, each checksummed on another thread while
 # the next is read (both release the GIL).
 _PIPELINE_BYTES = 8 << 20
@@ -502,6 +562,10 @@ def _read_checksummed(shard: LocalFile, offset: int, raw: memoryview, verify: bo
     for future in futures:
         future.result()
     return state[0]
+
+
+def _nothing() -> None:
+    return None
 
 
 class _ErrorContext:

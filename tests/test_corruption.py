@@ -184,18 +184,21 @@ def check(checkpoint: Checkpoint, damaged: Path, what: str, must_detect: bool) -
                     failed.append(name)
                 else:
                     assert _same(got, want), f"{context}: {name} read back as {got!r}, stored {want!r}"
-            try:
-                everything = reader.read_all()
-            except _Hang:
-                raise
-            except Exception as e:
-                named(e)
-                assert failed or not names_ok(reader), f"{context}: read_all raised {e}, get_tensor read all"
-            else:
-                assert not failed, f"{context}: read_all returned tensors get_tensor refused: {failed}"
-                assert sorted(everything) == sorted(checkpoint.values), f"{context}: read_all gave {sorted(everything)}"
-                for name, want in checkpoint.values.items():
-                    assert _same(everything[name], want), f"{context}: read_all gave {name} as {everything[name]!r}"
+            for mapped in (True, False):  # read_all maps, or copies out of pieces read whole
+                try:
+                    with ckptlib.load_checkpoint(checkpoint.prefix, mmap=mapped) as whole:
+                        everything = whole.read_all()
+                except _Hang:
+                    raise
+                except Exception as e:
+                    named(e)
+                    assert failed or not names_ok(reader), f"{context}: read_all raised {e}, get_tensor read all"
+                else:
+                    assert not failed, f"{context}: read_all returned tensors get_tensor refused: {failed}"
+                    got = sorted(everything)
+                    assert got == sorted(checkpoint.values), f"{context}: read_all(mmap={mapped}) gave {got}"
+                    for name, want in checkpoint.values.items():
+                        assert _same(everything[name], want), f"{context}: read_all gave {name} as {everything[name]!r}"
             try:
                 problems = reader.verify()
             except _Hang:

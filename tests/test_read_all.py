@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ckptlib
+from ckptlib import reader as reader_module
 from ckptlib import span_checks
 from ckptlib.writer import data_filename
 
@@ -28,7 +29,8 @@ def mixed_state() -> dict[str, object]:
     }
 
 
-def test_read_all_equals_get_tensor_for_every_kind_of_tensor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mmap", [True, False])
+def test_read_all_equals_get_tensor_for_every_kind_of_tensor(tmp_path: Path, mmap: bool) -> None:
     state = mixed_state()
     writer = ckptlib.BundleWriter(tmp_path / "m", num_shards=3)
     for name, value in state.items():
@@ -36,7 +38,7 @@ def test_read_all_equals_get_tensor_for_every_kind_of_tensor(tmp_path: Path) -> 
     writer.add_slice("p/part", (4, 2), "0,2:-", np.ones((2, 2), np.float32))
     writer.add_slice("p/part", (4, 2), "2,2:-", np.zeros((2, 2), np.float32))
     writer.finish()
-    with ckptlib.load_checkpoint(tmp_path / "m") as reader:
+    with ckptlib.load_checkpoint(tmp_path / "m", mmap=mmap) as reader:
         everything = reader.read_all()
         assert list(everything) == reader.keys_list()
         for name in reader.keys_list():
@@ -66,16 +68,17 @@ def flip_byte_of(prefix: Path, name: str, shard_count: int = 1) -> None:
         f.write(bytes([byte[0] ^ 0x40]))
 
 
+@pytest.mark.parametrize("mmap", [True, False])
 @pytest.mark.parametrize("damaged", [["t07"], ["t30", "t07"], ["big"]])
-def test_the_first_damaged_tensor_in_key_order_is_named(tmp_path: Path, damaged: list[str]) -> None:
+def test_the_first_damaged_tensor_in_key_order_is_named(tmp_path: Path, damaged: list[str], mmap: bool) -> None:
     state = {f"t{i:02d}": np.full(3000, i, np.float32) for i in range(40)}
     state["big"] = np.arange(2_000_000, dtype=np.float32)  # checksummed on the thread pool
     ckptlib.save(state, tmp_path / "m")
     for name in damaged:
         flip_byte_of(tmp_path / "m", name)
     with pytest.raises(ckptlib.ChecksumMismatchError, match=sorted(damaged)[0]):
-        ckptlib.restore(tmp_path / "m")
-    unchecked = ckptlib.restore(tmp_path / "m", verify_checksums=False)
+        ckptlib.restore(tmp_path / "m", mmap=mmap)
+    unchecked = ckptlib.restore(tmp_path / "m", verify_checksums=False, mmap=mmap)
     assert sorted(unchecked) == sorted(state)
 
 
@@ -193,3 +196,20 @@ def test_the_garbage_collector_is_put_back_as_it_was(tmp_path: Path, enabled: bo
         assert gc.isenabled() == enabled
     finally:
         gc.enable()
+
+
+def test_a_copying_read_all_owns_its_memory_piece_by_piece(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(reader_module, "_COPY_PIECE_BYTES", 10_000)  # several pieces, two buffers in turn
+    monkeypatch.setattr(reader_module, "_COPY_BYTES", 5_000)  # "big" is read into place
+    rng = np.random.default_rng(2)
+    state = {f"t{i:02d}": rng.standard_normal(int(rng.integers(1, 400))).astype(np.float32) for i in range(60)}
+    state["big"] = rng.standard_normal(3000).astype(np.float32)
+    ckptlib.save(state, tmp_path / "m", num_shards=2)
+    restored = ckptlib.restore(tmp_path / "m", mmap=False)
+    assert list(restored) == sorted(state)
+    for name, value in state.items():
+        assert np.array_equal(restored[name], value)
+        assert restored[name].base is None and restored[name].flags.writeable  # its own memory
+    flip_byte_of(tmp_path / "m", "t33", shard_count=2)
+    with pytest.raises(ckptlib.ChecksumMismatchError, match="t33"):
+        ckptlib.restore(tmp_path / "m", mmap=False)
