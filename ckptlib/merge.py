@@ -2,12 +2,14 @@
 
 Data files are renamed (never copied) to ``merged.data-<i>-of-<n>``, numbered in the order
 they are first referenced when walking the inputs in order, keys sorted; the merged index
-is written last, so the result appears whole or not at all. The input indexes are then
-removed.
+is written last, so the result appears whole or not at all: if any step fails, the data
+files are renamed back and the inputs are left as they were. The input indexes are
+removed once the merged index is in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -55,14 +57,27 @@ def merge_bundles(
     directory = os.path.dirname(merged_prefix)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    for source, new_id in file_ids.items():
-        os.replace(sources[source], data_filename(merged_prefix, new_id, num_files))
     items = [(HEADER_KEY, encode_header(num_files))]
     items += sorted((key, encode_entry(entry)) for key, entry in entries.items())
-    temp = write_temp(index_filename(merged_prefix), [build_table(items)], sync)
-    if sync:
-        fsync_dir(directory)
-    os.replace(temp, index_filename(merged_prefix))
+    moved: list[tuple[str, str]] = []
+    temp = None
+    try:
+        for source, new_id in file_ids.items():
+            target = data_filename(merged_prefix, new_id, num_files)
+            os.replace(sources[source], target)
+            moved.append((target, sources[source]))
+        temp = write_temp(index_filename(merged_prefix), [build_table(items)], sync)
+        if sync:
+            fsync_dir(directory)
+        os.replace(temp, index_filename(merged_prefix))
+    except BaseException:
+        # The inputs' data files go back where their indexes expect them.
+        if temp is not None:
+            remove_quietly(temp)
+        for target, source in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.replace(target, source)
+        raise
     if sync:
         fsync_dir(directory)
     for prefix in prefixes:
