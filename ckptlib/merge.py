@@ -74,9 +74,9 @@ def merge_bundles(
         # The inputs' data files go back where their indexes expect them.
         if temp is not None:
             remove_quietly(temp)
-        for target, source in reversed(moved):
+        for now_at, was_at in reversed(moved):
             with contextlib.suppress(OSError):
-                os.replace(target, source)
+                os.replace(now_at, was_at)
         raise
     if sync:
         fsync_dir(directory)
