@@ -180,9 +180,10 @@ def deletion_journal(directory: str, latest_filename: str | None, name: str) -> 
 
 def note_deletions(journal: str, prefixes: Sequence[str], sync: bool) -> None:
     """Record, before the state file stops listing them, the checkpoints about to go."""
-    if not prefixes:
+    names = [os.path.basename(p) for p in prefixes if inside(os.path.dirname(journal), p)]
+    if not names:  # (a prefix outside the directory is never deleted anyway)
         return
-    data = json.dumps([os.path.basename(p) for p in prefixes]).encode()
+    data = json.dumps(names).encode()
     os.replace(write_temp(journal, [data], sync), journal)
     if sync:
         fsync_dir(os.path.dirname(journal))
@@ -192,8 +193,7 @@ def delete_noted(directory: str, journal: str, prefixes: Sequence[str], *, meta:
     """Delete the checkpoints ``note_deletions`` recorded, then the journal."""
     for prefix in prefixes:
         remove_checkpoint(directory, prefix, meta=meta)
-    if prefixes:
-        remove_quietly(journal)
+    remove_quietly(journal)
 
 
 def finish_deletions(
@@ -216,12 +216,16 @@ def finish_deletions(
     deleted = []
     with state_lock(directory, latest_filename):
         listing = read_listing(directory, latest_filename)
-        listed = {_path_key(p) for p, _ in listing.records} if listing is not None else set()
-        if listing is not None and listing.latest:
-            listed.add(_path_key(listing.latest))
+        if listing is None:  # what is listed is unknown: delete nothing
+            names = []
+        else:  # by name within this directory, however the state file spells its paths
+            listed = {os.path.basename(p) for p, _ in listing.records if inside(directory, p)}
+            if listing.latest and inside(directory, listing.latest):
+                listed.add(os.path.basename(listing.latest))
+            names = [name for name in names if name not in listed]
         for name in names:
             prefix = os.path.join(directory, name)
-            if owns(prefix) and _path_key(prefix) not in listed and remove_checkpoint(directory, prefix, meta=meta):
+            if owns(prefix) and remove_checkpoint(directory, prefix, meta=meta):
                 deleted.append(prefix)
         remove_quietly(journal)
     return deleted

@@ -141,9 +141,15 @@ class CheckpointManager:
         self._managed.pop(prefix, None)
         self._managed[prefix] = timestamp
         self._latest = prefix
+        before = self._managed.copy(), self._last_preserved
         doomed = self._sweep()
-        note_deletions(self._journal, doomed, self._sync)
-        self._record_state()
+        try:
+            note_deletions(self._journal, doomed, self._sync)
+            self._record_state()
+        except Exception:
+            # still listed: they stay managed (the new checkpoint too), deleted by a later save
+            self._managed, self._last_preserved = before
+            raise
         delete_noted(self._directory, self._journal, doomed, meta=False)  # no longer listed
         recover_interrupted_saves(self._directory)
         return prefix

@@ -106,6 +106,9 @@ def test_only_the_savers_own_checkpoints_in_its_directory_are_deleted(
     ckptlib.save(values(1), tmp_path / "run" / "other-1")
     ckptlib.save(values(1), tmp_path / "run" / "model.ckpt-1")
     journal = tmp_path / "run" / ".checkpoint.model.ckpt.deleting"
+    journal.write_text('["model.ckpt-1"]')
+    ckptlib.Saver().save(values(2), tmp_path / "run" / "model.ckpt", global_step=2)
+    assert ckptlib.checkpoint_exists(tmp_path / "run" / "model.ckpt-1")  # no state file: what was listed is unknown
     journal.write_text('["../outside", "other-1", "model.ckpt-1", "model.ckpt-9"]')
     ckptlib.Saver().save(values(2), tmp_path / "run" / "model.ckpt", global_step=2)
     assert ckptlib.checkpoint_exists(tmp_path / "outside")
@@ -172,3 +175,45 @@ def test_a_failed_state_update_leaves_the_old_checkpoint_for_the_next_save(
     saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
     assert listed(tmp_path) == ["model.ckpt-3"]
     assert steps_on_disk(tmp_path) == [3] and journals(tmp_path) == []  # 1 (put back) and 2 rotated out
+
+
+def test_a_listed_checkpoint_is_kept_however_the_state_file_spells_its_path(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    saver = ckptlib.Saver(max_to_keep=5, save_relative_paths=False)
+    for step in (1, 2):
+        saver.save(values(step), tmp_path / "link" / "model", global_step=step)
+    assert ckptlib.get_checkpoint_state(real).all_model_checkpoint_paths[0].startswith(str(tmp_path / "link"))
+    (real / ".checkpoint.model.deleting").write_text('["model-1"]')  # as if killed before the state update
+    ckptlib.Saver(max_to_keep=5).save(values(3), real / "model", global_step=3)
+    assert steps_on_disk(real, "model") == [1, 2, 3]
+
+
+def test_checkpoints_outside_the_directory_are_never_noted(tmp_path: Path) -> None:
+    journal = ckptlib.commit.deletion_journal(str(tmp_path), None, "model")
+    ckptlib.commit.note_deletions(journal, [str(tmp_path / "elsewhere" / "model-1")], sync=False)
+    assert not os.path.exists(journal)
+    ckptlib.commit.note_deletions(journal, [str(tmp_path / "elsewhere" / "model-1"), str(tmp_path / "model-2")], False)
+    with open(journal) as f:
+        assert f.read() == '["model-2"]'
+
+
+def test_a_failed_manager_save_keeps_managing_what_it_would_have_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+    manager.save(values(1))
+    real = ckptlib.manager.update_state
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckptlib.manager, "update_state", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        manager.save(values(2))
+    monkeypatch.setattr(ckptlib.manager, "update_state", real)
+    assert steps_on_disk(tmp_path, "ckpt") == [1, 2] and listed(tmp_path) == ["ckpt-1"]
+    manager.save(values(3))
+    assert steps_on_disk(tmp_path, "ckpt") == [3] and listed(tmp_path) == ["ckpt-3"]
+    assert ckptlib.CheckpointManager(tmp_path, max_to_keep=1).checkpoints == [str(tmp_path / "ckpt-3")]
