@@ -267,6 +267,7 @@ class BundleReader(CheckpointReader):
     def get_tensor(self, name: str) -> np.ndarray:
         entry = self.entry(name)
         try:
+            check_numpy_rank(entry.shape)
             if entry.slices:
                 return self._assemble(name, entry)
             return self._read(entry)
@@ -295,6 +296,8 @@ class BundleReader(CheckpointReader):
             columns, rest = decode_plain_entries_at(table.data, starts, ends)
         except CheckpointError:
             return super().read_all()  # get_tensor raises, naming the tensor
+        if not self.mmap:
+            self._refuse_aliasing(columns, rest)
         arrays = self._map_plain(columns, set(rest)) if self.mmap else self._copy_small(columns, set(rest))
         if keys and min(keys)[:1] == b"\0":  # partitioned tensors: slice keys are hidden
             by_name = {key_to_name(keys[row]): array for row, array in arrays.items()}
@@ -304,12 +307,23 @@ class BundleReader(CheckpointReader):
             return dict(zip(names, arrays.values(), strict=True))
         return {name: arrays[row] if row in arrays else self.get_tensor(name) for row, name in enumerate(names)}
 
-    def _plain_rows(
-        self, columns: EntryColumns, skip: set[int], below: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.dtype | None]]:
-        """The rows that are numeric, non-empty, not in ``skip``, inside their shard (and of
-        fewer than ``below`` bytes); every entry's shard id (clipped to the shard count); the
-        numpy dtype of each DataType present."""
+    def _refuse_aliasing(self, columns: EntryColumns, rest: list[int]) -> None:
+        """A copying read allocates what the entries claim: refuse entries that, each
+        inside its file, together claim more bytes than the data files hold (several names
+        for the same bytes, say), which no writer produces and which would let a small
+        index demand any amount of memory."""
+        inside, _ = self._inside_shards(columns)
+        inside[rest] = False
+        claimed = sum(columns.sizes[inside].tolist())  # Python ints: no overflow
+        held = sum(shard.size for shard in self._shards.values())
+        if claimed > held:
+            raise CorruptCheckpointError(
+                f"index entries overlap: they claim {claimed} bytes, the data files hold {held}", path=self.prefix
+            )
+
+    def _inside_shards(self, columns: EntryColumns) -> tuple[np.ndarray, np.ndarray]:
+        """Which entries hold bytes that lie inside their (existing) shard, and every
+        entry's shard id clipped to the shard count."""
         file_sizes = np.full(self.header.num_shards + 1, -1, dtype=np.int64)  # -1: missing or out of range
         for shard_id in np.unique(columns.shard_ids).tolist():
             with contextlib.suppress(CheckpointError):
@@ -317,8 +331,19 @@ class BundleReader(CheckpointReader):
         shard_ids = np.minimum(columns.shard_ids, self.header.num_shards)
         # offset <= size - n, not offset + n <= size: a hostile offset near 2**63 must not wrap
         inside = (columns.sizes > 0) & (columns.offsets <= file_sizes[shard_ids] - columns.sizes)
+        return inside, shard_ids
+
+    def _plain_rows(
+        self, columns: EntryColumns, skip: set[int], below: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.dtype | None]]:
+        """The rows that are numeric, non-empty, not in ``skip``, inside their shard (and of
+        fewer than ``below`` bytes); every entry's shard id (clipped to the shard count); the
+        numpy dtype of each DataType present."""
+        inside, shard_ids = self._inside_shards(columns)
         if below is not None:
             inside &= columns.sizes < below
+        if columns.shapes and max(map(len, columns.shapes)) > NUMPY_MAX_RANK:  # get_tensor refuses those
+            inside &= np.fromiter(map(len, columns.shapes), np.int64, len(columns.shapes)) <= NUMPY_MAX_RANK
         by_enum = {enum: dtypes.numpy_dtype(enum) for enum in np.unique(columns.dtypes).tolist()}
         usable = inside & np.isin(columns.dtypes, [enum for enum, found in by_enum.items() if found is not None])
         usable[list(skip)] = False
@@ -487,6 +512,8 @@ class BundleReader(CheckpointReader):
 
     def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
         entry = self.entry(name)
+        with self._context(tensor=name):
+            check_numpy_rank(entry.shape)
         _check_target(self, name, out)
         with self._context(tensor=name):
             if not entry.slices and out.flags.c_contiguous and out.flags.writeable:
@@ -528,6 +555,28 @@ def _check_target(reader: CheckpointReader, name: str, out: np.ndarray) -> None:
         raise ShapeMismatchError(f"target shape {list(out.shape)}, checkpoint has {list(shape)}", tensor=name)
     if out.dtype != dtype:
         raise DtypeMismatchError(f"target dtype {out.dtype}, checkpoint has {dtype}", tensor=name)
+
+
+def _numpy_max_rank() -> int:
+    """The most dimensions this numpy's arrays may have (32 before numpy 2, 64 since)."""
+    for rank in (64, 32):
+        try:
+            np.empty((1,) * rank)
+        except ValueError:
+            continue
+        return rank
+    return 32
+
+
+NUMPY_MAX_RANK = _numpy_max_rank()
+
+
+def check_numpy_rank(shape: tuple[int, ...]) -> None:
+    """Refuse a shape that TensorFlow allows (up to rank 254) but numpy cannot hold."""
+    if len(shape) > NUMPY_MAX_RANK:
+        raise UnsupportedFeatureError(
+            f"a tensor of rank {len(shape)} cannot be read: numpy arrays have at most {NUMPY_MAX_RANK} dimensions"
+        )
 
 
 # read_all(mmap=False) copies tensors smaller than this out of pieces of their shard read

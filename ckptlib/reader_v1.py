@@ -27,7 +27,7 @@ from ckptlib.format.bundle import check_shape
 from ckptlib.format.proto.saved_tensor_slice_pb2 import SavedTensorSlices, TensorProto
 from ckptlib.format.slices import TensorSlice, check_tiling, region, slice_key
 from ckptlib.format.table import TableReader
-from ckptlib.reader import CheckpointReader, TensorInfo
+from ckptlib.reader import CheckpointReader, TensorInfo, check_numpy_rank
 from ckptlib.storage import LocalFile
 
 _SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
@@ -157,6 +157,10 @@ class V1Reader(CheckpointReader):
 
     def get_tensor(self, name: str) -> np.ndarray:
         tensor = self._tensor(name)
+        try:
+            check_numpy_rank(tensor.shape)
+        except CheckpointError as e:
+            raise e.with_context(path=self.prefix, tensor=name) from None
         pieces = []
         for tensor_slice, file_index in tensor.slices:
             path = self._files[file_index].path

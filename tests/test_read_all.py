@@ -213,3 +213,35 @@ def test_a_copying_read_all_owns_its_memory_piece_by_piece(monkeypatch: pytest.M
     flip_byte_of(tmp_path / "m", "t33", shard_count=2)
     with pytest.raises(ckptlib.ChecksumMismatchError, match="t33"):
         ckptlib.restore(tmp_path / "m", mmap=False)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_rank_numpy_cannot_hold_is_unsupported_not_a_crash(tmp_path: Path, mmap: bool) -> None:
+    from ckptlib.format.bundle import encode_plain_entry
+    from ckptlib.format.crc import crc32c, mask
+
+    rank = reader_module.NUMPY_MAX_RANK + 1
+    data = np.arange(4, dtype=np.float32).tobytes()
+    hostile_index(tmp_path / "m", encode_plain_entry(1, (1,) * (rank - 1) + (4,), 0, 0, 16, mask(crc32c(data))))
+    with ckptlib.load_checkpoint(tmp_path / "m", mmap=mmap) as reader:
+        assert reader.shape("a") == (1,) * (rank - 1) + (4,)  # listed fine
+        for read in (reader.read_all, lambda: reader.get_tensor("a"), lambda: reader.read_into("a", np.zeros(4))):
+            with pytest.raises(ckptlib.UnsupportedFeatureError, match="at most"):
+                read()
+
+
+def test_entries_aliasing_the_same_bytes_cannot_make_a_copying_read_allocate_more_than_the_files(
+    tmp_path: Path,
+) -> None:
+    from ckptlib.format.bundle import encode_header, encode_plain_entry
+    from ckptlib.format.crc import crc32c, mask
+    from ckptlib.format.table import build_table
+
+    data = np.zeros(100_000, dtype=np.float32)
+    ckptlib.save({"a": data}, tmp_path / "m", sync=False)
+    entry = encode_plain_entry(1, (100_000,), 0, 0, 400_000, mask(crc32c(data.tobytes())))
+    with open(tmp_path / "m.index", "wb") as f:  # 50 names for the same 400 kB: 20 MB if each were copied
+        f.write(build_table([(b"", encode_header(1)), *((f"t{i:02d}".encode(), entry) for i in range(50))]))
+    assert len(ckptlib.restore(tmp_path / "m")) == 50  # views of the map cost nothing
+    with pytest.raises(ckptlib.CorruptCheckpointError, match="overlap"):
+        ckptlib.restore(tmp_path / "m", mmap=False)
