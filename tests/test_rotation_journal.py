@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,19 +47,25 @@ def journals(directory: Path) -> list[str]:
     return sorted(f for f in os.listdir(directory) if f.endswith(".deleting"))
 
 
-def kill_first_deletion(monkeypatch: pytest.MonkeyPatch) -> None:
-    def killed(*args: object, **kwargs: object) -> bool:
-        raise Killed
+def killed(*args: object, **kwargs: object) -> Any:
+    raise Killed
 
+
+def kill_first_deletion(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ckptlib.commit, "remove_checkpoint", killed)
+
+
+def saver_with_two_checkpoints(directory: Path) -> ckptlib.Saver:
+    saver = ckptlib.Saver(max_to_keep=2)
+    for step in (1, 2):
+        saver.save(values(step), directory / "model.ckpt", global_step=step)
+    return saver
 
 
 def test_a_kill_before_the_old_files_go_leaves_them_for_the_next_saver(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    saver = ckptlib.Saver(max_to_keep=2)
-    for step in (1, 2):
-        saver.save(values(step), tmp_path / "model.ckpt", global_step=step)
+    saver = saver_with_two_checkpoints(tmp_path)
     kill_first_deletion(monkeypatch)
     with pytest.raises(Killed):
         saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
@@ -77,13 +84,7 @@ def test_a_kill_before_the_old_files_go_leaves_them_for_the_next_saver(
 def test_a_kill_before_the_state_file_changes_deletes_nothing_still_listed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    saver = ckptlib.Saver(max_to_keep=2)
-    for step in (1, 2):
-        saver.save(values(step), tmp_path / "model.ckpt", global_step=step)
-
-    def killed(*args: object, **kwargs: object) -> None:
-        raise Killed
-
+    saver = saver_with_two_checkpoints(tmp_path)
     monkeypatch.setattr(ckptlib.saver, "update_state", killed)
     with pytest.raises(Killed):
         saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
