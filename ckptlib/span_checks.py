@@ -44,6 +44,8 @@ def check_spans(
     this thread while other threads checksum, and its result is returned alongside."""
     if not len(offsets):
         return np.zeros(0, dtype=bool), meanwhile()
+    if np.any(sizes <= 0):  # an empty span would make two runs start at the same place
+        raise ValueError("check_spans takes non-empty spans only")
     order = np.lexsort((offsets, shard_ids))
     shard, start, size = shard_ids[order], offsets[order], sizes[order]
     first = np.ones(len(order), dtype=bool)  # does a run of back-to-back spans begin here?
@@ -52,10 +54,10 @@ def check_spans(
     last = np.append(runs[1:], len(order)) - 1
     run_begin, run_end = start[runs], start[last] + size[last]
     pieces_per_run = -(-(run_end - run_begin) // _PIECE_BYTES)
+    first_piece = np.cumsum(pieces_per_run) - pieces_per_run
     piece_run = np.repeat(np.arange(len(runs)), pieces_per_run)
-    piece_begin = run_begin[piece_run] + _PIECE_BYTES * (
-        np.arange(len(piece_run)) - np.repeat(np.cumsum(pieces_per_run) - pieces_per_run, pieces_per_run)
-    )
+    piece_in_run = np.arange(len(piece_run)) - first_piece[piece_run]
+    piece_begin = run_begin[piece_run] + _PIECE_BYTES * piece_in_run
     piece_end = np.minimum(piece_begin + _PIECE_BYTES, run_end[piece_run])
     piece_shard = shard[runs][piece_run].tolist()
     spans = [views[s][b:e] for s, b, e in zip(piece_shard, piece_begin.tolist(), piece_end.tolist(), strict=True)]
@@ -71,7 +73,7 @@ def check_spans(
                 actual[r] = crc32c_fast(span)
         wanted = combine_runs(expected[order], size, runs)
         actual[large] = list(pending)
-    found = combine_runs(actual, piece_end - piece_begin, np.cumsum(pieces_per_run) - pieces_per_run)
+    found = combine_runs(actual, piece_end - piece_begin, first_piece)
     run_ok = found == wanted
     ok = np.repeat(run_ok, last - runs + 1)
     for r in np.flatnonzero(~run_ok).tolist():  # damage somewhere in the run: find where
