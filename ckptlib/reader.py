@@ -277,9 +277,11 @@ class BundleReader(CheckpointReader):
     def read_all(self) -> dict[str, np.ndarray]:
         """Every tensor, by name in key order, as ``get_tensor`` returns it.
 
-        One pass over the index decodes every entry at once, and the checksums of large
-        tensors are computed on several threads; every checksum is verified before this
-        returns, and the first damaged tensor in key order raises as ``get_tensor`` would.
+        One pass over the index decodes every entry at once. Checksums are checked a run of
+        back-to-back tensors at a time, on several threads (``span_checks``); with
+        ``mmap=False``, tensors under 1 MiB are copied out of pieces of their shard read
+        whole. Every checksum is verified before this returns, and the first damaged tensor
+        in key order raises as ``get_tensor`` would.
         """
         if self.header.big_endian:
             return super().read_all()
