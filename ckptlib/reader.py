@@ -300,8 +300,12 @@ class BundleReader(CheckpointReader):
             return super().read_all()  # get_tensor raises, naming the tensor
         if not self.mmap:
             self._refuse_aliasing(columns, rest)
-        arrays = self._map_plain(columns, set(rest)) if self.mmap else self._copy_small(columns, set(rest))
-        if keys and min(keys)[:1] == b"\0":  # partitioned tensors: slice keys are hidden
+        partitioned = bool(keys) and min(keys)[:1] == b"\0"  # slice keys (hidden) start with a 0 byte
+        skip = set(rest)
+        if partitioned:  # slices are read by get_tensor, which assembles them
+            skip.update(row for row, key in enumerate(keys) if key[:1] == b"\0")
+        arrays = self._map_plain(columns, skip) if self.mmap else self._copy_small(columns, skip)
+        if partitioned:
             by_name = {key_to_name(keys[row]): array for row, array in arrays.items()}
             return {name: by_name[name] if name in by_name else self.get_tensor(name) for name in self.keys_list()}
         names = self._names = keys_to_names(keys)
