@@ -143,14 +143,17 @@ class V1Reader(CheckpointReader):
 
     def tensor_info(self, name: str) -> TensorInfo:
         tensor = self._tensor(name)
-        itemsize = dtypes.itemsize(tensor.dtype) or 0
+        if tensor.dtype == dtypes.DT_STRING:  # V1 stores no size: the strings' bytes, as read
+            nbytes = sum(len(value) for value in self.get_tensor(name).reshape(-1).tolist())
+        else:
+            nbytes = math.prod(tensor.shape) * (dtypes.itemsize(tensor.dtype) or 0)
         files = {file_index for _, file_index in tensor.slices}
         shard = files.pop() if len(files) == 1 else None
         return TensorInfo(
             name,
             dtypes.lookup(tensor.dtype).name,
             tensor.shape,
-            math.prod(tensor.shape) * itemsize,
+            nbytes,
             shard,
             len(tensor.slices) if len(tensor.slices) > 1 else 0,
         )

@@ -477,6 +477,12 @@ def test_v1_scalar_string():
     assert type(value[()]) is bytes and value[()] == b"shard zero"
 
 
+def test_v1_string_sizes_are_the_bytes_of_their_strings():
+    g = golden("v1_sharded")
+    with ckptlib.load_checkpoint(g.base_prefix) as reader:
+        assert reader.tensor_info("s").nbytes == len(b"shard zero")
+
+
 def test_v1_sharded_prefix_pattern():
     """TF1 V1 sharded Saver returns (and records in the state file) ``P-?????-of-00002``;
     ``tf.train.load_checkpoint`` accepts that pattern and the directory."""
