@@ -6,19 +6,22 @@
     shard 1   [ 16 MiB ][ 16 MiB ][run of small tensors] ...                     pwritev each piece
     caller    crc32c of every tensor, index entries, the index table          <- meanwhile
 
-Each shard's contents are given as consecutive buffers, so every byte's offset is known
-before anything is written and the pieces need no order: workers take them from one queue
-(the shards interleaved, so that every file fills at once; the kernel serialises buffered
-writes to one file) while the calling thread does its own work, typically checksums and
-the index. ``pwritev`` and the crc32c extension both release the GIL. With ``sync``, the
-kernel is asked to start writing each piece to disk as soon as it lands, so the closing
-``fsync`` has little left to wait for.
+Each shard's contents are given as consecutive buffers, so every byte's offset follows
+from the sizes of the buffers before it and the pieces need no order: the calling thread
+cuts the shards into pieces a thousand buffers at a time and queues them (the shards
+interleaved, so that every file fills at once; the kernel serialises buffered writes to
+one file), and workers start writing the first piece while later ones are still being cut.
+Then the calling thread does its own work, typically checksums and the index. ``pwritev``
+and the crc32c extension both release the GIL. With ``sync``, the kernel is asked to start
+writing each piece to disk as soon as it lands, so the closing ``fsync`` has little left
+to wait for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import os
 import sys
 import threading
@@ -62,17 +65,17 @@ def write_shards(
     final_paths: Sequence[str],
     contents: Sequence[Sequence[Buffer]],
     sync: bool,
-    meanwhile: Callable[[], T],
+    meanwhile: Callable[[list[np.ndarray]], T],
     sizes: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[str], T]:
     """Write ``contents[i]`` (byte buffers, back to back) to a temporary file beside
-    ``final_paths[i]``, every shard in parallel, and run ``meanwhile()`` on the calling
-    thread as they are written.
+    ``final_paths[i]``, every shard in parallel, and run ``meanwhile`` on the calling
+    thread as they are written; it is given each shard's buffer sizes (``nbytes``, int64).
 
     Returns the temporary paths (flushed to disk if ``sync``, and closed) and what
     ``meanwhile`` returned. If anything fails, every temporary file is removed and the
     first error is raised. The buffers must not change until this returns. ``sizes``,
-    if given, holds each shard's buffer sizes (``nbytes``), saving a pass over them.
+    if given, holds each shard's buffer sizes, saving a pass over them.
     """
     created: list[tuple[str, int]] = []
     closed: list[str] = []
@@ -80,20 +83,21 @@ def write_shards(
         for path in final_paths:
             created.append(create_temp(path))
         fds = [fd for _, fd in created]
-        pieces = deque(
-            _interleave([_pieces(i, buffers, sizes[i] if sizes else None) for i, buffers in enumerate(contents)])
-        )
+        queue = _PieceQueue()
         stop = threading.Event()
         workers = max(1, min(len(fds), os.cpu_count() or 1, MAX_WRITERS))
         with ThreadPoolExecutor(workers, thread_name_prefix="ckptlib-write") as pool:
-            futures = [pool.submit(_write_pieces, pieces, fds, sync, stop) for _ in range(workers)]
+            futures = [pool.submit(_write_pieces, queue, fds, sync, stop) for _ in range(workers)]
             try:
                 with _quick_handoffs():
-                    result = meanwhile()
+                    shard_sizes = _queue_pieces(queue, contents, sizes)
+                    result = meanwhile(shard_sizes)
                 wait(futures)
             except BaseException:
                 stop.set()  # the writers stop at their next piece; the pool's exit waits for them
                 raise
+            finally:
+                queue.close()
             for future in futures:
                 future.result()
             if sync:
@@ -110,6 +114,63 @@ def write_shards(
             remove_quietly(path)
         raise
     return closed, result
+
+
+class _PieceQueue:
+    """Pieces handed from the calling thread to the writers as they are cut."""
+
+    def __init__(self) -> None:
+        self._pieces: deque[_Piece] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, pieces: list[_Piece]) -> None:
+        with self._ready:
+            self._pieces.extend(pieces)
+            self._ready.notify(len(pieces))
+
+    def close(self) -> None:
+        """No more pieces: writers finish what is queued, then stop."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def get(self) -> _Piece | None:
+        """The next piece, waiting for one if none is queued yet; None once closed and empty."""
+        with self._ready:
+            while not self._pieces and not self._closed:
+                self._ready.wait()
+            return self._pieces.popleft() if self._pieces else None
+
+
+def _queue_pieces(
+    queue: _PieceQueue, contents: Sequence[Sequence[Buffer]], sizes: Sequence[np.ndarray] | None
+) -> list[np.ndarray]:
+    """Cut every shard into pieces, ``PIECE_BUFFERS`` buffers of each at a time, and queue
+    each round as soon as it is cut, its pieces taking turns between the shards; close the
+    queue; return each shard's buffer sizes."""
+    ends = [0] * len(contents)  # where each shard's next buffer starts
+    cut: list[list[np.ndarray]] = [[] for _ in contents]
+    step = PIECE_BUFFERS
+    for first in range(0, max(map(len, contents), default=0), step):
+        round_: list[list[_Piece]] = []
+        for shard, buffers in enumerate(contents):
+            batch = buffers[first : first + step]
+            if not batch:
+                continue
+            if sizes is None:
+                batch_sizes = np.fromiter(map(_NBYTES, batch), dtype=np.int64, count=len(batch))
+            else:
+                batch_sizes = sizes[shard][first : first + step]
+            round_.append(_pieces(shard, batch, batch_sizes, ends[shard]))
+            cut[shard].append(batch_sizes)
+            ends[shard] += int(batch_sizes.sum())
+        queue.put([piece for group in itertools.zip_longest(*round_) for piece in group if piece is not None])
+    queue.close()
+    return [np.concatenate([np.zeros(0, np.int64), *parts]) for parts in cut]
+
+
+_NBYTES = operator.attrgetter("nbytes")
 
 
 @contextlib.contextmanager
@@ -139,11 +200,12 @@ _handoff_users = 0
 _interval_before = 0.005
 
 
-def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None) -> list[_Piece]:
-    """One shard's bytes as writes of at most about ``PIECE_BYTES`` and at most
-    ``PIECE_BUFFERS`` buffers: runs of small buffers together, large ones cut up."""
+def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None, base: int = 0) -> list[_Piece]:
+    """Buffers that lie back to back from offset ``base`` of a shard, as writes of at most
+    about ``PIECE_BYTES`` and at most ``PIECE_BUFFERS`` buffers: runs of small buffers
+    together, large ones cut up."""
     if sizes is None:
-        sizes = np.fromiter((buffer.nbytes for buffer in buffers), dtype=np.int64, count=len(buffers))
+        sizes = np.fromiter(map(_NBYTES, buffers), dtype=np.int64, count=len(buffers))
     ends = np.cumsum(sizes)
     starts = (ends - sizes).tolist()
     large = np.flatnonzero(sizes >= PIECE_BYTES).tolist()
@@ -154,31 +216,24 @@ def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None) -> 
             # as many as fit in PIECE_BYTES (at least one), at most PIECE_BUFFERS
             j = int(np.searchsorted(ends, starts[i] + PIECE_BYTES, side="right"))
             j = min(max(j, i + 1), i + PIECE_BUFFERS, stop)
-            pieces.append(_Piece(shard, starts[i], int(ends[j - 1]) - starts[i], list(buffers[i:j])))
+            pieces.append(_Piece(shard, base + starts[i], int(ends[j - 1]) - starts[i], list(buffers[i:j])))
             i = j
         if stop < n:
             flat = np.frombuffer(buffers[stop], dtype=np.uint8)  # type: ignore[call-overload]
             for start in range(0, flat.size, PIECE_BYTES):
                 part = flat[start : start + PIECE_BYTES]
-                pieces.append(_Piece(shard, starts[stop] + start, part.size, [part]))
+                pieces.append(_Piece(shard, base + starts[stop] + start, part.size, [part]))
             i = stop + 1
     return pieces
 
 
-def _interleave(queues: list[list[_Piece]]) -> Iterator[_Piece]:
-    """Round-robin over the shards' pieces."""
-    for group in itertools.zip_longest(*queues):
-        yield from (piece for piece in group if piece is not None)
-
-
-def _write_pieces(pieces: deque[_Piece], fds: list[int], sync: bool, stop: threading.Event) -> None:
+def _write_pieces(pieces: _PieceQueue, fds: list[int], sync: bool, stop: threading.Event) -> None:
     while not stop.is_set():
-        try:
-            piece = pieces.popleft()
-        except IndexError:
+        piece = pieces.get()
+        if piece is None:
             return
         try:
-            pwrite_all(fds[piece.shard], piece.buffers, piece.offset)
+            pwrite_all(fds[piece.shard], piece.buffers, piece.offset, piece.size)
             if sync:
                 start_writeback(fds[piece.shard], piece.offset, piece.size)
         except BaseException:

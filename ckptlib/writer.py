@@ -9,6 +9,7 @@ straight from each array's buffer, with their crc32c computed on that same buffe
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import itertools
 import math
@@ -31,7 +32,7 @@ from ckptlib.format.bundle import (
     encode_plain_entries,
     name_to_key,
 )
-from ckptlib.format.crc import crc32c_fast, mask_all
+from ckptlib.format.crc import crc32c_each_releasing, mask_all
 from ckptlib.format.slices import TensorSlice, overlaps, slice_key
 from ckptlib.format.strings import encode_strings
 from ckptlib.format.table import TableReader
@@ -82,9 +83,9 @@ class _Pending:
 
 class _Layout:
     """Where ``finish`` puts each tensor: every shard's contents as buffers (numeric tensors
-    are their own arrays, written and checksummed straight from their memory), and each
-    tensor's shard, offset and size. ``keys``, ``dtypes`` and ``arrays`` list the tensors
-    shard by shard."""
+    are their own arrays, written and checksummed straight from their memory), and, once
+    ``place`` is given the buffers' sizes, each tensor's shard, offset and size. ``keys``,
+    ``dtypes`` and ``arrays`` list the tensors shard by shard."""
 
     def __init__(self, pending: _Pending, shards: list[list[int]] | None):
         if shards is None:  # one shard, in the order added
@@ -96,19 +97,22 @@ class _Layout:
             self.dtypes = [pending.dtypes[i] for i in order]
             self.arrays = [pending.arrays[i] for i in order]
             counts = [len(shard) for shard in shards]
+        self.counts = counts
         self.contents: list[list[Any]] = []
-        self.sizes_by_shard: list[np.ndarray] = []
         self.string_crcs: dict[int, int] = {}  # masked crcs of string tensors, by place
         has_strings = dtypes.DT_STRING in self.dtypes
         first = 0
         for count in counts:
             arrays = self.arrays[first : first + count]
             self.contents.append(self._with_strings(arrays, first) if has_strings else arrays)
-            self.sizes_by_shard.append(np.fromiter((b.nbytes for b in self.contents[-1]), np.int64, count))
             first += count
-        self.sizes = np.concatenate([np.zeros(0, np.int64), *self.sizes_by_shard])
-        self.shard_ids = np.repeat(np.arange(len(counts)), counts)
-        self.offsets = np.concatenate([np.zeros(0, np.int64), *(np.cumsum(s) - s for s in self.sizes_by_shard)])
+        self.sizes = self.shard_ids = self.offsets = np.zeros(0, np.int64)
+
+    def place(self, sizes_by_shard: list[np.ndarray]) -> None:
+        """Set every tensor's size, shard and offset from each shard's buffer sizes."""
+        self.sizes = np.concatenate([np.zeros(0, np.int64), *sizes_by_shard])
+        self.shard_ids = np.repeat(np.arange(len(self.counts)), self.counts)
+        self.offsets = np.concatenate([np.zeros(0, np.int64), *(np.cumsum(s) - s for s in sizes_by_shard)])
 
     def numeric(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """The places of the numeric tensors, and their arrays."""
@@ -266,9 +270,8 @@ class BundleWriter:
         finals = [data_filename(self.prefix, i, self._num_shards) for i in range(self._num_shards)]
         with gc_paused():
             layout = _Layout(self._pending, self._assign_shards())
-            temps, index = write_shards(
-                finals, layout.contents, self._sync, lambda: self._index_bytes(layout), layout.sizes_by_shard
-            )
+            index_of = functools.partial(self._index_bytes, layout)  # given each shard's buffer sizes
+            temps, index = write_shards(finals, layout.contents, self._sync, index_of)
         try:
             temps.append(write_temp(index_filename(self.prefix), [index], self._sync))
         except BaseException:
@@ -317,11 +320,12 @@ class BundleWriter:
             shards[shard].append(i)
         return shards
 
-    def _index_bytes(self, layout: _Layout) -> bytes:
+    def _index_bytes(self, layout: _Layout, sizes_by_shard: list[np.ndarray]) -> bytes:
         """Checksum every numeric tensor's bytes and build the index table."""
+        layout.place(sizes_by_shard)
         crcs = np.empty(len(layout.keys), dtype=np.uint32)
         places, numeric = layout.numeric()
-        crcs[places] = mask_all(np.fromiter(map(crc32c_fast, numeric), np.uint32, len(numeric)))
+        crcs[places] = mask_all(crc32c_each_releasing(numeric))
         for i, crc in layout.string_crcs.items():
             crcs[i] = crc
         shapes = [array.shape for array in layout.arrays]

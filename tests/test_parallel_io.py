@@ -26,17 +26,19 @@ def read(path: str | Path) -> bytes:
         return f.read()
 
 
-def pwrite_file(path: Path, chunks: list[bytes], offset: int) -> Path:
-    """``pwrite_all`` of ``chunks`` at ``offset`` into a new file at ``path``."""
+def pwrite_file(path: Path, chunks: list[bytes], offset: int, size_known: bool = False) -> Path:
+    """``pwrite_all`` of ``chunks`` at ``offset`` into a new file at ``path``; with
+    ``size_known``, telling it their total size (its path without a pass over them)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        pwrite_all(fd, views(*chunks), offset)
+        pwrite_all(fd, views(*chunks), offset, sum(map(len, chunks)) if size_known else None)
     finally:
         os.close(fd)
     return path
 
 
-def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("size_known", [False, True])
+def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size_known: bool) -> None:
     real_pwritev, real_pwrite = os.pwritev, os.pwrite
 
     def stingy_pwritev(fd: int, buffers: list[Any], offset: int) -> int:
@@ -48,15 +50,42 @@ def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(os, "pwritev", stingy_pwritev)
     monkeypatch.setattr(os, "pwrite", stingy_pwrite)
     chunks = [b"hello", b"", b"w", b"orld!" * 3]
-    path = pwrite_file(tmp_path / "f", chunks, 2)
+    path = pwrite_file(tmp_path / "f", chunks, 2, size_known)
     monkeypatch.setattr(os, "pwritev", real_pwritev)
     assert read(path) == b"\0\0" + b"".join(chunks)
 
 
-def test_pwrite_all_splits_more_buffers_than_iov_max(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size_known", [False, True])
+def test_pwrite_all_splits_more_buffers_than_iov_max(tmp_path: Path, size_known: bool) -> None:
     chunks = [bytes([i % 251]) * (i % 7) for i in range(5000)]
-    path = pwrite_file(tmp_path / "f", chunks, 0)
+    path = pwrite_file(tmp_path / "f", chunks, 0, size_known)
     assert read(path) == b"".join(chunks)
+
+
+def test_pwrite_all_with_a_known_size_makes_one_call_and_resumes_a_short_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwritev = os.pwritev
+    calls: list[int] = []
+
+    def short_first(fd: int, buffers: list[Any], offset: int) -> int:
+        calls.append(len(buffers))
+        if len(calls) == 1:  # the first call stops 2 bytes into the third buffer
+            return real_pwritev(fd, [buffers[0], buffers[1], bytes(buffers[2])[:2]], offset)
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", short_first)
+    chunks = [b"abc", b"", b"defgh", b"ij", b"klmnop"]
+    path = pwrite_file(tmp_path / "f", chunks, 3, size_known=True)
+    assert read(path) == b"\0\0\0" + b"".join(chunks)
+    assert calls[0] == len(chunks)  # handed over as given, empty buffer included
+    assert len(calls) == 2
+
+
+def test_pwrite_all_refuses_a_call_that_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "pwritev", lambda fd, buffers, offset: 0)
+    with pytest.raises(OSError, match="no progress"):
+        pwrite_file(tmp_path / "f", [b"abc", b"def"], 0, size_known=True)
 
 
 def test_pwrite_all_splits_writes_larger_than_one_call_may_be(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,8 +102,8 @@ def test_write_shards_writes_every_shard_whole(tmp_path: Path, monkeypatch: pyte
     rng = np.random.default_rng(0)
     contents = [[rng.bytes(int(n)) for n in rng.integers(0, 2500, 40)] for _ in range(3)] + [[]]
     finals = [str(tmp_path / f"shard{i}") for i in range(len(contents))]
-    temps, result = shard_writer.write_shards(finals, [views(*c) for c in contents], sync, lambda: "done")
-    assert result == "done"
+    temps, result = shard_writer.write_shards(finals, [views(*c) for c in contents], sync, lambda sizes: sizes)
+    assert [r.tolist() for r in result] == [[len(chunk) for chunk in c] for c in contents]
     assert [read(t) for t in temps] == [b"".join(c) for c in contents]
     assert all(TEMP_MARKER in t and t.startswith(f) for t, f in zip(temps, finals))
 
@@ -159,7 +188,7 @@ def test_the_switch_interval_is_put_back_after_concurrent_saves(tmp_path: Path) 
     seen: list[float] = []
     started = threading.Barrier(3)
 
-    def slow_meanwhile() -> None:
+    def slow_meanwhile(sizes: list[np.ndarray]) -> None:
         started.wait()
         seen.append(sys.getswitchinterval())
         started.wait()
@@ -185,9 +214,9 @@ def test_an_interrupt_while_waiting_for_the_writers_is_not_swallowed(
 
     real = shard_writer.pwrite_all
 
-    def slow(fd: int, buffers: list[memoryview], offset: int) -> None:
+    def slow(fd: int, buffers: list[memoryview], offset: int, size: int | None = None) -> None:
         time.sleep(0.3)
-        real(fd, buffers, offset)
+        real(fd, buffers, offset, size)
 
     def interrupted_wait(futures: Any) -> Any:
         raise KeyboardInterrupt
@@ -195,7 +224,7 @@ def test_an_interrupt_while_waiting_for_the_writers_is_not_swallowed(
     monkeypatch.setattr(shard_writer, "pwrite_all", slow)
     monkeypatch.setattr(shard_writer, "wait", interrupted_wait)
     with pytest.raises(KeyboardInterrupt):
-        shard_writer.write_shards([str(tmp_path / "x")], [views(b"hello")], False, lambda: None)
+        shard_writer.write_shards([str(tmp_path / "x")], [views(b"hello")], False, lambda sizes: None)
     assert os.listdir(tmp_path) == []
 
 
@@ -212,7 +241,7 @@ def test_a_failed_close_removes_every_temporary_file(tmp_path: Path, monkeypatch
     monkeypatch.setattr(shard_writer.os, "close", flaky_close)
     finals = [str(tmp_path / f"s{i}") for i in range(3)]
     with pytest.raises(OSError, match="delayed write"):
-        shard_writer.write_shards(finals, [views(b"a"), views(b"b"), views(b"c")], False, lambda: None)
+        shard_writer.write_shards(finals, [views(b"a"), views(b"b"), views(b"c")], False, lambda sizes: None)
     monkeypatch.setattr(shard_writer.os, "close", real_close)
     assert os.listdir(tmp_path) == []
 
@@ -270,3 +299,45 @@ def test_pieces_cover_a_shard_once_in_order_within_the_limits(monkeypatch: pytes
         assert len(piece.buffers) <= 4
         assert piece.size <= 1000 or len(piece.buffers) == 1
         position += piece.size
+
+
+def test_writers_start_on_the_first_piece_while_later_ones_are_still_being_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 2)
+    first_written = threading.Event()
+    real_write, real_cut = shard_writer.pwrite_all, shard_writer._pieces
+    waited: list[bool] = []
+
+    def write(*args: Any) -> None:
+        real_write(*args)
+        first_written.set()
+
+    def cut(*args: Any) -> list[Any]:
+        if args[3] > 0:  # a later round: the first piece must be on its way to the disk already
+            waited.append(first_written.wait(timeout=10))
+        return real_cut(*args)
+
+    monkeypatch.setattr(shard_writer, "pwrite_all", write)
+    monkeypatch.setattr(shard_writer, "_pieces", cut)
+    chunks = [bytes([i]) * (i + 1) for i in range(7)]
+    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(*chunks)], False, lambda sizes: None)
+    assert waited == [True, True, True]
+    assert read(temps[0]) == b"".join(chunks)
+
+
+@pytest.mark.parametrize("where", ["writer", "cutting"])
+def test_a_failure_while_pieces_are_still_being_cut_stops_everything_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 2)
+    if where == "writer":
+        monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(0, None, OSError(errno.ENOSPC, "full")))
+    else:
+        monkeypatch.setattr(shard_writer, "_pieces", failing_after(3, shard_writer._pieces, OSError(errno.EIO, "cut")))
+    contents = [views(*[b"x" * 50] * 20) for _ in range(2)]
+    with pytest.raises(OSError, match="full" if where == "writer" else "cut"):
+        shard_writer.write_shards([str(tmp_path / f"s{i}") for i in range(2)], contents, False, lambda sizes: None)
+    assert os.listdir(tmp_path) == []

@@ -9,7 +9,8 @@ GIL on large buffers, so checksums can overlap with I/O in another thread).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import crc32c as _crc32c
@@ -29,6 +30,19 @@ def crc32c(data: Bytes, crc: int = 0) -> int:
 # The extension's own function, for hot loops that map it over many buffers (anything with
 # the buffer protocol: bytes, memoryviews, C-contiguous ndarrays of any dtype).
 crc32c_fast: Callable[[Any], int] = _crc32c.crc32c
+
+
+def crc32c_each_releasing(buffers: Sequence[Any]) -> np.ndarray:
+    """The crc32c of every buffer (uint32), each call releasing the GIL.
+
+    The extension keeps the GIL for buffers under 32 KiB, and a C-level ``map`` never gives
+    it up between calls: mapped over thousands of small tensors, it would hold the GIL for
+    the whole pass and stall threads that wait on it after each system call (a writer
+    thread between two writes). Releasing it costs about 0.4 us a call.
+    """
+    n = len(buffers)
+    always_release = itertools.repeat(1, n)
+    return np.fromiter(map(_crc32c.crc32c, buffers, itertools.repeat(0, n), always_release), np.uint32, n)
 
 
 def mask(crc: int) -> int:
