@@ -19,7 +19,7 @@ from ckptlib.format import dtypes
 
 def flatten(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
     """Flatten nested mappings into ``{"a/b/c": leaf}``; refuses empty or colliding names."""
-    if all(type(leaf) is np.ndarray for leaf in tree.values()) and all(type(key) is str and key for key in tree):
+    if set(map(type, tree.values())) <= {np.ndarray} and set(map(type, tree)) <= {str} and "" not in tree:
         return dict(tree)  # already flat (the common case for large states): nothing can collide
     out: dict[str, Any] = {}
     for name, leaf in _walk(tree, "", sep):

@@ -13,6 +13,7 @@ import functools
 import glob
 import itertools
 import math
+import operator
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -49,7 +50,7 @@ from ckptlib.storage import (
     stale_files,
     write_temp,
 )
-from ckptlib.values import flatten, is_string_array, to_array
+from ckptlib.values import flatten, to_array
 
 
 def data_filename(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -77,8 +78,11 @@ class _Pending:
         self.dtypes.append(dtype)
         self.arrays.append(array)
 
-    def nbytes(self) -> list[int]:
-        return [0 if is_string_array(array) else array.nbytes for array in self.arrays]
+    def nbytes(self) -> np.ndarray:
+        """Each tensor's bytes (0 for string tensors, whose size is known once encoded)."""
+        sizes = np.fromiter(map(_NBYTES, self.arrays), dtype=np.int64, count=len(self.arrays))
+        sizes[np.asarray(self.dtypes, dtype=np.int64) == dtypes.DT_STRING] = 0
+        return sizes
 
 
 class _Layout:
@@ -88,11 +92,12 @@ class _Layout:
     ``dtypes`` and ``arrays`` list the tensors shard by shard."""
 
     def __init__(self, pending: _Pending, shards: list[list[int]] | None):
+        self.order: list[int] | None = None
         if shards is None:  # one shard, in the order added
             self.keys, self.dtypes, self.arrays = pending.keys, pending.dtypes, pending.arrays
             counts = [len(pending)]
         else:
-            order = [i for shard in shards for i in shard]
+            self.order = order = [i for shard in shards for i in shard]
             self.keys = [pending.keys[i] for i in order]
             self.dtypes = [pending.dtypes[i] for i in order]
             self.arrays = [pending.arrays[i] for i in order]
@@ -107,6 +112,11 @@ class _Layout:
             self.contents.append(self._with_strings(arrays, first) if has_strings else arrays)
             first += count
         self.sizes = self.shard_ids = self.offsets = np.zeros(0, np.int64)
+
+    def sizes_of(self, nbytes: np.ndarray) -> list[np.ndarray]:
+        """Each shard's buffer sizes, given every pending tensor's (none a string tensor)."""
+        placed = nbytes if self.order is None else nbytes[self.order]
+        return np.split(placed, np.cumsum(self.counts)[:-1])
 
     def place(self, sizes_by_shard: list[np.ndarray]) -> None:
         """Set every tensor's size, shard and offset from each shard's buffer sizes."""
@@ -172,7 +182,8 @@ class BundleWriter:
         of plain numeric types (the usual state) are taken in bulk, not one call each."""
         names, values = list(tensors), list(tensors.values())
         keys = _keys_of(names)
-        if keys is None or b"" in keys or len(set(keys)) != len(keys) or not self._keys.isdisjoint(keys):
+        fresh = set(keys) if keys is not None and b"" not in keys else set()
+        if keys is None or len(fresh) != len(keys) or not self._keys.isdisjoint(fresh):
             for name, value in zip(names, values, strict=True):
                 self.add(name, value)  # raises what is wrong, for the first value it concerns
             return
@@ -187,7 +198,10 @@ class BundleWriter:
                 for name, value in zip(names[start:stop], values[start:stop], strict=True):
                     self.add(name, value)
                 continue
-            self._keys.update(keys[start:stop])
+            if stop - start == len(keys) and not self._keys:
+                self._keys = fresh  # all plain, into an empty writer: the usual case
+            else:
+                self._keys.update(keys[start:stop])
             self._pending.keys += keys[start:stop]
             self._pending.dtypes += cast("list[int]", enums[start:stop])  # all plain in a run
             self._pending.arrays += values[start:stop]
@@ -263,15 +277,17 @@ class BundleWriter:
         directory = os.path.dirname(self.prefix)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        nbytes = self._pending.nbytes() if self._num_shards > 1 or self._requested_shards is None else None
         if self._requested_shards is None:
-            assert self._max_shard_bytes is not None
-            total = sum(self._pending.nbytes())
+            assert self._max_shard_bytes is not None and nbytes is not None
+            total = int(nbytes.sum())
             self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
         finals = [data_filename(self.prefix, i, self._num_shards) for i in range(self._num_shards)]
         with gc_paused():
-            layout = _Layout(self._pending, self._assign_shards())
+            layout = _Layout(self._pending, None if nbytes is None else self._assign_shards(nbytes))
             index_of = functools.partial(self._index_bytes, layout)  # given each shard's buffer sizes
-            temps, index = write_shards(finals, layout.contents, self._sync, index_of)
+            known = None if nbytes is None or layout.string_crcs else layout.sizes_of(nbytes)
+            temps, index = write_shards(finals, layout.contents, self._sync, index_of, known)
         try:
             temps.append(write_temp(index_filename(self.prefix), [index], self._sync))
         except BaseException:
@@ -302,23 +318,35 @@ class BundleWriter:
     def _add_entry(self, key: bytes, entry: Entry, array: np.ndarray) -> None:
         self._pending.append(key, entry.dtype, array)
 
-    def _assign_shards(self) -> list[list[int]] | None:
-        """Spread tensors over shards, largest first onto the least-filled shard; each shard
-        lists its tensors (by place in ``_pending``) in the order they were added. None: one
-        shard, everything in order."""
-        if self._num_shards == 1:
+    def _assign_shards(self, nbytes: np.ndarray) -> list[list[int]] | None:
+        """Spread tensors over shards to balance their bytes; each shard lists its tensors
+        (by place in ``_pending``) in the order they were added. None: one shard, everything
+        in order.
+
+        Large tensors (an eighth of a shard's share or more) go first, largest first onto
+        the least-filled shard. The rest, in the order added, fill the shards up to an equal
+        share in consecutive runs: neighbours stay together (a reader checks back-to-back
+        tensors in one pass), and the shards' loads differ by about one small tensor.
+        """
+        count = self._num_shards
+        if count == 1:
             return None
-        nbytes = self._pending.nbytes()
-        load = [0] * self._num_shards
-        owner = [0] * len(nbytes)
-        for i in sorted(range(len(nbytes)), key=lambda i: -nbytes[i]):
+        weights = np.maximum(nbytes, 1)
+        share = int(weights.sum()) / count
+        owner = np.empty(len(weights), dtype=np.int64)
+        load = [0] * count
+        large = np.flatnonzero(weights * 8 >= share)
+        for i in large[np.argsort(-weights[large], kind="stable")].tolist():
             shard = load.index(min(load))
             owner[i] = shard
-            load[shard] += max(nbytes[i], 1)
-        shards: list[list[int]] = [[] for _ in range(self._num_shards)]
-        for i, shard in enumerate(owner):
-            shards[shard].append(i)
-        return shards
+            load[shard] += int(weights[i])
+        small = np.setdiff1d(np.arange(len(weights)), large)
+        room = np.cumsum(np.maximum(share - np.array(load, dtype=np.float64), 0))
+        ends = np.cumsum(weights[small])
+        middles = ends - weights[small] / 2
+        owner[small] = np.minimum(np.searchsorted(room, middles, side="right"), count - 1)
+        order = np.argsort(owner, kind="stable")
+        return [part.tolist() for part in np.split(order, np.cumsum(np.bincount(owner, minlength=count))[:-1])]
 
     def _index_bytes(self, layout: _Layout, sizes_by_shard: list[np.ndarray]) -> bytes:
         """Checksum every numeric tensor's bytes and build the index table."""
@@ -342,6 +370,9 @@ class BundleWriter:
         return build_table_from_columns(
             [keys[i] for i in order], concat_segments(values, starts[order], lengths[order]), lengths[order]
         )
+
+
+_NBYTES = operator.attrgetter("nbytes")
 
 
 def _keys_of(names: list[str]) -> list[bytes] | None:

@@ -75,3 +75,25 @@ def test_names_with_nul_bytes_are_added_one_by_one(tmp_path: Path) -> None:
     writer.add_all({"a\0b": np.ones(2, np.float32), "c": np.zeros(1, np.float32)})
     writer.finish()
     assert sorted(ckptlib.restore(tmp_path / "m")) == ["a\0b", "c"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shards_take_every_tensor_once_in_add_order_with_loads_within_one_tensor(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(0, 400))
+    sizes = rng.integers(0, 3000, count) * (rng.random(count) < 0.9) + rng.integers(0, 2, count) * rng.integers(
+        0, 200_000, count
+    )
+    num_shards = int(rng.integers(2, 6))
+    writer = BundleWriter(tmp_path / "m", num_shards=num_shards)
+    writer.add_all({f"t{i:04d}": np.zeros(int(n), np.uint8) for i, n in enumerate(sizes)})
+    shards = writer._assign_shards(writer._pending.nbytes())
+    assert shards is not None and len(shards) == num_shards
+    assert sorted(i for shard in shards for i in shard) == list(range(count))
+    assert all(shard == sorted(shard) for shard in shards)
+    weights = np.maximum(sizes, 1)
+    loads = [int(weights[shard].sum()) for shard in shards]
+    assert max(loads) - min(loads) <= (int(weights.max()) if count else 0)
+    writer.finish()
+    restored = ckptlib.restore(tmp_path / "m")
+    assert {name: value.size for name, value in restored.items()} == {f"t{i:04d}": int(n) for i, n in enumerate(sizes)}

@@ -157,7 +157,7 @@ def encode_plain_entries(
     """``encode_plain_entry`` of many entries at once: the encoded values back to back
     (uint8) and each one's length. The same bytes, without a Python call per field."""
     n = len(shapes)
-    heads = list(map(_entry_head, dtype_enums, shapes))
+    heads = list(map(_HeadsOf().__getitem__, zip(dtype_enums, shapes, strict=True)))
     head_lengths = np.fromiter(map(len, heads), dtype=np.int64, count=n)
     head_bytes = np.frombuffer(b"".join(heads), dtype=np.uint8)
     tails = np.zeros((n, 3 * (1 + MAX_VARINT64_BYTES) + 5), dtype=np.uint8)
@@ -178,6 +178,14 @@ def encode_plain_entries(
     starts = np.stack([head_starts, tail_starts], axis=1).reshape(-1)
     lengths = np.stack([head_lengths, tail_lengths], axis=1).reshape(-1)
     return concat_segments(source, starts, lengths), head_lengths + tail_lengths
+
+
+class _HeadsOf(dict[tuple[int, tuple[int, ...]], bytes]):
+    """``_entry_head`` by ``(dtype, shape)``, looked up without a Python call on a hit."""
+
+    def __missing__(self, key: tuple[int, tuple[int, ...]]) -> bytes:
+        head = self[key] = _entry_head(*key)
+        return head
 
 
 @functools.lru_cache(maxsize=4096)

@@ -28,6 +28,9 @@ def varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         groups[:, k] = (rest & np.uint64(0x7F)).astype(np.uint8)
         rest >>= np.uint64(7)
         more = rest != 0
+        if not more.any():
+            groups[:, k + 1 :] = 0  # every value has ended: the rest of the matrix is padding
+            break
         groups[more, k] |= 0x80
         lengths += more
     return groups, lengths
