@@ -490,9 +490,13 @@ TF_RESTORES = (
     "TF CheckpointReader.get_tensor all + touch",
     "TF RestoreV2 op + touch",
 )
+TF2_WRITE = "TF2 Checkpoint.write"
 LARGE_TARGETS = [
     ("save (no fsync) vs TF1 Saver.save (no fsync)", "ckptlib save, 1 shard, no fsync", "TF1 Saver.save", 2.0),
     ("save (no fsync) vs TF2 Checkpoint.write", "ckptlib save, 1 shard, no fsync", "TF2 Checkpoint.write", 3.0),
+    ("save, 2 shards (no fsync) vs TF2 Checkpoint.write", "ckptlib save, 2 shards, no fsync", TF2_WRITE, 3.0),
+    ("(limit) raw tofile, one file, vs TF2 Checkpoint.write", "raw tofile", "TF2 Checkpoint.write", 3.0),
+    ("(limit) raw writev, one file, vs TF2 Checkpoint.write", "raw writev", "TF2 Checkpoint.write", 3.0),
     ("save (fsync) vs TF1 Saver.save (no fsync)", "ckptlib save, 1 shard", "TF1 Saver.save", 2.0),
     ("save (fsync) vs TF2 Checkpoint.write (no fsync)", "ckptlib save, 1 shard", "TF2 Checkpoint.write", 3.0),
     ("save vs raw tofile (within 1.25x => >= 0.8)", "ckptlib save, 1 shard, no fsync", "raw tofile", 0.8),
