@@ -153,7 +153,7 @@ def _queue_pieces(
     cut: list[list[np.ndarray]] = [[] for _ in contents]
     step = PIECE_BUFFERS
     for first in range(0, max(map(len, contents), default=0), step):
-        round_: list[list[_Piece]] = []
+        this_round: list[list[_Piece]] = []
         for shard, buffers in enumerate(contents):
             batch = buffers[first : first + step]
             if not batch:
@@ -162,10 +162,10 @@ def _queue_pieces(
                 batch_sizes = np.fromiter(map(_NBYTES, batch), dtype=np.int64, count=len(batch))
             else:
                 batch_sizes = sizes[shard][first : first + step]
-            round_.append(_pieces(shard, batch, batch_sizes, ends[shard]))
+            this_round.append(_pieces(shard, batch, batch_sizes, ends[shard]))
             cut[shard].append(batch_sizes)
             ends[shard] += int(batch_sizes.sum())
-        queue.put([piece for group in itertools.zip_longest(*round_) for piece in group if piece is not None])
+        queue.put([piece for group in itertools.zip_longest(*this_round) for piece in group if piece is not None])
     queue.close()
     return [np.concatenate([np.zeros(0, np.int64), *parts]) for parts in cut]
 
