@@ -27,7 +27,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -84,17 +84,19 @@ def write_shards(
             created.append(create_temp(path))
         fds = [fd for _, fd in created]
         queue = _PieceQueue()
-        stop = threading.Event()
         workers = max(1, min(len(fds), os.cpu_count() or 1, MAX_WRITERS))
         with ThreadPoolExecutor(workers, thread_name_prefix="ckptlib-write") as pool:
-            futures = [pool.submit(_write_pieces, queue, fds, sync, stop) for _ in range(workers)]
+            futures: list[Future[None]] = []
             try:
+                for _ in range(workers):
+                    futures.append(pool.submit(_write_pieces, queue, fds, sync))
                 with _quick_handoffs():
                     shard_sizes = _queue_pieces(queue, contents, sizes)
-                    result = meanwhile(shard_sizes)
+                    if not queue.aborted:  # else a writer failed: its error is raised below
+                        result = meanwhile(shard_sizes)
                 wait(futures)
             except BaseException:
-                stop.set()  # the writers stop at their next piece; the pool's exit waits for them
+                queue.abort()  # the writers stop after their current piece; the pool's exit waits for them
                 raise
             finally:
                 queue.close()
@@ -123,16 +125,25 @@ class _PieceQueue:
         self._pieces: deque[_Piece] = deque()
         self._ready = threading.Condition()
         self._closed = False
+        self.aborted = False
 
     def put(self, pieces: list[_Piece]) -> None:
         with self._ready:
-            self._pieces.extend(pieces)
-            self._ready.notify(len(pieces))
+            if not self._closed:
+                self._pieces.extend(pieces)
+                self._ready.notify(len(pieces))
 
     def close(self) -> None:
         """No more pieces: writers finish what is queued, then stop."""
         with self._ready:
             self._closed = True
+            self._ready.notify_all()
+
+    def abort(self) -> None:
+        """Something failed: drop what is queued, take nothing more, let every writer stop."""
+        with self._ready:
+            self._closed = self.aborted = True
+            self._pieces.clear()
             self._ready.notify_all()
 
     def get(self) -> _Piece | None:
@@ -153,6 +164,8 @@ def _queue_pieces(
     cut: list[list[np.ndarray]] = [[] for _ in contents]
     step = PIECE_BUFFERS
     for first in range(0, max(map(len, contents), default=0), step):
+        if queue.aborted:
+            break
         this_round: list[list[_Piece]] = []
         for shard, buffers in enumerate(contents):
             batch = buffers[first : first + step]
@@ -227,15 +240,12 @@ def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None, bas
     return pieces
 
 
-def _write_pieces(pieces: _PieceQueue, fds: list[int], sync: bool, stop: threading.Event) -> None:
-    while not stop.is_set():
-        piece = pieces.get()
-        if piece is None:
-            return
+def _write_pieces(pieces: _PieceQueue, fds: list[int], sync: bool) -> None:
+    while (piece := pieces.get()) is not None:
         try:
             pwrite_all(fds[piece.shard], piece.buffers, piece.offset, piece.size)
-            if sync:
+            if sync and piece.size:  # a length of 0 would mean "to the end of the file"
                 start_writeback(fds[piece.shard], piece.offset, piece.size)
         except BaseException:
-            stop.set()
+            pieces.abort()
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import heapq
 import itertools
 import math
 import operator
@@ -324,9 +325,10 @@ class BundleWriter:
         in order.
 
         Large tensors (an eighth of a shard's share or more) go first, largest first onto
-        the least-filled shard. The rest, in the order added, fill the shards up to an equal
-        share in consecutive runs: neighbours stay together (a reader checks back-to-back
-        tensors in one pass), and the shards' loads differ by about one small tensor.
+        the least-filled shard. The rest, in the order added, top the shards up to one
+        common level in consecutive runs: neighbours stay together (a reader checks
+        back-to-back tensors in one pass), and no shard is left short by more than about
+        one small tensor.
         """
         count = self._num_shards
         if count == 1:
@@ -334,15 +336,18 @@ class BundleWriter:
         weights = np.maximum(nbytes, 1)
         share = int(weights.sum()) / count
         owner = np.empty(len(weights), dtype=np.int64)
-        load = [0] * count
         large = np.flatnonzero(weights * 8 >= share)
+        heap = [(0, shard) for shard in range(count)]  # (load, shard): the least filled on top
         for i in large[np.argsort(-weights[large], kind="stable")].tolist():
-            shard = load.index(min(load))
+            load, shard = heap[0]
             owner[i] = shard
-            load[shard] += int(weights[i])
+            heapq.heapreplace(heap, (load + int(weights[i]), shard))
+        loads = np.zeros(count, dtype=np.float64)
+        for load, shard in heap:
+            loads[shard] = load
         small = np.setdiff1d(np.arange(len(weights)), large)
-        room = np.cumsum(np.maximum(share - np.array(load, dtype=np.float64), 0))
         ends = np.cumsum(weights[small])
+        room = np.cumsum(np.maximum(_fill_level(loads, float(ends[-1]) if len(ends) else 0.0) - loads, 0))
         middles = ends - weights[small] / 2
         owner[small] = np.minimum(np.searchsorted(room, middles, side="right"), count - 1)
         order = np.argsort(owner, kind="stable")
@@ -373,6 +378,17 @@ class BundleWriter:
 
 
 _NBYTES = operator.attrgetter("nbytes")
+
+
+def _fill_level(loads: np.ndarray, amount: float) -> float:
+    """The level to which ``amount`` more tops up every load below it (water filling)."""
+    ordered = np.sort(loads)
+    below = np.cumsum(ordered)
+    for k in range(1, len(ordered) + 1):  # fill the k least loaded shards
+        level = (amount + below[k - 1]) / k
+        if k == len(ordered) or level <= ordered[k]:
+            return float(level)
+    return 0.0  # no shards
 
 
 def _keys_of(names: list[str]) -> list[bytes] | None:

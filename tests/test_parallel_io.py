@@ -100,7 +100,7 @@ def test_write_shards_writes_every_shard_whole(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(shard_writer, "PIECE_BYTES", 1000)  # large buffers split, small ones batched
     monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 3)
     rng = np.random.default_rng(0)
-    contents = [[rng.bytes(int(n)) for n in rng.integers(0, 2500, 40)] for _ in range(3)] + [[]]
+    contents = [[rng.bytes(int(n)) for n in rng.integers(0, 2500, count)] for count in (40, 7, 23)] + [[]]
     finals = [str(tmp_path / f"shard{i}") for i in range(len(contents))]
     temps, result = shard_writer.write_shards(finals, [views(*c) for c in contents], sync, lambda sizes: sizes)
     assert [r.tolist() for r in result] == [[len(chunk) for chunk in c] for c in contents]
@@ -328,16 +328,72 @@ def test_writers_start_on_the_first_piece_while_later_ones_are_still_being_cut(
     assert read(temps[0]) == b"".join(chunks)
 
 
-@pytest.mark.parametrize("where", ["writer", "cutting"])
+def within(seconds: float, call: Any) -> Any:
+    """``call()`` on a thread of its own, failing the test if it does not end in time (a
+    writer left waiting for pieces would otherwise hang the whole run)."""
+    import threading
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(("returned", call()))
+        except BaseException as e:
+            outcome.append(("raised", e))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s"
+    kind, value = outcome[0]
+    if kind == "raised":
+        raise value
+    return value
+
+
+@pytest.mark.parametrize("where", ["writer", "cutting", "meanwhile", "starting a writer"])
 def test_a_failure_while_pieces_are_still_being_cut_stops_everything_and_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 2)
+
+    def meanwhile(sizes: list[np.ndarray]) -> None:
+        if where == "meanwhile":
+            raise OSError(errno.EIO, "meanwhile")
+
     if where == "writer":
         monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(0, None, OSError(errno.ENOSPC, "full")))
-    else:
+    elif where == "cutting":
         monkeypatch.setattr(shard_writer, "_pieces", failing_after(3, shard_writer._pieces, OSError(errno.EIO, "cut")))
+    elif where == "starting a writer":  # the second thread cannot start: the first must not wait forever
+        real_submit = shard_writer.ThreadPoolExecutor.submit
+        monkeypatch.setattr(
+            shard_writer.ThreadPoolExecutor,
+            "submit",
+            failing_after(1, real_submit, RuntimeError("can't start new thread")),  # type: ignore[arg-type]
+        )
     contents = [views(*[b"x" * 50] * 20) for _ in range(2)]
-    with pytest.raises(OSError, match="full" if where == "writer" else "cut"):
-        shard_writer.write_shards([str(tmp_path / f"s{i}") for i in range(2)], contents, False, lambda sizes: None)
+    finals = [str(tmp_path / f"s{i}") for i in range(2)]
+    message = {"writer": "full", "cutting": "cut", "meanwhile": "meanwhile", "starting a writer": "start"}[where]
+    with pytest.raises((OSError, RuntimeError), match=message):
+        within(10, lambda: shard_writer.write_shards(finals, contents, False, meanwhile))
     assert os.listdir(tmp_path) == []
+
+
+def test_empty_pieces_ask_for_no_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 2)
+    ranges: list[tuple[int, int]] = []
+    monkeypatch.setattr(shard_writer, "start_writeback", lambda fd, offset, length: ranges.append((offset, length)))
+    chunks = [b"ab", b"", b"", b"", b"", b"cde"]
+    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(*chunks)], True, lambda sizes: None)
+    assert read(temps[0]) == b"abcde"
+    assert sorted(ranges) == [(0, 2), (2, 3)]
+
+
+def test_pwrite_all_with_a_known_size_splits_what_one_call_may_not_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "_MAX_IO", 5)
+    chunks = [b"0123456789abc", b"de", b"fghijklmnopq"]
+    path = pwrite_file(tmp_path / "f", chunks, 0, size_known=True)
+    assert read(path) == b"".join(chunks)

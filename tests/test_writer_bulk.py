@@ -77,16 +77,46 @@ def test_names_with_nul_bytes_are_added_one_by_one(tmp_path: Path) -> None:
     assert sorted(ckptlib.restore(tmp_path / "m")) == ["a\0b", "c"]
 
 
+def shard_loads(sizes: list[int], num_shards: int, tmp_path: Path) -> list[int]:
+    """The bytes in each shard ``BundleWriter`` spreads tensors of ``sizes`` bytes over."""
+    writer = BundleWriter(tmp_path / "m", num_shards=num_shards)
+    writer.add_all({f"t{i:04d}": np.zeros(n, np.uint8) for i, n in enumerate(sizes)})
+    shards = writer._assign_shards(writer._pending.nbytes())
+    assert shards is not None and len(shards) == num_shards
+    weights = np.maximum(np.array(sizes, dtype=np.int64), 1)
+    return [int(weights[shard].sum()) for shard in shards]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "num_shards", "loads"),
+    [
+        ([], 3, [0, 0, 0]),
+        ([10, 10], 4, None),  # more shards than tensors: two stay empty
+        ([7] * 7, 7, [7] * 7),
+        ([3] * 10, 4, [9, 9, 6, 6]),  # all large: largest first onto the least filled
+        ([1000] + [1] * 100, 3, [1000, 50, 50]),  # the small ones share what the large one leaves
+        ([1] * 50 + [1000] + [1] * 50, 3, [1000, 50, 50]),
+    ],
+)
+def test_shard_loads_in_plain_cases(tmp_path: Path, sizes: list[int], num_shards: int, loads: list[int] | None) -> None:
+    got = shard_loads(sizes, num_shards, tmp_path)
+    if loads is None:
+        assert sorted(got) == [0, 0, 10, 10]
+    else:
+        assert got == loads
+
+
 @pytest.mark.parametrize("seed", range(12))
-def test_shards_take_every_tensor_once_in_add_order_with_loads_within_one_tensor(tmp_path: Path, seed: int) -> None:
+def test_shards_take_every_tensor_once_in_add_order_small_ones_in_runs(tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     count = int(rng.integers(0, 400))
     sizes = rng.integers(0, 3000, count) * (rng.random(count) < 0.9) + rng.integers(0, 2, count) * rng.integers(
         0, 200_000, count
     )
     num_shards = int(rng.integers(2, 6))
+    state = {f"t{i:04d}": rng.integers(0, 256, int(n), dtype=np.uint8) for i, n in enumerate(sizes)}
     writer = BundleWriter(tmp_path / "m", num_shards=num_shards)
-    writer.add_all({f"t{i:04d}": np.zeros(int(n), np.uint8) for i, n in enumerate(sizes)})
+    writer.add_all(state)
     shards = writer._assign_shards(writer._pending.nbytes())
     assert shards is not None and len(shards) == num_shards
     assert sorted(i for shard in shards for i in shard) == list(range(count))
@@ -94,6 +124,12 @@ def test_shards_take_every_tensor_once_in_add_order_with_loads_within_one_tensor
     weights = np.maximum(sizes, 1)
     loads = [int(weights[shard].sum()) for shard in shards]
     assert max(loads) - min(loads) <= (int(weights.max()) if count else 0)
+    owner = np.empty(count, dtype=np.int64)
+    for number, shard in enumerate(shards):
+        owner[shard] = number
+    small = weights * 8 * num_shards < weights.sum()
+    assert np.all(np.diff(owner[small]) >= 0)  # in add order, shard after shard: runs of neighbours
     writer.finish()
     restored = ckptlib.restore(tmp_path / "m")
-    assert {name: value.size for name, value in restored.items()} == {f"t{i:04d}": int(n) for i, n in enumerate(sizes)}
+    assert restored.keys() == state.keys()
+    assert all(np.array_equal(restored[name], value) for name, value in state.items())
