@@ -73,10 +73,18 @@ def open_one_state() -> dict[str, np.ndarray]:
 
 # -- helpers ---------------------------------------------------------------------------------
 def touch(arrays: Any) -> None:
-    """Read one byte of every page of every array (what 'using' a restored array costs)."""
+    """Read one byte of every page of every array (what 'using' a restored array costs).
+
+    Through a memoryview: a numpy reshape, view, slice and sum per array cost about 2 us,
+    which for 50,000 arrays (0.11 s) outweighed a whole ckptlib restore and hid the
+    restores' own differences; a memoryview slice costs a third of that."""
     for array in arrays:
-        flat = np.asarray(array).reshape(-1).view(np.uint8)
-        int(flat[::4096].sum())
+        array = np.asarray(array)
+        try:
+            view = memoryview(array).cast("B")
+        except (TypeError, ValueError):  # a format memoryview cannot cast (bfloat16), or not contiguous
+            view = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        view[::4096].tobytes()
 
 
 def crc_every_byte(data: np.ndarray) -> None:
@@ -495,6 +503,7 @@ LARGE_TARGETS = [
     ("save (no fsync) vs TF1 Saver.save (no fsync)", "ckptlib save, 1 shard, no fsync", "TF1 Saver.save", 2.0),
     ("save (no fsync) vs TF2 Checkpoint.write", "ckptlib save, 1 shard, no fsync", "TF2 Checkpoint.write", 3.0),
     ("save, 2 shards (no fsync) vs TF2 Checkpoint.write", "ckptlib save, 2 shards, no fsync", TF2_WRITE, 3.0),
+    ("(limit) raw tofile, one file, vs TF1 Saver.save", "raw tofile", "TF1 Saver.save", 2.0),
     ("(limit) raw tofile, one file, vs TF2 Checkpoint.write", "raw tofile", "TF2 Checkpoint.write", 3.0),
     ("(limit) raw writev, one file, vs TF2 Checkpoint.write", "raw writev", "TF2 Checkpoint.write", 3.0),
     ("save (fsync) vs TF1 Saver.save (no fsync)", "ckptlib save, 1 shard", "TF1 Saver.save", 2.0),
