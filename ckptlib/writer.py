@@ -106,6 +106,8 @@ class _Layout:
         self.counts = counts
         self.contents: list[list[Any]] = []
         self.string_crcs: dict[int, int] = {}  # masked crcs of string tensors, by place
+        # With string tensors, how many buffers hold each tensor of a shard (numeric ones: 1)
+        self.buffer_counts: list[list[int]] = []
         has_strings = dtypes.DT_STRING in self.dtypes
         first = 0
         for count in counts:
@@ -121,6 +123,11 @@ class _Layout:
 
     def place(self, sizes_by_shard: list[np.ndarray]) -> None:
         """Set every tensor's size, shard and offset from each shard's buffer sizes."""
+        if self.buffer_counts:  # add up the buffers of each tensor
+            sizes_by_shard = [
+                np.add.reduceat(sizes, np.cumsum(counts) - counts) if len(counts) else sizes[:0]
+                for sizes, counts in zip(sizes_by_shard, map(np.array, self.buffer_counts), strict=True)
+            ]
         self.sizes = np.concatenate([np.zeros(0, np.int64), *sizes_by_shard])
         self.shard_ids = np.repeat(np.arange(len(self.counts)), self.counts)
         self.offsets = np.concatenate([np.zeros(0, np.int64), *(np.cumsum(s) - s for s in sizes_by_shard)])
@@ -133,16 +140,44 @@ class _Layout:
         return places, [self.arrays[i] for i in places.tolist()]
 
     def _with_strings(self, arrays: list[np.ndarray], first: int) -> list[Any]:
-        """A shard's buffers, each string tensor encoded into one; ``first`` is the place
-        of the shard's first tensor."""
+        """A shard's buffers, each string tensor encoded (see ``_string_buffers``); ``first``
+        is the place of the shard's first tensor."""
         buffers: list[Any] = []
+        counts: list[int] = []
         for i, array in enumerate(arrays):
             if array.dtype == object:
                 chunks, _, self.string_crcs[first + i] = encode_strings(list(array.reshape(-1)))
-                buffers.append(memoryview(b"".join(chunks)))
+                encoded = _string_buffers(chunks)
+                buffers += encoded
+                counts.append(len(encoded))
             else:
                 buffers.append(array)
+                counts.append(1)
+        self.buffer_counts.append(counts)
         return buffers
+
+
+# A string element at least this large is written from its own bytes, not copied.
+STRING_OWN_BUFFER = 64 << 10
+
+
+def _string_buffers(chunks: list[bytes]) -> list[memoryview]:
+    """A string tensor's chunks (lengths, their checksum, then every element) as few
+    buffers: runs of small chunks joined, every large element left as it is, so that
+    saving a tensor of large strings does not hold a second copy of them."""
+    buffers: list[memoryview] = []
+    run: list[bytes] = []
+    for chunk in chunks:
+        if len(chunk) < STRING_OWN_BUFFER:
+            run.append(chunk)
+            continue
+        if run:
+            buffers.append(memoryview(b"".join(run)))
+            run = []
+        buffers.append(memoryview(chunk))
+    if run or not buffers:
+        buffers.append(memoryview(b"".join(run)))
+    return buffers
 
 
 class BundleWriter:

@@ -346,6 +346,11 @@ STRINGS = {
     "zero_elements": np.empty((0,), dtype=object),
     "zero_elements_3x0": np.empty((3, 0), dtype=object),
     "from_str": np.array(["ünïcode", "", "tab\tnew\nline"], dtype=object),
+    # elements of 64 KiB and more are written from their own bytes, between joined runs
+    "large_among_small": np.array(
+        [b"a", b"\x01" * 100_000, b"", b"bc", bytes(range(256)) * 300, b"d", b"\xfe" * 65_536], dtype=object
+    ),
+    "lengths_over_64kib": np.array([b""] * 40_000 + [b"\x07" * 200] * 30_000, dtype=object),
 }
 
 

@@ -133,3 +133,24 @@ def test_shards_take_every_tensor_once_in_add_order_small_ones_in_runs(tmp_path:
     restored = ckptlib.restore(tmp_path / "m")
     assert restored.keys() == state.keys()
     assert all(np.array_equal(restored[name], value) for name, value in state.items())
+
+
+def test_large_string_elements_are_written_from_their_own_bytes(tmp_path: Path) -> None:
+    from ckptlib.format.strings import encode_strings
+    from ckptlib.writer import STRING_OWN_BUFFER, _string_buffers
+
+    big = b"\x05" * STRING_OWN_BUFFER
+    elements = [b"a", big, b"", b"bc", b"\x06" * (STRING_OWN_BUFFER + 1), b"d"]
+    chunks, size, _ = encode_strings(elements)
+    buffers = _string_buffers(chunks)
+    assert b"".join(bytes(b) for b in buffers) == b"".join(chunks) and sum(b.nbytes for b in buffers) == size
+    assert [b.nbytes for b in buffers] == [len(chunks[0]) + 4 + 1, len(big), 2 + 0, STRING_OWN_BUFFER + 1, 1]
+    assert buffers[1].obj is big  # not a copy
+    state = {"text": np.array(elements, dtype=object), "after": np.arange(5, dtype=np.int32)}
+    ckptlib.save(state, tmp_path / "m", num_shards=2)
+    ckptlib.save(state, tmp_path / "one" / "m")
+    for prefix in (tmp_path / "m", tmp_path / "one" / "m"):
+        restored = ckptlib.restore(prefix)
+        assert restored["text"].tolist() == elements and restored["after"].tolist() == [0, 1, 2, 3, 4]
+    with ckptlib.load_checkpoint(tmp_path / "one" / "m") as reader:
+        assert reader.tensor_info("text").nbytes == size
