@@ -80,9 +80,12 @@ class _Pending:
         self.arrays.append(array)
 
     def nbytes(self) -> np.ndarray:
-        """Each tensor's bytes (0 for string tensors, whose size is known once encoded)."""
+        """Each tensor's bytes; for a string tensor, its elements' bytes plus a length byte
+        each (close to its encoded size, which is known only once encoded)."""
         sizes = np.fromiter(map(_NBYTES, self.arrays), dtype=np.int64, count=len(self.arrays))
-        sizes[np.asarray(self.dtypes, dtype=np.int64) == dtypes.DT_STRING] = 0
+        for i in np.flatnonzero(np.asarray(self.dtypes, dtype=np.int64) == dtypes.DT_STRING).tolist():
+            elements = self.arrays[i].reshape(-1)
+            sizes[i] = sum(map(len, elements)) + len(elements)
         return sizes
 
 
@@ -163,8 +166,9 @@ STRING_OWN_BUFFER = 64 << 10
 
 def _string_buffers(chunks: list[bytes]) -> list[memoryview]:
     """A string tensor's chunks (lengths, their checksum, then every element) as few
-    buffers: runs of small chunks joined, every large element left as it is, so that
-    saving a tensor of large strings does not hold a second copy of them."""
+    buffers: runs of small chunks joined, every element of ``STRING_OWN_BUFFER`` bytes
+    or more left as it is, so that saving large strings holds no second copy of them
+    (elements below that size are copied into the joined runs)."""
     buffers: list[memoryview] = []
     run: list[bytes] = []
     for chunk in chunks:

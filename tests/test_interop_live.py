@@ -443,6 +443,9 @@ def test_sharded_save_read_by_tf(tmp_path: Path) -> None:
         "str/i": STRINGS["two_d"],
         "str/j": b"\x00shard\xff",
         "tiny/k": np.uint8(255),
+        "str/l": STRINGS["large_among_small"],
+        "str/m": STRINGS["lengths_over_64kib"],
+        "tiny/n": np.arange(3, dtype=np.int8),
     }
     prefix = ckptlib.save(values, tmp_path / "run" / "sharded", num_shards=4)
     names = sorted(os.listdir(tmp_path / "run"))

@@ -13,6 +13,7 @@ import pytest
 import ckptlib
 from ckptlib import shard_writer, storage
 from ckptlib.format.crc import crc32c, mask
+from ckptlib.format.strings import encode_strings
 from ckptlib.storage import TEMP_MARKER, pwrite_all
 from ckptlib.writer import data_filename
 
@@ -158,6 +159,9 @@ def test_shards_hold_each_tensor_at_its_offset_in_add_order(tmp_path: Path, monk
     rng = np.random.default_rng(1)
     state = {f"v{i:02d}": rng.standard_normal(int(rng.integers(0, 9000))).astype(np.float32) for i in range(30)}
     state["text"] = np.array([b"a", b"bc" * 900], dtype=object)
+    # string tensors written as several buffers (elements of 64 KiB and more stand alone)
+    state = {"large_text": np.array([b"q", b"\x01" * 70_000, b"", b"r" * 66_000], dtype=object), **state}
+    state["v15"] = np.array([b"\x02" * 65_536, b"s"] * 2, dtype=object)
     prefix = str(tmp_path / "m")
     ckptlib.save(state, prefix, num_shards=3)
     with ckptlib.load_checkpoint(prefix) as reader:
@@ -171,7 +175,10 @@ def test_shards_hold_each_tensor_at_its_offset_in_add_order(tmp_path: Path, monk
         position = 0
         for offset, size, name in tensors:
             assert offset == position
-            if name != "text":
+            if state[name].dtype == object:
+                chunks, _, _ = encode_strings(list(state[name].reshape(-1)))
+                assert data[offset : offset + size] == b"".join(chunks)
+            else:
                 assert data[offset : offset + size] == state[name].tobytes()
                 with ckptlib.load_checkpoint(prefix) as reader:
                     assert reader.entry(name).crc32c == (mask(crc32c(state[name].tobytes())) if size else 0xA282EAD8)
