@@ -2,17 +2,19 @@
 
 ::
 
-    shard 0   [run of small tensors][ 16 MiB of a large one ][ 16 MiB ... ]   <- worker threads
+    shard 0   [run of small tensors][ 16 MiB of a large one ][ 16 MiB ... ]   <- writer threads
     shard 1   [ 16 MiB ][ 16 MiB ][run of small tensors] ...                     pwritev each piece
-    caller    crc32c of every tensor, index entries, the index table          <- meanwhile
+    caller    crc32c of every tensor, index entries, the index table          <- meanwhile,
+              then whatever pieces are still queued                              then writes
 
 Each shard's contents are given as consecutive buffers, so every byte's offset follows
 from the sizes of the buffers before it and the pieces need no order: the calling thread
 cuts the shards into pieces a thousand buffers at a time and queues them (the shards
 interleaved, so that every file fills at once; the kernel serialises buffered writes to
 one file), and workers start writing the first piece while later ones are still being cut.
-Then the calling thread does its own work, typically checksums and the index. ``pwritev``
-and the crc32c extension both release the GIL. With ``sync``, the kernel is asked to start
+Then the calling thread does its own work, typically checksums and the index, and then
+helps write what is left; it counts as one of the writers (one thread per core at most).
+``pwritev`` and the crc32c extension both release the GIL. With ``sync``, the kernel is asked to start
 writing each piece to disk as soon as it lands, so the closing ``fsync`` has little left
 to wait for.
 """
@@ -84,16 +86,19 @@ def write_shards(
             created.append(create_temp(path))
         fds = [fd for _, fd in created]
         queue = _PieceQueue()
-        workers = max(1, min(len(fds), os.cpu_count() or 1, MAX_WRITERS))
-        with ThreadPoolExecutor(workers, thread_name_prefix="ckptlib-write") as pool:
+        # The calling thread writes too once ``meanwhile`` is done, so it counts as one of
+        # the writers: another thread would only compete with it for a core meanwhile.
+        threads = max(1, min(len(fds), os.cpu_count() or 1, MAX_WRITERS) - 1)
+        with ThreadPoolExecutor(threads, thread_name_prefix="ckptlib-write") as pool:
             futures: list[Future[None]] = []
             try:
-                for _ in range(workers):
+                for _ in range(threads):
                     futures.append(pool.submit(_write_pieces, queue, fds, sync))
                 with _quick_handoffs():
                     shard_sizes = _queue_pieces(queue, contents, sizes)
                     if not queue.aborted:  # else a writer failed: its error is raised below
                         result = meanwhile(shard_sizes)
+                _write_pieces(queue, fds, sync)
                 wait(futures)
             except BaseException:
                 queue.abort()  # the writers stop after their current piece; the pool's exit waits for them

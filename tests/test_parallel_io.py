@@ -373,18 +373,54 @@ def test_a_failure_while_pieces_are_still_being_cut_stops_everything_and_leaves_
     elif where == "cutting":
         monkeypatch.setattr(shard_writer, "_pieces", failing_after(3, shard_writer._pieces, OSError(errno.EIO, "cut")))
     elif where == "starting a writer":  # the second thread cannot start: the first must not wait forever
+        monkeypatch.setattr(os, "cpu_count", lambda: 4)  # two writer threads for three shards
         real_submit = shard_writer.ThreadPoolExecutor.submit
         monkeypatch.setattr(
             shard_writer.ThreadPoolExecutor,
             "submit",
             failing_after(1, real_submit, RuntimeError("can't start new thread")),  # type: ignore[arg-type]
         )
-    contents = [views(*[b"x" * 50] * 20) for _ in range(2)]
-    finals = [str(tmp_path / f"s{i}") for i in range(2)]
+    contents = [views(*[b"x" * 50] * 20) for _ in range(3)]
+    finals = [str(tmp_path / f"s{i}") for i in range(3)]
     message = {"writer": "full", "cutting": "cut", "meanwhile": "meanwhile", "starting a writer": "start"}[where]
     with pytest.raises((OSError, RuntimeError), match=message):
         within(10, lambda: shard_writer.write_shards(finals, contents, False, meanwhile))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 16])
+def test_the_calling_thread_writes_too_and_no_more_threads_than_cores_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cores: int
+) -> None:
+    import threading
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 1)
+    callers: list[threading.Thread] = []
+    caller_wrote = threading.Event()
+    writers: set[threading.Thread] = set()
+    real_write = shard_writer.pwrite_all
+
+    def write(*args: Any) -> None:
+        writers.add(threading.current_thread())
+        if threading.current_thread() in callers:
+            caller_wrote.set()
+        else:  # the writer threads hold back until the caller has written a piece itself
+            assert caller_wrote.wait(timeout=10), "the calling thread never wrote"
+        real_write(*args)
+
+    monkeypatch.setattr(shard_writer, "pwrite_all", write)
+    contents = [[bytes([shard]) * 10 for _ in range(40)] for shard in range(4)]
+    finals = [str(tmp_path / f"s{i}") for i in range(4)]
+
+    def save() -> list[str]:
+        callers.append(threading.current_thread())
+        return shard_writer.write_shards(finals, [views(*c) for c in contents], False, len)[0]
+
+    temps = within(20, save)
+    assert [read(t) for t in temps] == [b"".join(c) for c in contents]
+    assert callers[0] in writers
+    assert len(writers) <= max(2, min(cores, 4))  # the caller plus at most one thread per other core
 
 
 def test_empty_pieces_ask_for_no_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
