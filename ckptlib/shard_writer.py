@@ -34,7 +34,7 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-from ckptlib.storage import create_temp, pwrite_all, remove_quietly, start_writeback
+from ckptlib.storage import create_temp, preallocate, pwrite_all, remove_quietly, start_writeback
 
 # One write covers at most this many bytes: large enough for sequential throughput, small
 # enough that a large tensor spreads over several workers and writeback starts early.
@@ -77,13 +77,17 @@ def write_shards(
     Returns the temporary paths (flushed to disk if ``sync``, and closed) and what
     ``meanwhile`` returned. If anything fails, every temporary file is removed and the
     first error is raised. The buffers must not change until this returns. ``sizes``,
-    if given, holds each shard's buffer sizes, saving a pass over them.
+    if given, holds each shard's buffer sizes, saving a pass over them. Each file is
+    preallocated to its whole size before the first write (see ``storage.preallocate``).
     """
+    if sizes is None:
+        sizes = [np.fromiter(map(_NBYTES, buffers), dtype=np.int64, count=len(buffers)) for buffers in contents]
     created: list[tuple[str, int]] = []
     closed: list[str] = []
     try:
-        for path in final_paths:
+        for path, shard_sizes in zip(final_paths, sizes, strict=True):
             created.append(create_temp(path))
+            preallocate(created[-1][1], int(shard_sizes.sum()))
         fds = [fd for _, fd in created]
         queue = _PieceQueue()
         # The calling thread writes too once ``meanwhile`` is done, so it counts as one of
@@ -95,9 +99,9 @@ def write_shards(
                 for _ in range(threads):
                     futures.append(pool.submit(_write_pieces, queue, fds, sync))
                 with _quick_handoffs():
-                    shard_sizes = _queue_pieces(queue, contents, sizes)
+                    _queue_pieces(queue, contents, sizes)
                     if not queue.aborted:  # else a writer failed: its error is raised below
-                        result = meanwhile(shard_sizes)
+                        result = meanwhile(list(sizes))
                 _write_pieces(queue, fds, sync)
                 wait(futures)
             except BaseException:
@@ -159,14 +163,11 @@ class _PieceQueue:
             return self._pieces.popleft() if self._pieces else None
 
 
-def _queue_pieces(
-    queue: _PieceQueue, contents: Sequence[Sequence[Buffer]], sizes: Sequence[np.ndarray] | None
-) -> list[np.ndarray]:
+def _queue_pieces(queue: _PieceQueue, contents: Sequence[Sequence[Buffer]], sizes: Sequence[np.ndarray]) -> None:
     """Cut every shard into pieces, ``PIECE_BUFFERS`` buffers of each at a time, and queue
-    each round as soon as it is cut, its pieces taking turns between the shards; close the
-    queue; return each shard's buffer sizes."""
+    each round as soon as it is cut, its pieces taking turns between the shards; then
+    close the queue. ``sizes`` holds each shard's buffer sizes."""
     ends = [0] * len(contents)  # where each shard's next buffer starts
-    cut: list[list[np.ndarray]] = [[] for _ in contents]
     step = PIECE_BUFFERS
     for first in range(0, max(map(len, contents), default=0), step):
         if queue.aborted:
@@ -176,16 +177,11 @@ def _queue_pieces(
             batch = buffers[first : first + step]
             if not batch:
                 continue
-            if sizes is None:
-                batch_sizes = np.fromiter(map(_NBYTES, batch), dtype=np.int64, count=len(batch))
-            else:
-                batch_sizes = sizes[shard][first : first + step]
+            batch_sizes = sizes[shard][first : first + step]
             this_round.append(_pieces(shard, batch, batch_sizes, ends[shard]))
-            cut[shard].append(batch_sizes)
             ends[shard] += int(batch_sizes.sum())
         queue.put([piece for group in itertools.zip_longest(*this_round) for piece in group if piece is not None])
     queue.close()
-    return [np.concatenate([np.zeros(0, np.int64), *parts]) for parts in cut]
 
 
 _NBYTES = operator.attrgetter("nbytes")

@@ -127,7 +127,70 @@ def only_checkpoint_files(directory: Path) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("where", ["pwrite_all", "fsync", "meanwhile"])
+def fake_fallocate(*errnos: int) -> Any:
+    """A stand-in for libc's ``fallocate`` that fails with each of ``errnos`` in turn (0:
+    succeeds), then succeeds; success truncates the file to the size asked for. Its calls
+    are in ``.calls``."""
+    import ctypes
+
+    pending = list(errnos)
+
+    def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+        fallocate.calls.append((mode, offset, length))  # type: ignore[attr-defined]
+        code = pending.pop(0) if pending else 0
+        if code:
+            ctypes.set_errno(code)
+            return -1
+        os.ftruncate(fd, offset + length)
+        return 0
+
+    fallocate.calls = []  # type: ignore[attr-defined]
+    return fallocate
+
+
+def test_preallocate_reserves_the_whole_file_on_disk(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        storage.preallocate(fd, 3 << 20)
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if storage._fallocate is None or info.st_size == 0:
+        pytest.skip("this platform or file system cannot preallocate")
+    assert info.st_size == 3 << 20
+    assert info.st_blocks * 512 >= 3 << 20  # blocks reserved, not a sparse file
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL])
+def test_preallocate_is_a_no_op_where_the_file_system_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    fake = fake_fallocate(code)
+    monkeypatch.setattr(storage, "_fallocate", fake)
+    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(b"abc", b"defg")], False, len)
+    assert read(temps[0]) == b"abcdefg"
+    assert fake.calls == [(0, 0, 7)]
+
+
+def test_preallocate_retries_an_interrupted_call_and_reports_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = fake_fallocate(errno.EINTR)
+    monkeypatch.setattr(storage, "_fallocate", fake)
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        storage.preallocate(fd, 10)
+        assert os.fstat(fd).st_size == 10
+        assert len(fake.calls) == 2
+        monkeypatch.setattr(storage, "_fallocate", fake_fallocate(errno.ENOSPC))
+        with pytest.raises(OSError) as caught:
+            storage.preallocate(fd, 1 << 40)
+        assert caught.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("where", ["preallocate", "pwrite_all", "fsync", "meanwhile"])
 def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -137,7 +200,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_files(
     before = only_checkpoint_files(tmp_path)
     monkeypatch.setattr(shard_writer, "PIECE_BYTES", 4096)
     no_space = OSError(errno.ENOSPC, "No space left on device")
-    if where == "pwrite_all":
+    if where == "preallocate":  # the second shard does not fit: nothing is written at all
+        monkeypatch.setattr(storage, "_fallocate", fake_fallocate(0, errno.ENOSPC))
+        monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(0, None, AssertionError("wrote")))
+    elif where == "pwrite_all":
         monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(5, storage.pwrite_all, no_space))
     elif where == "fsync":
         monkeypatch.setattr(shard_writer.os, "fsync", failing_after(1, os.fsync, OSError(errno.EIO, "I/O error")))
@@ -146,8 +212,9 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_files(
 
         monkeypatch.setattr(writer, "build_table_from_columns", failing_after(0, None, no_space))
     new = {f"t{i}": np.full(70_000, 10 + i, np.float32) for i in range(6)}
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as caught:
         ckptlib.save(new, prefix, num_shards=3)
+    assert caught.value.errno == (errno.EIO if where == "fsync" else errno.ENOSPC)
     assert only_checkpoint_files(tmp_path) == before
     restored = ckptlib.restore(prefix)
     assert all(np.array_equal(restored[name], value) for name, value in old.items())
