@@ -427,7 +427,10 @@ def measure_rss(work: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def report(title: str, medians: dict[str, float], ratios: list[tuple[str, str, str | tuple[str, ...], float]]) -> None:
+def report(
+    title: str, medians: dict[str, float], ratios: list[tuple[str, str, str | tuple[str, ...], float]], shards: int = 2
+) -> None:
+    """The medians, then each target's ratio; ``{n}`` in a target's names is the shard count."""
     print(f"\n## {title}\n")
     print("| operation | median s | best s |")
     print("|---|---:|---:|")
@@ -436,6 +439,7 @@ def report(title: str, medians: dict[str, float], ratios: list[tuple[str, str, s
     print("\n| target (medians) | ratio | goal |")
     print("|---|---:|---|")
     for label, fast, slow, goal in ratios:
+        label, fast = label.format(n=shards), fast.format(n=shards)
         others = [name for name in ((slow,) if isinstance(slow, str) else slow) if name in medians]
         if fast in medians and others:
             ratio = min(medians[name] for name in others) / medians[fast]  # against the fastest of them
@@ -467,7 +471,7 @@ def main() -> int:
                     "large", state, work, args.repeat, args.shards, not args.no_tf, not args.no_safetensors
                 )
                 del state
-                report("large: ~1 GiB in ~200 tensors", medians, LARGE_TARGETS)
+                report("large: ~1 GiB in ~200 tensors", medians, LARGE_TARGETS, args.shards)
                 rss = measure_rss(work)
                 print("\n| peak RSS above baseline | MiB | / state size |")
                 print("|---|---:|---:|")
@@ -480,7 +484,7 @@ def main() -> int:
                     "many-small", state, work, args.repeat, args.shards, not args.no_tf, not args.no_safetensors
                 )
                 del state
-                report("many-small: 50,000 tensors of 1-16 KiB", medians, SMALL_TARGETS)
+                report("many-small: 50,000 tensors of 1-16 KiB", medians, SMALL_TARGETS, args.shards)
             else:
                 medians = bench_open_one(work, args.repeat, not args.no_tf)
                 report("open-one: 100,000 tensors, read one", medians, OPEN_TARGETS)
@@ -502,7 +506,7 @@ TF2_WRITE = "TF2 Checkpoint.write"
 LARGE_TARGETS = [
     ("save (no fsync) vs TF1 Saver.save (no fsync)", "ckptlib save, 1 shard, no fsync", "TF1 Saver.save", 2.0),
     ("save (no fsync) vs TF2 Checkpoint.write", "ckptlib save, 1 shard, no fsync", "TF2 Checkpoint.write", 3.0),
-    ("save, 2 shards (no fsync) vs TF2 Checkpoint.write", "ckptlib save, 2 shards, no fsync", TF2_WRITE, 3.0),
+    ("save, {n} shards (no fsync) vs TF2 Checkpoint.write", "ckptlib save, {n} shards, no fsync", TF2_WRITE, 3.0),
     ("(limit) raw tofile, one file, vs TF1 Saver.save", "raw tofile", "TF1 Saver.save", 2.0),
     ("(limit) raw tofile, one file, vs TF2 Checkpoint.write", "raw tofile", "TF2 Checkpoint.write", 3.0),
     ("(limit) raw writev, one file, vs TF2 Checkpoint.write", "raw writev", "TF2 Checkpoint.write", 3.0),
@@ -537,7 +541,7 @@ LARGE_TARGETS = [
 
 SMALL_TARGETS = [
     ("save (no fsync) vs TF SaveV2 op", "ckptlib save, 1 shard, no fsync", "TF SaveV2 op", 2.0),
-    ("save, 2 shards (no fsync) vs TF SaveV2 op", "ckptlib save, 2 shards, no fsync", "TF SaveV2 op", 2.0),
+    ("save, {n} shards (no fsync) vs TF SaveV2 op", "ckptlib save, {n} shards, no fsync", "TF SaveV2 op", 2.0),
     ("save (fsync) vs TF SaveV2 op (no fsync)", "ckptlib save, 1 shard", "TF SaveV2 op", 2.0),
     ("restore vs TF's fastest restore", "ckptlib restore (mmap) + touch", TF_RESTORES, 2.0),
     ("restore vs TF RestoreV2 op", "ckptlib restore (mmap) + touch", "TF RestoreV2 op + touch", 2.0),
