@@ -375,7 +375,8 @@ class BundleWriter:
         weights = np.maximum(nbytes, 1)
         share = int(weights.sum()) / count
         owner = np.empty(len(weights), dtype=np.int64)
-        large = np.flatnonzero(weights * 8 >= share)
+        is_large = weights * 8 >= share
+        large = np.flatnonzero(is_large)
         heap = [(0, shard) for shard in range(count)]  # (load, shard): the least filled on top
         for i in large[np.argsort(-weights[large], kind="stable")].tolist():
             load, shard = heap[0]
@@ -384,7 +385,7 @@ class BundleWriter:
         loads = np.zeros(count, dtype=np.float64)
         for load, shard in heap:
             loads[shard] = load
-        small = np.setdiff1d(np.arange(len(weights)), large)
+        small = np.flatnonzero(~is_large)
         ends = np.cumsum(weights[small])
         room = np.cumsum(np.maximum(_fill_level(loads, float(ends[-1]) if len(ends) else 0.0) - loads, 0))
         middles = ends - weights[small] / 2
