@@ -440,7 +440,8 @@ def report(
     print("|---|---:|---|")
     for label, fast, slow, goal in ratios:
         label, fast = label.format(n=shards), fast.format(n=shards)
-        others = [name for name in ((slow,) if isinstance(slow, str) else slow) if name in medians]
+        slows = [name.format(n=shards) for name in ((slow,) if isinstance(slow, str) else slow)]
+        others = [name for name in slows if name in medians]
         if fast in medians and others:
             ratio = min(medians[name] for name in others) / medians[fast]  # against the fastest of them
             verdict = "ok" if ratio >= goal else "MISSED"

@@ -13,10 +13,11 @@ cuts the shards into pieces a thousand buffers at a time and queues them (the sh
 interleaved, so that every file fills at once; the kernel serialises buffered writes to
 one file), and workers start writing the first piece while later ones are still being cut.
 Then the calling thread does its own work, typically checksums and the index, and then
-helps write what is left; it counts as one of the writers (one thread per core at most).
-``pwritev`` and the crc32c extension both release the GIL. With ``sync``, the kernel is asked to start
-writing each piece to disk as soon as it lands, so the closing ``fsync`` has little left
-to wait for.
+helps write what is left: it counts as one of the writers, so the pool has a thread for
+each other core a shard can use (always at least one, which writes while the caller
+works). ``pwritev`` and the crc32c extension both release the GIL. With ``sync``, the
+kernel is asked to start writing each piece to disk as soon as it lands, so the closing
+``fsync`` has little left to wait for.
 """
 
 from __future__ import annotations
@@ -76,9 +77,10 @@ def write_shards(
 
     Returns the temporary paths (flushed to disk if ``sync``, and closed) and what
     ``meanwhile`` returned. If anything fails, every temporary file is removed and the
-    first error is raised. The buffers must not change until this returns. ``sizes``,
-    if given, holds each shard's buffer sizes, saving a pass over them. Each file is
-    preallocated to its whole size before the first write (see ``storage.preallocate``).
+    error is raised (the calling thread's own, if it failed too). The buffers must not
+    change until this returns. ``sizes``, if given, holds each shard's buffer sizes,
+    saving a pass over them. Each file is preallocated to its whole size before the
+    first write (see ``storage.preallocate``).
     """
     if sizes is None:
         sizes = [np.fromiter(map(_NBYTES, buffers), dtype=np.int64, count=len(buffers)) for buffers in contents]
@@ -91,7 +93,7 @@ def write_shards(
         fds = [fd for _, fd in created]
         queue = _PieceQueue()
         # The calling thread writes too once ``meanwhile`` is done, so it counts as one of
-        # the writers: another thread would only compete with it for a core meanwhile.
+        # the writers: one more thread would only compete with it for a core meanwhile.
         threads = max(1, min(len(fds), os.cpu_count() or 1, MAX_WRITERS) - 1)
         with ThreadPoolExecutor(threads, thread_name_prefix="ckptlib-write") as pool:
             futures: list[Future[None]] = []
@@ -102,7 +104,7 @@ def write_shards(
                     _queue_pieces(queue, contents, sizes)
                     if not queue.aborted:  # else a writer failed: its error is raised below
                         result = meanwhile(list(sizes))
-                _write_pieces(queue, fds, sync)
+                    _write_pieces(queue, fds, sync)
                 wait(futures)
             except BaseException:
                 queue.abort()  # the writers stop after their current piece; the pool's exit waits for them

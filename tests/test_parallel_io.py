@@ -127,10 +127,10 @@ def only_checkpoint_files(directory: Path) -> list[str]:
     return names
 
 
-def fake_fallocate(*errnos: int) -> Any:
-    """A stand-in for libc's ``fallocate`` that fails with each of ``errnos`` in turn (0:
-    succeeds), then succeeds; success truncates the file to the size asked for. Its calls
-    are in ``.calls``."""
+def fake_fallocate(monkeypatch: pytest.MonkeyPatch, *errnos: int, file_system: int = storage.EXT4_MAGIC) -> Any:
+    """Put a stand-in for libc's ``fallocate`` in place, on a file system of type
+    ``file_system``: it fails with each of ``errnos`` in turn (0: succeeds), then
+    succeeds; success truncates the file to the size asked for. Its calls are in ``.calls``."""
     import ctypes
 
     pending = list(errnos)
@@ -145,18 +145,24 @@ def fake_fallocate(*errnos: int) -> Any:
         return 0
 
     fallocate.calls = []  # type: ignore[attr-defined]
+    monkeypatch.setattr(storage, "_fallocate", fallocate)
+    monkeypatch.setattr(storage, "_file_system_type", lambda fd: file_system)
     return fallocate
 
 
-def test_preallocate_reserves_the_whole_file_on_disk(tmp_path: Path) -> None:
+def test_preallocate_reserves_the_whole_file_on_ext4(tmp_path: Path) -> None:
+    import subprocess
+
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    if storage._fallocate is None or kind != "ext2/ext3":  # how coreutils names ext4
+        pytest.skip(f"preallocation is for ext4 on Linux; {tmp_path} is on {kind or 'an unknown file system'}")
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
+        assert storage._file_system_type(fd) == storage.EXT4_MAGIC
         storage.preallocate(fd, 3 << 20)
         info = os.fstat(fd)
     finally:
         os.close(fd)
-    if storage._fallocate is None or info.st_size == 0:
-        pytest.skip("this platform or file system cannot preallocate")
     assert info.st_size == 3 << 20
     assert info.st_blocks * 512 >= 3 << 20  # blocks reserved, not a sparse file
 
@@ -165,27 +171,36 @@ def test_preallocate_reserves_the_whole_file_on_disk(tmp_path: Path) -> None:
 def test_preallocate_is_a_no_op_where_the_file_system_cannot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
-    fake = fake_fallocate(code)
-    monkeypatch.setattr(storage, "_fallocate", fake)
+    fake = fake_fallocate(monkeypatch, code)
     temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(b"abc", b"defg")], False, len)
     assert read(temps[0]) == b"abcdefg"
     assert fake.calls == [(0, 0, 7)]
 
 
+@pytest.mark.parametrize("file_system", [0x01021994, 0x9123683E, 0])  # tmpfs, btrfs, unknown
+def test_preallocate_leaves_other_file_systems_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_system: int
+) -> None:
+    fake = fake_fallocate(monkeypatch, file_system=file_system)
+    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(b"abc", b"defg")], False, len)
+    assert read(temps[0]) == b"abcdefg"
+    assert fake.calls == []
+
+
 def test_preallocate_retries_an_interrupted_call_and_reports_a_full_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = fake_fallocate(errno.EINTR)
-    monkeypatch.setattr(storage, "_fallocate", fake)
+    fake = fake_fallocate(monkeypatch, errno.EINTR)
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
         storage.preallocate(fd, 10)
         assert os.fstat(fd).st_size == 10
         assert len(fake.calls) == 2
-        monkeypatch.setattr(storage, "_fallocate", fake_fallocate(errno.ENOSPC))
-        with pytest.raises(OSError) as caught:
-            storage.preallocate(fd, 1 << 40)
-        assert caught.value.errno == errno.ENOSPC
+        for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            fake_fallocate(monkeypatch, code)
+            with pytest.raises(OSError) as caught:
+                storage.preallocate(fd, 1 << 40)
+            assert caught.value.errno == code
     finally:
         os.close(fd)
 
@@ -201,7 +216,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_files(
     monkeypatch.setattr(shard_writer, "PIECE_BYTES", 4096)
     no_space = OSError(errno.ENOSPC, "No space left on device")
     if where == "preallocate":  # the second shard does not fit: nothing is written at all
-        monkeypatch.setattr(storage, "_fallocate", fake_fallocate(0, errno.ENOSPC))
+        fake_fallocate(monkeypatch, 0, errno.ENOSPC)
         monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(0, None, AssertionError("wrote")))
     elif where == "pwrite_all":
         monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(5, storage.pwrite_all, no_space))
@@ -488,6 +503,38 @@ def test_the_calling_thread_writes_too_and_no_more_threads_than_cores_write(
     assert [read(t) for t in temps] == [b"".join(c) for c in contents]
     assert callers[0] in writers
     assert len(writers) <= max(2, min(cores, 4))  # the caller plus at most one thread per other core
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EIO, "caller"), KeyboardInterrupt("caller")])
+def test_a_failed_write_on_the_calling_thread_stops_the_writers_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    import threading
+    import time
+
+    monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 1)
+    callers: list[threading.Thread] = []
+    written_by_pool = [0]
+    real_write = shard_writer.pwrite_all
+
+    def write(*args: Any) -> None:
+        if threading.current_thread() in callers:
+            raise error
+        time.sleep(0.02)  # slow enough that pieces are left for the caller
+        real_write(*args)
+        written_by_pool[0] += 1
+
+    monkeypatch.setattr(shard_writer, "pwrite_all", write)
+    contents = [views(*[bytes([shard]) * 10] * 50) for shard in range(2)]
+
+    def save() -> None:
+        callers.append(threading.current_thread())
+        shard_writer.write_shards([str(tmp_path / "a"), str(tmp_path / "b")], contents, False, len)
+
+    with pytest.raises(type(error), match="caller"):
+        within(10, save)
+    assert written_by_pool[0] < 100  # the writers stopped early
+    assert os.listdir(tmp_path) == []
 
 
 def test_empty_pieces_ask_for_no_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
