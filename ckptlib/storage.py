@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -263,25 +263,26 @@ def _bytes_of(buffer: Any) -> memoryview:
     return np.frombuffer(buffer, dtype=np.uint8).data
 
 
-def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
-    """Linux's ``sync_file_range``, through ctypes; None where it is missing."""
+def _libc_function(names: Sequence[str], argtypes: list[Any]) -> Any:
+    """The first of ``names`` that Linux's C library has, through ctypes, typed to take
+    ``argtypes`` and return an int; None off Linux or where it has none of them."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
+    for name in names:
+        function = getattr(libc, name, None)
+        if function is not None:
+            function.argtypes = argtypes
+            function.restype = ctypes.c_int
+            return function
+    return None
 
-    def start(fd: int, offset: int, length: int) -> None:
-        function(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE: queue writeback, do not wait
 
-    return start
-
-
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = _libc_function(["sync_file_range"], [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+_SYNC_FILE_RANGE_WRITE = 2  # queue writeback, do not wait
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -289,45 +290,17 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     without waiting: a later ``fsync`` then finds most pages already clean. Best effort
     (a no-op off Linux); durability still comes from ``fsync``."""
     if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length)
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
-    """Linux's ``fallocate`` with 64-bit offsets, through ctypes; None where it is missing.
-    Not ``os.posix_fallocate``: where a file system cannot preallocate, glibc emulates
-    that by writing to every block."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    function = getattr(libc, "fallocate64", None)
-    if function is None and ctypes.sizeof(ctypes.c_long) == 8:  # off_t is 64-bit: the same function
-        function = getattr(libc, "fallocate", None)
-    if function is None:
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
-
-
-def _load_fstatfs() -> Callable[[int, Any], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    function = getattr(libc, "fstatfs64", None) or getattr(libc, "fstatfs", None)
-    if function is not None:
-        function.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
-
-
-_fallocate = _load_fallocate()
-_fstatfs = _load_fstatfs()
+# fallocate with 64-bit offsets (plain fallocate takes them only where long is 64-bit).
+# Not os.posix_fallocate: where a file system cannot preallocate, glibc emulates that by
+# writing to every block.
+_fallocate = _libc_function(
+    ["fallocate64", *(["fallocate"] if ctypes.sizeof(ctypes.c_long) == 8 else [])],
+    [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64],
+)
+_fstatfs = _libc_function(["fstatfs64", "fstatfs"], [ctypes.c_int, ctypes.c_void_p])
 EXT4_MAGIC = 0xEF53  # statfs's f_type for ext2, ext3 and ext4
 # File systems on which reserving a new file's blocks before writing it pays. ext4
 # otherwise allocates each block as it is written (delayed allocation). Elsewhere it may
