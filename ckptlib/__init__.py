@@ -17,6 +17,7 @@ from ckptlib.checkpoint import (
 from ckptlib.errors import (
     CheckpointError,
     CheckpointNotFoundError,
+    CheckpointTooLargeError,
     ChecksumMismatchError,
     CorruptCheckpointError,
     DtypeMismatchError,
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointReader",
     "CheckpointState",
+    "CheckpointTooLargeError",
     "ChecksumMismatchError",
     "CorruptCheckpointError",
     "DtypeMismatchError",

@@ -8,6 +8,7 @@
     ├── CorruptCheckpointError (+ ValueError)            the bytes are not a valid checkpoint
     │   └── ChecksumMismatchError                        a stored crc32c disagrees with the bytes
     ├── UnsupportedFeatureError (+ NotImplementedError)  valid, but a feature ckptlib cannot handle
+    ├── CheckpointTooLargeError (+ MemoryError)          valid, but too large for this process's memory
     ├── InvalidTensorError (+ ValueError)                 a value that cannot be saved (type, name, slice)
     └── RestoreMismatchError (+ ValueError)               restoring into targets that do not fit
         ├── ShapeMismatchError
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
+    "CheckpointTooLargeError",
     "ChecksumMismatchError",
     "CorruptCheckpointError",
     "DtypeMismatchError",
@@ -91,6 +93,10 @@ class ChecksumMismatchError(CorruptCheckpointError):
 
 class UnsupportedFeatureError(CheckpointError, NotImplementedError):
     """A valid checkpoint feature that ckptlib does not implement (e.g. DT_VARIANT)."""
+
+
+class CheckpointTooLargeError(CheckpointError, MemoryError):
+    """Valid as far as read, but reading it needs more memory than this process can get."""
 
 
 class InvalidTensorError(CheckpointError, ValueError):

@@ -22,7 +22,7 @@ from google.protobuf import text_format
 
 from ckptlib.errors import CorruptCheckpointError
 from ckptlib.format.proto.checkpoint_state_pb2 import CheckpointState as _CheckpointStateProto
-from ckptlib.storage import fsync_dir, remove_quietly, write_temp
+from ckptlib.storage import fsync_dir, open_regular, remove_quietly, write_temp
 
 DEFAULT_STATE_FILENAME = "checkpoint"
 # A state file lists paths; even 100,000 of them fit in a few MB. Anything larger is not
@@ -71,7 +71,7 @@ def format_state(state: CheckpointState) -> str:
 def read_state_file(path: str) -> CheckpointState | None:
     """The state stored at ``path`` with paths as written, or None if there is no file."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             data = f.read(MAX_STATE_FILE_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         return None

@@ -14,6 +14,7 @@ import mmap
 import os
 import secrets
 import socket
+import stat
 import sys
 import time
 import zlib
@@ -22,7 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptlib.errors import (
+    CheckpointNotFoundError,
+    CheckpointTooLargeError,
+    CorruptCheckpointError,
+    UnsupportedFeatureError,
+)
 from ckptlib.format.coding import Bytes
 
 TEMP_MARKER = ".ckptlib-tmp-"
@@ -41,12 +47,7 @@ class LocalFile:
 
     def __init__(self, path: str):
         self.path = path
-        try:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except FileNotFoundError:
-            raise CheckpointNotFoundError("no such file", path=path) from None
-        except IsADirectoryError:
-            raise CheckpointNotFoundError("is a directory, not a file", path=path) from None
+        self._fd = open_regular(path)
         try:
             self._size = os.fstat(self._fd).st_size
         except OSError:
@@ -67,7 +68,19 @@ class LocalFile:
         rewritten in place, so views stay valid even after the file is deleted.
         """
         if self._map is None:
-            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+            try:
+                self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+            except OSError as e:
+                # A private writable map is charged in full against the memory the kernel
+                # will commit, whatever the file's bytes: a (sparse) 64 GiB file fails so.
+                if e.errno == errno.ENOMEM:
+                    raise CheckpointTooLargeError(
+                        f"cannot memory-map {self._size} bytes: too large for this memory (read with mmap=False)",
+                        path=self.path,
+                    ) from None
+                raise UnsupportedFeatureError(
+                    f"cannot memory-map this file ({e.strerror or e}); read with mmap=False", path=self.path
+                ) from None
         return self._map
 
     def mapped_view(self) -> memoryview:
@@ -125,6 +138,42 @@ class LocalFile:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at ``path``.
+
+    Opened without blocking, since opening a FIFO with no writer would block forever;
+    raises ``CheckpointNotFoundError`` if there is no such file and
+    ``CorruptCheckpointError`` for a directory, FIFO, socket or device.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError("is a directory, not a regular file", path=path) from None
+    except OSError as e:
+        if e.errno != errno.ENXIO:  # what opening a socket (or a device with no driver) gives
+            raise
+        kind = _file_kind(os.stat(path).st_mode)
+        raise CorruptCheckpointError(f"is a {kind}, not a regular file", path=path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CorruptCheckpointError(f"is a {_file_kind(mode)}, not a regular file", path=path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket")]
+    kinds += [(stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")]
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def temp_path(final_path: str, marker: str = TEMP_MARKER) -> str:

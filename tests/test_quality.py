@@ -43,6 +43,7 @@ def test_public_api_is_pinned() -> None:
             "CheckpointNotFoundError",
             "CheckpointReader",
             "CheckpointState",
+            "CheckpointTooLargeError",
             "ChecksumMismatchError",
             "CorruptCheckpointError",
             "DtypeMismatchError",
