@@ -13,6 +13,7 @@ listed in ``restart`` so a reader can binary-search. An empty block is ``0000000
 
 from __future__ import annotations
 
+import array
 import itertools
 import operator
 from typing import NamedTuple
@@ -127,14 +128,14 @@ def parse_block_columns(contents: Bytes) -> BlockColumns:
         raise CorruptCheckpointError(f"bad block contents: {num_restarts} restarts in a {size}-byte block")
     limit = size - 4 * (num_restarts + 1)
     data = bytes(contents[:limit])
-    if num_restarts >= _BULK_MIN_RESTARTS:
+    if num_restarts >= _BULK_MIN_RESTARTS and limit <= _BULK_MAX_BYTES:
         restarts = np.frombuffer(bytes(contents[limit : size - 4]), dtype="<u4").astype(np.int64)
         parsed = _parse_common_block(data, restarts, MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * size)
         if parsed is not None:
             return parsed
     keys: list[bytes] = []
-    starts: list[int] = []
-    ends: list[int] = []
+    starts = array.array("q")  # 8 bytes per entry, where a list holds an int object each
+    ends = array.array("q")
     pos = 0
     key = b""
     key_budget = MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * size
@@ -162,12 +163,15 @@ def parse_block_columns(contents: Bytes) -> BlockColumns:
         starts.append(key_end)
         ends.append(value_end)
         pos = value_end
-    return BlockColumns(keys, data, np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
+    return BlockColumns(keys, data, np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64))
 
 
 # Blocks with at least this many restart points are parsed with numpy first, unless a
-# restart group holds more than _MAX_GROUP entries (TensorFlow's hold 16).
+# restart group holds more than _MAX_GROUP entries (TensorFlow's hold 16) or the block is
+# larger than any real one with many entries (TensorFlow closes them near 256 KiB): the
+# numpy walk's temporary columns take some 25 bytes per byte of block.
 _BULK_MIN_RESTARTS = 8
+_BULK_MAX_BYTES = 4 << 20
 _MAX_GROUP = 64
 
 
@@ -227,6 +231,8 @@ def _rebuild_keys(
     if n and position.max() > _MAX_GROUP:  # a step per entry of the longest group would cost more than the loop
         return None
     width = int(key_len.max()) if n else 0
+    if n * width > MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * len(buf):  # one long key among many short
+        return None
     matrix = np.zeros((n, width), dtype=np.uint8)
     total = int(non_shared.sum())
     rows = np.repeat(np.arange(n), non_shared)

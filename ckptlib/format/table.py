@@ -18,7 +18,9 @@ The builder writes through ``append(bytes)``; the reader reads through a ``ByteS
 
 from __future__ import annotations
 
+import array
 import bisect
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -28,7 +30,6 @@ from ckptlib.format.block import (
     BlockBuilder,
     BlockColumns,
     concat_columns,
-    parse_block,
     parse_block_columns,
 )
 from ckptlib.format.footer import BLOCK_TRAILER_SIZE, FOOTER_SIZE, BlockHandle, Footer, block_trailer, check_block
@@ -168,19 +169,39 @@ class TableReader:
             raise CorruptCheckpointError("file is too short to be an sstable")
         footer = Footer.decode(source.read_at(size - FOOTER_SIZE, FOOTER_SIZE))
         self._data_end = size - FOOTER_SIZE
-        index_entries = self._read_block(footer.index)
-        self._separators = [key for key, _ in index_entries]
-        self._handles = [BlockHandle.decode_exact(value) for _, value in index_entries]
-        self._blocks: dict[int, BlockColumns] = {}
+        index = parse_block_columns(check_block(self._read_raw_block(footer.index.offset, footer.index.size), verify))
+        self._separators = index.keys
+        # Two machine integers per data block, not a handle object each: a hostile index
+        # block holds a million handles in a few megabytes.
+        self._offsets = array.array("q")
+        self._sizes = array.array("q")
+        end = 0
+        for i in range(len(index.keys)):
+            handle = BlockHandle.decode_exact(index.value(i))
+            # Writers place data blocks one after another, in key order: handles that
+            # overlap or go back would let one small block be parsed once per handle.
+            if handle.offset < end:
+                raise CorruptCheckpointError(f"bad block handle: data block {i} overlaps the block before it")
+            end = handle.offset + handle.size + BLOCK_TRAILER_SIZE
+            if end > self._data_end:
+                raise CorruptCheckpointError("bad block handle: block extends past the end of the file")
+            self._offsets.append(handle.offset)
+            self._sizes.append(handle.size)
+        # Parsed data blocks, least recently used first, kept up to an estimate of their
+        # memory that grows with the file (a whole real index fits: lookups in any order
+        # stay cheap) and is bounded by it.
+        self._blocks: OrderedDict[int, BlockColumns] = OrderedDict()
+        self._cached_bytes = 0
+        self._cache_budget = _CACHE_SLACK_BYTES + _CACHE_FILE_MULTIPLE * size
 
     @property
     def num_blocks(self) -> int:
-        return len(self._handles)
+        return len(self._offsets)
 
     def get(self, key: bytes) -> bytes:
         """The value stored under ``key``; raises ``TensorNotFoundError`` when absent."""
         i = bisect.bisect_left(self._separators, key)
-        if i < len(self._handles):
+        if i < len(self._offsets):
             block = self._data_block(i)
             j = bisect.bisect_left(block.keys, key)
             if j < len(block.keys) and block.keys[j] == key:
@@ -189,7 +210,7 @@ class TableReader:
 
     def first(self) -> tuple[bytes, bytes]:
         """The first entry of the table (a bundle's header)."""
-        for i in range(len(self._handles)):
+        for i in range(len(self._offsets)):
             block = self._data_block(i)
             if block.keys:
                 return block.keys[0], block.value(0)
@@ -197,42 +218,65 @@ class TableReader:
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every entry in key order."""
-        for i in range(len(self._handles)):
+        for i in range(len(self._offsets)):
             yield from self._data_block(i).entries()
+
+    def iter_keys(self) -> Iterator[bytes]:
+        """Every key in order (``items`` without making a value or a pair per entry)."""
+        for i in range(len(self._offsets)):
+            yield from self._data_block(i).keys
 
     def columns(self) -> BlockColumns:
         """Every entry, in key order, as columns (``items`` without a tuple or a value
         object per entry)."""
-        return concat_columns([self._data_block(i) for i in range(len(self._handles))])
+        return concat_columns([self._data_block(i) for i in range(len(self._offsets))])
 
     def verify_all(self) -> None:
         """Read and check every data block (checksums, key order)."""
-        for i in range(len(self._handles)):
+        for i in range(len(self._offsets)):
             self._data_block(i)
 
     def _data_block(self, i: int) -> BlockColumns:
         block = self._blocks.get(i)
-        if block is None:
-            block = self._blocks[i] = self._block_columns(i)
+        if block is not None:
+            self._blocks.move_to_end(i)
+            return block
+        block = self._block_columns(i)
+        self._cached_bytes += _memory_estimate(block)
+        while self._blocks and self._cached_bytes > self._cache_budget:
+            self._cached_bytes -= _memory_estimate(self._blocks.popitem(last=False)[1])
+        self._blocks[i] = block
         return block
 
     def _block_columns(self, i: int) -> BlockColumns:
         """Data block ``i``, parsed and checked against its index range."""
-        columns = parse_block_columns(check_block(self._read_raw_block(self._handles[i]), self._verify))
-        if columns.keys:
-            low = self._separators[i - 1] if i > 0 else None
-            if (low is not None and columns.keys[0] <= low) or columns.keys[-1] > self._separators[i]:
-                raise CorruptCheckpointError(f"data block {i} holds keys outside its index range")
+        raw = self._read_raw_block(self._offsets[i], self._sizes[i])
+        columns = parse_block_columns(check_block(raw, self._verify))
+        if not columns.keys:  # TableBuilder never writes one
+            raise CorruptCheckpointError(f"data block {i} is empty")
+        low = self._separators[i - 1] if i > 0 else None
+        if (low is not None and columns.keys[0] <= low) or columns.keys[-1] > self._separators[i]:
+            raise CorruptCheckpointError(f"data block {i} holds keys outside its index range")
         return columns
 
-    def _read_block(self, handle: BlockHandle) -> list[tuple[bytes, bytes]]:
-        return parse_block(check_block(self._read_raw_block(handle), self._verify))
-
-    def _read_raw_block(self, handle: BlockHandle) -> bytes:
+    def _read_raw_block(self, offset: int, size: int) -> bytes:
         """A block and its trailer, as stored."""
-        if handle.offset + handle.size + BLOCK_TRAILER_SIZE > self._data_end:
+        if offset + size + BLOCK_TRAILER_SIZE > self._data_end:
             raise CorruptCheckpointError("bad block handle: block extends past the end of the file")
-        raw = self._source.read_at(handle.offset, handle.size + BLOCK_TRAILER_SIZE)
-        if len(raw) != handle.size + BLOCK_TRAILER_SIZE:
+        raw = self._source.read_at(offset, size + BLOCK_TRAILER_SIZE)
+        if len(raw) != size + BLOCK_TRAILER_SIZE:
             raise CorruptCheckpointError("truncated block read")
         return raw
+
+
+# The parsed-block cache holds up to this much, plus this multiple of the file's size.
+_CACHE_SLACK_BYTES = 64 << 20
+_CACHE_FILE_MULTIPLE = 8
+# Memory of a parsed block beyond its contents: per entry, a key object and two array
+# slots; per block, the arrays and containers themselves.
+_ENTRY_MEMORY = 100
+_BLOCK_MEMORY = 512
+
+
+def _memory_estimate(block: BlockColumns) -> int:
+    return len(block.data) + _ENTRY_MEMORY * len(block.keys) + _BLOCK_MEMORY
