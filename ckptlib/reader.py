@@ -12,14 +12,17 @@ import functools
 import itertools
 import os
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from ckptlib.errors import (
     CheckpointError,
+    CheckpointTooLargeError,
     ChecksumMismatchError,
     CorruptCheckpointError,
     DtypeMismatchError,
@@ -49,6 +52,29 @@ from ckptlib.gc_pause import gc_paused
 from ckptlib.span_checks import check_spans
 from ckptlib.storage import LocalFile
 from ckptlib.writer import data_filename, index_filename
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def too_large_if_out_of_memory(method: _Method) -> _Method:
+    """Make ``method`` of a reader raise ``CheckpointTooLargeError`` naming the checkpoint
+    (and the tensor, the method's first argument if it is a name) where it would run out
+    of memory: a valid checkpoint can need more than this process may allocate."""
+
+    @functools.wraps(method)
+    def bounded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except CheckpointError:
+            raise
+        except MemoryError as e:
+            detail = f" ({e})" if str(e) else ""
+            named = args and isinstance(args[0], str) and method.__name__ != "__init__"
+            tensor = args[0] if named else None
+            prefix = getattr(self, "prefix", None)
+            raise CheckpointTooLargeError(f"too large for this memory{detail}", path=prefix, tensor=tensor) from None
+
+    return cast(_Method, bounded)
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,7 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     def get_tensor(self, name: str) -> np.ndarray:
         """Read one tensor (strings as an object array of ``bytes``), checksums verified."""
 
+    @too_large_if_out_of_memory
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[CheckpointError]:
         """Check every block and every tensor; returns the problems found (empty: intact).
 
@@ -190,6 +217,7 @@ class BundleReader(CheckpointReader):
     on read.
     """
 
+    @too_large_if_out_of_memory
     def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: bool = True):
         self.prefix = os.fspath(prefix)
         self.verify_checksums = verify_checksums
@@ -197,7 +225,7 @@ class BundleReader(CheckpointReader):
         self._index_path = index_filename(self.prefix)
         self._index = LocalFile(self._index_path)
         self._shards: dict[int, LocalFile] = {}
-        self._entries: dict[str, Entry] = {}
+        self._entries: OrderedDict[str, Entry] = OrderedDict()  # oldest first
         self._names: list[str] | None = None
         try:
             self._table = TableReader(self._index, verify=verify_checksums)
@@ -210,17 +238,17 @@ class BundleReader(CheckpointReader):
             raise e.with_context(path=self._index_path) from None
 
     # -- TensorFlow's CheckpointReader surface ---------------------------------------
+    @too_large_if_out_of_memory
     def keys_list(self) -> list[str]:
         if self._names is None:
             with self._context():
-                keys = [key for key, _ in self._table.items() if key != HEADER_KEY]
+                keys = [key for key in self._table.iter_keys() if key != HEADER_KEY]
             hidden: set[bytes] = set()
             # Slice keys start with a 0 byte (OrderedCode's NumIncreasing(0)). Only when some
             # key does must every entry be decoded to learn which keys its slices hide;
             # otherwise entries are decoded lazily, when a tensor is asked for.
             if keys and min(keys)[:1] == b"\0":
                 for key, entry in self.raw_entries():
-                    self._entries[key_to_name(key)] = entry
                     hidden.update(slice_key(key_to_name(key), s) for s in entry.slices)
             self._names = [key_to_name(key) for key in keys if key not in hidden]
         return self._names
@@ -243,6 +271,8 @@ class BundleReader(CheckpointReader):
             except CheckpointError as e:
                 raise e.with_context(path=self._index_path, tensor=name) from None
             entry = self._entries[name] = self._decode(name, value)
+            if len(self._entries) > _ENTRY_CACHE_SIZE:  # a decoded entry takes ~300 bytes
+                self._entries.popitem(last=False)
         return entry
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -264,6 +294,7 @@ class BundleReader(CheckpointReader):
         pieces = [self.entry(key_to_name(slice_key(name, s))) for s in entry.slices]
         return TensorInfo(name, dtype, entry.shape, sum(p.size for p in pieces), None, len(pieces))
 
+    @too_large_if_out_of_memory
     def get_tensor(self, name: str) -> np.ndarray:
         entry = self.entry(name)
         try:
@@ -274,6 +305,7 @@ class BundleReader(CheckpointReader):
         except CheckpointError as e:
             raise e.with_context(path=self._index_path, tensor=name) from None
 
+    @too_large_if_out_of_memory
     def read_all(self) -> dict[str, np.ndarray]:
         """Every tensor, by name in key order, as ``get_tensor`` returns it.
 
@@ -516,6 +548,7 @@ class BundleReader(CheckpointReader):
                 path=shard.path,
             )
 
+    @too_large_if_out_of_memory
     def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
         entry = self.entry(name)
         with self._context(tensor=name):
@@ -584,6 +617,9 @@ def check_numpy_rank(shape: tuple[int, ...]) -> None:
             f"a tensor of rank {len(shape)} cannot be read: numpy arrays have at most {NUMPY_MAX_RANK} dimensions"
         )
 
+
+# Decoded index entries kept for lookups by name; more are decoded again when asked for.
+_ENTRY_CACHE_SIZE = 1 << 16
 
 # read_all(mmap=False) copies tensors smaller than this out of pieces of their shard read
 # whole (up to _COPY_PIECE_BYTES); larger ones are read straight into their own arrays.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import math
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -21,13 +22,19 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError, TensorNotFoundError
+from ckptlib.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CheckpointTooLargeError,
+    CorruptCheckpointError,
+    TensorNotFoundError,
+)
 from ckptlib.format import dtypes
 from ckptlib.format.bundle import check_shape
 from ckptlib.format.proto.saved_tensor_slice_pb2 import SavedTensorSlices, TensorProto
 from ckptlib.format.slices import TensorSlice, check_tiling, region, slice_key
 from ckptlib.format.table import TableReader
-from ckptlib.reader import CheckpointReader, TensorInfo, check_numpy_rank
+from ckptlib.reader import CheckpointReader, TensorInfo, check_numpy_rank, too_large_if_out_of_memory
 from ckptlib.storage import LocalFile
 
 _SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
@@ -79,6 +86,7 @@ def v1_files(prefix: str) -> list[str]:
 class V1Reader(CheckpointReader):
     """A legacy V1 checkpoint, with the same interface as ``BundleReader``."""
 
+    @too_large_if_out_of_memory
     def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True):
         self.prefix = os.fspath(prefix)
         paths = v1_files(self.prefix)
@@ -158,6 +166,7 @@ class V1Reader(CheckpointReader):
             len(tensor.slices) if len(tensor.slices) > 1 else 0,
         )
 
+    @too_large_if_out_of_memory
     def get_tensor(self, name: str) -> np.ndarray:
         tensor = self._tensor(name)
         try:
@@ -177,6 +186,8 @@ class V1Reader(CheckpointReader):
         except CheckpointError as e:
             raise e.with_context(path=self.prefix, tensor=name) from None
         row = dtypes.lookup(tensor.dtype)
+        if len(pieces) == 1:  # the common case: one slice, the whole tensor, already its own array
+            return pieces[0][1]
         out = np.empty(tensor.shape, dtype=row.numpy if row.numpy is not None else object)
         for bounds, values in pieces:
             out[region(bounds)] = values
@@ -211,8 +222,25 @@ def _parse(value: bytes) -> SavedTensorSlices:
     try:
         record.ParseFromString(value)
     except DecodeError:
+        # The protobuf parser reports running out of memory as a decode error.
+        if value and not _could_allocate(_PARSED_BYTES_PER_BYTE * len(value)):
+            raise CheckpointTooLargeError(f"a {len(value)}-byte V1 record is too large for this memory") from None
         raise CorruptCheckpointError("a V1 record is not parseable") from None
     return record
+
+
+# Parsed, a record may take this many times its size: a 1-byte varint becomes an 8-byte
+# int64, in a repeated field that grows by doubling.
+_PARSED_BYTES_PER_BYTE = 16
+
+
+def _could_allocate(nbytes: int) -> bool:
+    """Whether this process can have ``nbytes`` more memory now (reserved, not touched)."""
+    try:
+        mmap.mmap(-1, nbytes).close()
+    except (OSError, MemoryError, OverflowError, ValueError):
+        return False
+    return True
 
 
 def _values(proto: TensorProto, dtype: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -242,7 +270,7 @@ def _values(proto: TensorProto, dtype: int, shape: tuple[int, ...]) -> np.ndarra
     elif dtype in (dtypes.DT_HALF, dtypes.DT_BFLOAT16):
         values = values.astype("<u2").view(row.numpy)
     else:
-        values = values.astype(row.numpy)
+        values = values.astype(row.numpy, copy=False)
     if values.size != count:
         raise CorruptCheckpointError(f"slice holds {values.size} values, expected {count}")
     return values.reshape(shape)
