@@ -181,52 +181,77 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if args.tensor is not None and args.tensor not in reader:
             raise ckptlib.TensorNotFoundError("no such tensor", path=reader.prefix, tensor=args.tensor)
         selected = [args.tensor] if args.tensor is not None else names
-        infos = [reader.tensor_info(name) for name in selected]
-        stats: dict[str, dict[str, Any]] = {}
-        values: dict[str, np.ndarray] = {}
-        progress = _Progress("reading")
         want_values = args.all or args.tensor is not None
-        if args.stats or want_values:
-            for i, name in enumerate(selected):
-                array = reader.get_tensor(name)
-                if args.stats:
-                    stats[name] = _stats(array)
-                if want_values:
-                    values[name] = array
-                progress(i + 1, len(selected))
-        total = sum(info.nbytes for info in infos)
+        width = max([len(name) for name in selected] + [4])
+        header = f"{'NAME':{width}}  {'DTYPE':18}  {'SHAPE':18}  {'SIZE':>10}  SHARD\n"
+        if args.json:  # the document around the rows, written as _emit_json would
+            document = {"prefix": reader.prefix, "files": reader.files, "tensors": _ROWS, "total_bytes": _TOTAL}
+            opening, rest = _json_text(document).split(_json_text(_ROWS))
+            between, closing = rest.split(_json_text(_TOTAL))
+            header = opening + "[\n"
+        # One tensor at a time, printed before the next is read: a checkpoint of a million
+        # tensors is never held in memory whole. The header waits for the first tensor, so
+        # that nothing is printed if it cannot be read.
+        total = 0
+        for i, name in enumerate(selected):
+            info = reader.tensor_info(name)
+            total += info.nbytes
+            array = reader.get_tensor(name) if args.stats or want_values else None
+            stats = _stats(array) if args.stats and array is not None else None
+            value = array if want_values else None
+            sys.stdout.write(header if i == 0 else ",\n" if args.json else "")
+            if args.json:
+                sys.stdout.write(_json_text(_inspect_row(info, stats, value), indent=4))
+            else:
+                _print_inspect_row(info, width, stats, value)
         if args.json:
-            rows = []
-            for info in infos:
-                row: dict[str, Any] = {
-                    "name": info.name,
-                    "dtype": info.dtype,
-                    "shape": list(info.shape),
-                    "nbytes": info.nbytes,
-                    "shard": info.shard,
-                    "slices": info.num_slices,
-                }
-                if info.name in stats:
-                    row["stats"] = stats[info.name]
-                if info.name in values:
-                    row["value"] = _json_value(values[info.name])
-                rows.append(row)
-            _emit_json({"prefix": reader.prefix, "files": reader.files, "tensors": rows, "total_bytes": total})
+            sys.stdout.write(("\n  ]" if selected else opening + "[]") + f"{between}{total}{closing}\n")
             return 0
-        width = max([len(info.name) for info in infos] + [4])
-        print(f"{'NAME':{width}}  {'DTYPE':18}  {'SHAPE':18}  {'SIZE':>10}  SHARD")
-        for info in infos:
-            shard = "-" if info.shard is None else str(info.shard)
-            if info.num_slices:
-                shard += f" ({info.num_slices} slices)"
-            print(f"{info.name:{width}}  {info.dtype:18}  {list(info.shape)!s:18}  {_human(info.nbytes):>10}  {shard}")
-            if stats.get(info.name):
-                print("    " + "  ".join(f"{k}={_short(v)}" for k, v in stats[info.name].items()))
-            if info.name in values:
-                for line in _format_value(values[info.name]).splitlines():
-                    print("    " + line)
-        print(f"{len(infos)} tensor(s), {_human(total)} in {len(reader.files)} file(s): {reader.prefix}")
+        if not selected:
+            sys.stdout.write(header)
+        print(f"{len(selected)} tensor(s), {_human(total)} in {len(reader.files)} file(s): {reader.prefix}")
     return 0
+
+
+# Stand for the rows and the total in inspect's --json document; no path holds a NUL.
+_ROWS = "\0rows\0"
+_TOTAL = "\0total\0"
+
+
+def _json_text(data: Any, indent: int = 0) -> str:
+    """``data`` as ``_emit_json`` writes it, every line but the first indented by ``indent``."""
+    text = json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+    return " " * indent + text.replace("\n", "\n" + " " * indent) if indent else text
+
+
+def _inspect_row(info: ckptlib.reader.TensorInfo, stats: dict[str, Any] | None, value: np.ndarray | None) -> Any:
+    row: dict[str, Any] = {
+        "name": info.name,
+        "dtype": info.dtype,
+        "shape": list(info.shape),
+        "nbytes": info.nbytes,
+        "shard": info.shard,
+        "slices": info.num_slices,
+    }
+    if stats is not None:
+        row["stats"] = stats
+    if value is not None:
+        row["value"] = _json_value(value)
+    return row
+
+
+def _print_inspect_row(
+    info: ckptlib.reader.TensorInfo, width: int, stats: dict[str, Any] | None, value: np.ndarray | None
+) -> None:
+    shard = "-" if info.shard is None else str(info.shard)
+    if info.num_slices:
+        shard += f" ({info.num_slices} slices)"
+    print(f"{info.name:{width}}  {info.dtype:18}  {list(info.shape)!s:18}  {_human(info.nbytes):>10}  {shard}")
+    if stats:
+        print("    " + "  ".join(f"{k}={_short(v)}" for k, v in stats.items()))
+    if value is not None:
+        for line in _format_value(value).splitlines():
+            print("    " + line)
 
 
 def _short(value: Any) -> str:
@@ -434,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ckptlib.CheckpointError, OSError) as e:
         print(f"ckptlib {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:  # outside the reader, which says which checkpoint (a CheckpointError)
+        print(f"ckptlib {args.command}: error: too large for this memory{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
