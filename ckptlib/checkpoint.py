@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import re
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptChec
 from ckptlib.reader import BundleReader, CheckpointReader
 from ckptlib.reader_v1 import V1Reader, v1_files
 from ckptlib.state import get_checkpoint_state
-from ckptlib.writer import data_filename, index_filename, recover_interrupted_saves
+from ckptlib.writer import data_filename, index_filename
 
 logger = logging.getLogger("ckptlib")
 
@@ -71,33 +72,89 @@ def checkpoint_exists(prefix: PathLike) -> bool:
     return all(os.path.exists(data_filename(prefix, i, num_shards)) for i in range(num_shards))
 
 
-def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: str | None = None) -> str | None:
+def latest_checkpoint(
+    checkpoint_dir: PathLike, latest_filename: str | None = None, *, verify: bool = False
+) -> str | None:
     """The newest complete checkpoint the directory's state file lists, or None.
 
     Like ``tf.train.latest_checkpoint``, except that when the newest recorded checkpoint is
     missing or incomplete, the newest complete one listed before it is returned (with a
-    warning) instead of None. A checkpoint whose overwrite was interrupted by a kill is
-    first put back (see ``writer.recover_interrupted_saves``).
+    warning) instead of None. With ``verify``, the newest one whose every block and tensor
+    checksum verifies (``CheckpointReader.verify``): a damaged checkpoint is skipped with a
+    warning naming it and what is wrong, so that a training job resumes from the newest
+    intact one.
+
+    Only reads: what a killed save left behind is repaired by the next save, never here.
     """
-    with contextlib.suppress(OSError):  # best effort: the directory may be read-only
-        recover_interrupted_saves(os.fspath(checkpoint_dir))
+    directory = os.fspath(checkpoint_dir)
     try:
-        state = get_checkpoint_state(checkpoint_dir, latest_filename)
+        state = get_checkpoint_state(directory, latest_filename)
     except CorruptCheckpointError as e:
         logger.warning("ignoring unreadable checkpoint state: %s", e)
         return None
     if state is None:
         return None
-    candidates = [state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]
-    for i, prefix in enumerate(dict.fromkeys(candidates)):
-        if checkpoint_exists(prefix):
-            if i:
-                logger.warning(
-                    "newest checkpoint %s is missing or incomplete; using %s", state.model_checkpoint_path, prefix
-                )
-            return prefix
-    logger.warning("none of the checkpoints listed in %s exist", os.fspath(checkpoint_dir))
+    candidates = dict.fromkeys([state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)])
+    skipped: list[str] = []
+    for prefix in _present(candidates):
+        if not checkpoint_exists(prefix):
+            continue
+        problems = _verification_problems(prefix) if verify else []
+        if problems:
+            logger.warning("skipping damaged checkpoint %s: %s", prefix, problems[0])
+            skipped.append(prefix)
+            continue
+        if prefix != state.model_checkpoint_path:
+            logger.warning(
+                "newest checkpoint %s is %s; using %s",
+                state.model_checkpoint_path,
+                "damaged" if state.model_checkpoint_path in skipped else "missing or incomplete",
+                prefix,
+            )
+        return prefix
+    logger.warning("none of the checkpoints listed in %s %s", directory, "verify" if skipped else "exist")
     return None
+
+
+def _present(prefixes: Iterable[str]) -> Iterator[str]:
+    """Those of ``prefixes`` (in order) with an index or V1 file in their directory. Each
+    directory is listed once: a state file may list hundreds of thousands of paths."""
+    listings: dict[str, _Listing] = {}
+    for prefix in prefixes:
+        directory, name = os.path.split(prefix)
+        listing = listings.get(directory)
+        if listing is None:
+            listing = listings[directory] = _Listing(directory)
+        if listing.may_hold(name):
+            yield prefix
+
+
+class _Listing:
+    """The names in one directory, as far as checkpoints go."""
+
+    def __init__(self, directory: str):
+        try:
+            names = os.listdir(directory or ".")
+        except OSError:
+            names = []
+        self.names = set(names)
+        self.v1_stems = {match.group(1) for match in map(_V1_SHARD.fullmatch, names) if match}
+
+    def may_hold(self, name: str) -> bool:
+        if any(c in name for c in "*?["):  # a glob recorded for a sharded V1 save
+            return True
+        return name + ".index" in self.names or name in self.names or name in self.v1_stems
+
+
+_V1_SHARD = re.compile(r"(.+)-\d{5}-of-\d{5}")
+
+
+def _verification_problems(prefix: str) -> list[CheckpointError]:
+    try:
+        with load_checkpoint(prefix) as reader:
+            return reader.verify()
+    except CheckpointError as e:
+        return [e]
 
 
 _DATA_SUFFIX = ".data-"

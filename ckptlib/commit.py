@@ -18,6 +18,7 @@ previous latest checkpoint restorable:
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -32,6 +33,7 @@ from ckptlib.state import (
     read_state_file,
     relative_to,
     resolve,
+    resolve_all,
     state_file_path,
     state_lock,
     write_state_file,
@@ -64,7 +66,7 @@ def read_listing(directory: str, latest_filename: str | None) -> Listing | None:
         return None
     if state is None:
         return None
-    paths = [resolve(directory, p) for p in state.all_model_checkpoint_paths]
+    paths = resolve_all(directory, state.all_model_checkpoint_paths)
     times = list(state.all_model_checkpoint_timestamps)
     has_timestamps = len(times) == len(paths)
     if not has_timestamps:
@@ -150,9 +152,13 @@ def inside(directory: str, prefix: str) -> bool:
 def owner(directory: str, name_pattern: re.Pattern[str]) -> Callable[[str], bool]:
     """A predicate: is a prefix one of those a saver makes, i.e. in ``directory`` and with a
     basename matching ``name_pattern`` entirely?"""
+    real_parent = functools.lru_cache(maxsize=16)(lambda parent: os.path.realpath(parent or "."))
 
     def owns(prefix: str) -> bool:
-        return inside(directory, prefix) and name_pattern.fullmatch(os.path.basename(prefix)) is not None
+        name = os.path.basename(prefix)
+        if name in ("", ".", "..") or name_pattern.fullmatch(name) is None:
+            return False
+        return real_parent(os.path.dirname(prefix)) == real_parent(directory)
 
     return owns
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -10,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ckptlib.checkpoint import checkpoint_exists
+from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
 from ckptlib.commit import (
     delete_noted,
     deletion_journal,
@@ -20,10 +21,13 @@ from ckptlib.commit import (
     read_listing,
     update_state,
 )
-from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
+from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidTensorError
 from ckptlib.restore import RestoreReport, restore
+from ckptlib.save_lock import repair_if_idle, saving
 from ckptlib.values import flatten
 from ckptlib.writer import BundleWriter, recover_interrupted_saves
+
+logger = logging.getLogger("ckptlib")
 
 
 class CheckpointManager:
@@ -67,10 +71,12 @@ class CheckpointManager:
         self._last_checkpoint_step: int | None = None
         self._num_shards = num_shards
         self._sync = sync
-        self._pattern = re.compile(re.escape(checkpoint_name) + r"-(\d+)")
+        self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
         self._owner = owner(self._directory, self._pattern)
         self._managed: OrderedDict[str, float] = OrderedDict()
         self._journal = deletion_journal(self._directory, None, checkpoint_name)
+        # Like TF's, a manager is a writer from the start: it finishes what a killed one left.
+        repair_if_idle(self._directory, self._repair)
         finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
         self._recover()
 
@@ -130,13 +136,19 @@ class CheckpointManager:
         tensors = flatten(state)
         if not tensors:
             raise InvalidTensorError("nothing to save: the state is empty")
-        self._counter += 1
-        number = self._counter if checkpoint_number is None else int(checkpoint_number)
+        number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
-        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
-        writer.add_all(tensors)
-        writer.finish()
+        os.makedirs(self._directory or ".", exist_ok=True)
+        with saving(self._directory, self._repair):
+            writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
+            writer.add_all(tensors)
+            writer.finish()
+            self._counter += 1
+            self._commit(prefix)
+        return prefix
 
+    def _commit(self, prefix: str) -> None:
+        """Name ``prefix`` in the state file, then delete what rotation dropped."""
         timestamp = time.time()
         self._managed.pop(prefix, None)
         self._managed[prefix] = timestamp
@@ -146,27 +158,47 @@ class CheckpointManager:
         try:
             note_deletions(self._journal, doomed, self._sync)
             self._record_state()
-        except Exception:
+        except BaseException:  # a KeyboardInterrupt too
             # still listed: they stay managed (the new checkpoint too), deleted by a later save
             self._managed, self._last_preserved = before
             raise
         delete_noted(self._directory, self._journal, doomed, meta=False)  # no longer listed
-        recover_interrupted_saves(self._directory)
-        return prefix
+
+    def _repair(self) -> None:
+        """What killed saves of this manager's checkpoints left (see ``save_lock``)."""
+        recover_interrupted_saves(self._directory, self._owner)
 
     def restore_or_initialize(
         self, into: Mapping[str, Any] | None = None, init_fn: Callable[[], Any] | None = None
     ) -> str | None:
-        """Restore the latest checkpoint into ``into`` and return its prefix; with none,
-        call ``init_fn`` (if given) and return None."""
-        latest = self.latest_checkpoint
-        if latest is not None:
-            if into is not None:
-                self.restore(into, latest)
+        """Restore the newest intact checkpoint into ``into`` and return its prefix; with
+        none, call ``init_fn`` (if given) and return None.
+
+        A damaged or incomplete checkpoint is skipped with a warning naming it and the
+        damage, and the one before it is tried: a restore is all or nothing, so ``into``
+        holds either one whole checkpoint or what it held before. Without ``into``, each
+        candidate is verified instead (every checksum read).
+        """
+        candidates = [self._latest] if self._latest is not None else []
+        candidates += [p for p in reversed(self._managed) if p != self._latest]
+        for prefix in candidates:
+            if not checkpoint_exists(prefix):
+                continue
+            try:
+                if into is not None:
+                    restore(prefix, into=into)
+                else:
+                    with load_checkpoint(prefix) as reader:
+                        problems = reader.verify()
+                    if problems:
+                        raise problems[0]
+            except (CorruptCheckpointError, CheckpointNotFoundError) as e:
+                logger.warning("skipping damaged checkpoint %s: %s", prefix, e)
+                continue
             if self._checkpoint_interval is not None:
                 assert self._step_counter is not None
                 self._last_checkpoint_step = int(self._step_counter())
-            return latest
+            return prefix
         if init_fn is not None:
             init_fn()
         return None

@@ -17,7 +17,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -40,15 +40,16 @@ from ckptlib.format.strings import encode_strings
 from ckptlib.format.table import TableReader
 from ckptlib.format.vector_coding import concat_segments
 from ckptlib.gc_pause import gc_paused
+from ckptlib.save_lock import saving
 from ckptlib.shard_writer import write_shards
 from ckptlib.storage import (
     ASIDE_MARKER,
+    TEMP_MARKER,
     LocalFile,
     aside_path,
     fsync_dir,
+    leftover_files,
     remove_quietly,
-    remove_stale_temps,
-    stale_files,
     write_temp,
 )
 from ckptlib.values import flatten, to_array
@@ -313,10 +314,16 @@ class BundleWriter:
         The shards are written in parallel while this thread checksums every tensor and
         builds the index (see ``shard_writer``). On any failure every temporary file is
         removed and an existing bundle at the same prefix is left as it was (see ``_install``).
+        If no other save is running in the directory, what a killed save of this same prefix
+        left behind is repaired first (see ``recover_interrupted_saves``).
         """
         directory = os.path.dirname(self.prefix)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        with saving(directory, lambda: recover_interrupted_saves(directory, self.prefix.__eq__)):
+            return self._write()
+
+    def _write(self) -> str:
         nbytes = self._pending.nbytes() if self._num_shards > 1 or self._requested_shards is None else None
         if self._requested_shards is None:
             assert self._max_shard_bytes is not None and nbytes is not None
@@ -452,8 +459,8 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
     An existing bundle is first moved aside: its index before its data, so no reader can
     ever pair an old index with new data. On failure the new files are removed and the old
     bundle is put back; on success its leftovers (say, shards of another shard count) go.
-    After a kill, ``recover_interrupted_saves`` puts the old bundle back (or drops it if
-    the new one had been completed).
+    After a kill, ``recover_interrupted_saves``, run by a later save, puts the old bundle
+    back (or drops it if the new one had been completed).
     """
     directory = os.path.dirname(prefix)
     index = index_filename(prefix)
@@ -486,20 +493,25 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
         remove_quietly(aside)
 
 
-def recover_interrupted_saves(directory: str) -> None:
-    """Repair what killed saves left in ``directory``: a bundle that was being replaced gets
-    its old files back unless the new index made it; temporary files are removed.
+def recover_interrupted_saves(directory: str, owns: Callable[[str], bool]) -> None:
+    """Repair what killed saves left in ``directory``: a bundle whose prefix ``owns`` accepts
+    that was being replaced gets its old files back unless the new index made it, and the
+    temporary files of those bundles and of the directory's state and journal files go.
 
-    Only files of writers that are gone are touched (see ``storage.stale_files``).
+    Only for a caller holding the directory's save lock exclusively (``save_lock``): every
+    writer of these files is gone then. Other savers' bundles are theirs to repair.
     """
     by_prefix: dict[str, dict[str, str]] = {}
-    for aside, final in stale_files(directory, ASIDE_MARKER):
+    for aside, final in leftover_files(directory, ASIDE_MARKER):
         prefix = _bundle_prefix(final)
-        if prefix is not None:
+        if prefix is not None and owns(prefix):
             by_prefix.setdefault(prefix, {})[final] = aside
     for prefix, asides in by_prefix.items():
         _recover_bundle(prefix, asides)
-    remove_stale_temps(directory)
+    for temp, final in leftover_files(directory, TEMP_MARKER):
+        prefix = _bundle_prefix(final)
+        if prefix is None or owns(prefix):
+            remove_quietly(temp)
 
 
 def _bundle_prefix(path: str) -> str | None:

@@ -74,7 +74,8 @@ def assert_identical(got: np.ndarray, want: np.ndarray) -> None:
 
 
 def listing(path: Path) -> list[str]:
-    return sorted(os.listdir(path)) if path.exists() else []
+    """The visible files (the hidden save lock left out)."""
+    return sorted(n for n in os.listdir(path) if not n.startswith(".")) if path.exists() else []
 
 
 # -- strategies ------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def test_random_bundles_round_trip(tmp_path: Path, tensors: dict[str, np.ndarray
     with tempfile.TemporaryDirectory(dir=tmp_path) as d:
         prefix = os.path.join(d, "ckpt")
         ckptlib.save(tensors, prefix, num_shards=num_shards, sync=False)
-        files = sorted(os.listdir(d))
+        files = sorted(n for n in os.listdir(d) if not n.startswith("."))
         assert files == sorted(["ckpt.index"] + [f"ckpt.data-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)])
         restored = ckptlib.restore(prefix)
         assert restored.keys() == tensors.keys()
