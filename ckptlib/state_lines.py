@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 from google.protobuf import text_encoding
 
+# A string takes only the escapes protobuf's CEscape writes; any other goes to the reference.
 _LINE = re.compile(
-    r'(?P<s>model_checkpoint_path|all_model_checkpoint_paths): "(?P<text>(?:[^"\\\n]|\\[^\n])*)"'
+    r'(?P<s>model_checkpoint_path|all_model_checkpoint_paths): "(?P<text>(?:[^"\\\n]|\\[0-7nrt"\'\\])*)"'
     r"|(?P<n>all_model_checkpoint_timestamps|last_preserved_timestamp): "
     r"(?P<number>-?(?:inf|nan|(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?))"
 )
