@@ -305,10 +305,8 @@ def test_keep_every_n_hours_clock_is_read_at_construction(tmp_path: Path, clock:
 
 
 def test_clock_stepping_back_keeps_save_order(tmp_path: Path, clock: Clock) -> None:
-    """BUG (commit.py:96, ``update_state`` sorts every entry by timestamp): when the wall clock
-    steps back between saves (NTP, VM migration), the state file lists the newest checkpoint
-    first. TF lists in save order, newest last (``model_checkpoint_path`` == last entry).
-    Fix: keep this saver's entries in save order and list the latest last."""
+    """When the wall clock steps back between saves (NTP, VM migration), the state file
+    still lists checkpoints in save order, newest last, as TF does."""
     saver = ckptlib.Saver(max_to_keep=3)
     for step, now in [(1, 1000.0), (2, 2000.0), (3, 500.0)]:  # the clock jumps back before step 3
         clock.now = now
@@ -318,10 +316,9 @@ def test_clock_stepping_back_keeps_save_order(tmp_path: Path, clock: Clock) -> N
 
 
 def test_restart_after_the_clock_stepped_back_deletes_the_oldest(tmp_path: Path, clock: Clock) -> None:
-    """BUG (saver.py:207, ``_recover_from_state_file`` sorts adopted checkpoints by timestamp):
-    a state file in save order (1, 2, 3) whose timestamps went back at 3 makes the restarted
-    Saver delete checkpoint 3 -- the one it just resumed from -- before 1 and 2.
-    Fix: adopt in the state file's order."""
+    """A restarted Saver adopts checkpoints in the state file's (save) order, not by
+    timestamp: with timestamps that went back at 3, it rotates out 1 first and keeps 3, the
+    one it resumed from."""
     for step in (1, 2, 3):
         ckptlib.save(values(step), tmp_path / f"model.ckpt-{step}")
     (tmp_path / "checkpoint").write_text(
@@ -760,12 +757,9 @@ def test_training_loop_resumes_and_rotation_continues_across_restart(tmp_path: P
 
 
 def test_restart_with_a_double_slash_in_the_save_path(tmp_path: Path) -> None:
-    """BUG (saver.py:202, ``_recover_from_state_file``): adopted prefixes are rebuilt as
-    ``os.path.join(save_dir, basename)`` while ``save`` names checkpoints ``f"{save_path}-{step}"``.
-    When the two spellings differ (``run//model.ckpt``, common with ``args.dir + "/model.ckpt"``
-    and a trailing slash), re-saving an adopted step is tracked twice: the state file lists it
-    twice, only ``max_to_keep - 1`` checkpoints are kept, and later rotation deletes the files of
-    a checkpoint the state file still lists."""
+    """A save path spelled with a double slash (``args.dir + "/model.ckpt"`` with a trailing
+    slash): after a restart, re-saving an adopted step tracks it once, the state file lists it
+    once, ``max_to_keep`` checkpoints are kept, and rotation never deletes a listed one."""
     run = str(tmp_path / "run")
     saver = ckptlib.Saver(max_to_keep=3)
     for step in range(5):
@@ -962,13 +956,8 @@ def test_failure_while_renaming_a_shard_keeps_the_previous_checkpoint(tmp_path: 
 
 
 def test_failed_overwrite_keeps_the_existing_bundle(tmp_path: Path) -> None:
-    """BUG (writer.py ``BundleWriter.finish``, the ``remove_quietly(index_filename(self.prefix))``
-    before the shard renames): its docstring promises that on failure "an existing bundle at the
-    same prefix is left as it was", but the old index is deleted before the new shards are
-    renamed, so a failing re-save of a step destroys the checkpoint that was there (here the one
-    the state file names as latest). Fix: move the old index aside (or delete it only once every
-    new shard is renamed) and put it back on failure when no old data file was overwritten; or
-    weaken the docstring."""
+    """A re-save of an existing step that fails while installing its shards leaves the
+    checkpoint that was there (here the latest) whole and listed, with no temporary file."""
     saver = ckptlib.Saver(max_to_keep=5)
     saver.save(values(1), tmp_path / "model.ckpt", global_step=1)
     prefix = saver.save(values(2), tmp_path / "model.ckpt", global_step=2)  # 1 shard

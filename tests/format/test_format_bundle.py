@@ -551,10 +551,7 @@ def test_writer_argument_checks(tmp_path: Path) -> None:
 def test_surrogate_escaped_names(tmp_path: Path, name: str) -> None:
     """The reader names a non-UTF-8 key with surrogateescape (b"\\x80" -> "\\udc80"), so such a
     name must either be written back as those bytes or be refused with InvalidTensorError
-    before any file is written.
-
-    BUG: BundleWriter._key encodes with strict UTF-8 and lets UnicodeEncodeError escape.
-    """
+    before any file is written."""
     out = tmp_path / "out"
     try:
         ckptlib.save({name: np.int8(1)}, out / "ckpt")
