@@ -70,3 +70,21 @@ def test_a_state_that_is_not_a_mapping_is_a_type_error(tmp_path: Path, state: ob
     prefix = ckptlib.save({"x": np.ones(2)}, tmp_path / "d")
     with pytest.raises(ckptlib.InvalidStructureError, match="takes a mapping"):
         ckptlib.restore(prefix, into=state)  # type: ignore[call-overload]
+
+
+# -- an empty state: one rule everywhere ----------------------------------------------------
+def test_an_empty_state_saves_a_checkpoint_of_no_tensors_everywhere(tmp_path: Path) -> None:
+    """``save``, ``Saver.save`` and ``CheckpointManager.save`` all write an index holding only
+    its header (as TensorFlow does for an empty ``tf.train.Checkpoint``), and it restores as {}."""
+    prefixes = [
+        ckptlib.save({}, tmp_path / "plain"),
+        ckptlib.Saver().save({}, str(tmp_path / "saver" / "model.ckpt"), global_step=1),
+        ckptlib.CheckpointManager(tmp_path / "manager", max_to_keep=2).save({"nested": {}}),
+    ]
+    assert ckptlib.latest_checkpoint(tmp_path / "saver") == prefixes[1]
+    assert ckptlib.latest_checkpoint(tmp_path / "manager") == prefixes[2]
+    for prefix in prefixes:
+        assert prefix is not None and ckptlib.restore(prefix) == {}
+        assert ckptlib.restore(prefix, into={}).restored == []
+        with ckptlib.load_checkpoint(prefix) as reader:
+            assert reader.keys_list() == [] and reader.verify() == []
