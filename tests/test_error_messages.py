@@ -3,13 +3,22 @@ cannot be written, states that are not mappings, and full disks (the file is nam
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
+import sys
+import textwrap
 import types
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ckptlib
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- values that cannot be saved ------------------------------------------------------
@@ -88,3 +97,63 @@ def test_an_empty_state_saves_a_checkpoint_of_no_tensors_everywhere(tmp_path: Pa
         assert ckptlib.restore(prefix, into={}).restored == []
         with ckptlib.load_checkpoint(prefix) as reader:
             assert reader.keys_list() == [] and reader.verify() == []
+
+
+# -- a full disk names the file ------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root and a kernel that lets this process mount)."""
+    where = tmp_path / f"tiny-{uuid.uuid4().hex[:8]}"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_full_disk_names_the_file_being_written(tiny_disk: Path) -> None:
+    with pytest.raises(OSError) as data:
+        ckptlib.save({"x": np.ones(2 << 20, np.uint8)}, tiny_disk / "big")
+    assert data.value.errno == errno.ENOSPC
+    assert data.value.filename == str(tiny_disk / "big.data-00000-of-00001"), data.value
+    assert str(tiny_disk / "big.data-00000-of-00001") in str(data.value)
+    assert os.listdir(tiny_disk) == []  # nothing left behind
+
+    # the data fills the disk exactly: the index is what does not fit
+    with pytest.raises(OSError) as index:
+        ckptlib.save({"x": np.ones(1 << 20, np.uint8)}, tiny_disk / "full")
+    assert index.value.errno == errno.ENOSPC
+    assert index.value.filename == str(tiny_disk / "full.index"), index.value
+    assert os.listdir(tiny_disk) == []
+
+
+# Run in a child whose files may not grow past 64 KiB (RLIMIT_FSIZE; SIGXFSZ ignored, so a
+# write past it fails with EFBIG): the same code path as ENOSPC, without root.
+FSIZE_CHILD = textwrap.dedent(
+    """
+    import errno, resource, signal, sys
+    import numpy as np
+    import ckptlib
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+    try:
+        ckptlib.Saver().save({"x": np.ones(1 << 20, np.uint8)}, sys.argv[1], global_step=3)
+    except OSError as e:
+        print(e.errno == errno.EFBIG, e.filename)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX only")
+def test_a_write_past_the_file_size_limit_names_the_file(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    prefix = tmp_path / "model.ckpt"
+    child = subprocess.run(
+        [sys.executable, "-c", FSIZE_CHILD, str(prefix)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["True", f"{prefix}-3.data-00000-of-00001"], child.stdout
