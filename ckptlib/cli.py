@@ -7,6 +7,7 @@ Every command takes ``--json`` for machine-readable output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -111,14 +112,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         info["time"] = timestamp if timestamp is not None else _index_mtime(prefix)
         rows.append(info)
         seen.add(os.path.realpath(prefix))
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".index"):
-            prefix = os.path.join(directory, name[: -len(".index")])
-            if os.path.realpath(prefix) not in seen:  # complete or not: crash leftovers show
-                info = _describe(prefix)
-                info["listed"] = False
-                info["time"] = _index_mtime(prefix)
-                rows.append(info)
+    for prefix in _indexed_prefixes(directory, seen):  # complete or not: crash leftovers show
+        info = _describe(prefix)
+        info["listed"] = False
+        info["time"] = _index_mtime(prefix)
+        rows.append(info)
     for info in rows:
         info["latest"] = latest is not None and os.path.realpath(info["prefix"]) == os.path.realpath(latest)
     if args.json:
@@ -249,26 +247,109 @@ def _json_value(array: np.ndarray) -> Any:
 
 # -- verify ---------------------------------------------------------------------------
 def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        reader = ckptlib.load_checkpoint(args.path)
-    except ckptlib.CorruptCheckpointError as e:
-        return _verdict(args, str(args.path), [str(e)], 0)
-    with reader:
-        problems = reader.verify(progress=_Progress("verifying"))
-        return _verdict(args, reader.prefix, [str(p) for p in problems], len(reader))
-
-
-def _verdict(args: argparse.Namespace, prefix: str, problems: list[str], count: int) -> int:
+    if os.path.isdir(args.path):
+        return _verify_directory(args, args.path)
+    result = _verify_one(args.path, must_exist=True)
     if args.json:
-        _emit_json({"prefix": prefix, "ok": not problems, "tensors": count, "problems": problems})
+        _emit_json({k: v for k, v in result.items() if k != "labelled"})
     else:
-        for problem in problems:
-            print(f"DAMAGED  {problem}")
-        if problems:
-            print(f"{prefix}: {len(problems)} problem(s) found")
-        else:
-            print(f"{prefix}: OK, {count} tensor(s) verified")
-    return 1 if problems else 0
+        _print_verdict(result)
+    return 0 if result["ok"] else 1
+
+
+def _verify_one(path: str, *, must_exist: bool = False) -> dict[str, Any]:
+    """Verify one checkpoint: ``prefix``, ``ok``, ``tensors`` and ``problems`` (messages),
+    and ``labelled``: each problem with its label for the text output."""
+    labelled: list[tuple[str, str]] = []
+    count = 0
+    prefix = str(path)
+    if not must_exist and os.path.isdir(path):  # a state file listing a directory: not opened, as that would resolve it
+        return _verdict_of(prefix, [("MISSING", f"{prefix}: a directory, not a checkpoint prefix")], 0)
+    try:
+        with ckptlib.load_checkpoint(path) as reader:
+            prefix = reader.prefix
+            labelled = [(_label(p), str(p)) for p in reader.verify(progress=_Progress("verifying"))]
+            with contextlib.suppress(ckptlib.CheckpointError):  # an unreadable index: reported above
+                count = len(reader)
+    except ckptlib.CheckpointNotFoundError as e:
+        if must_exist:
+            raise
+        labelled = [("MISSING", str(e))]
+    except ckptlib.CheckpointError as e:
+        labelled = [(_label(e), str(e))]
+    return _verdict_of(prefix, labelled, count)
+
+
+def _verdict_of(prefix: str, labelled: list[tuple[str, str]], count: int) -> dict[str, Any]:
+    problems = [text for _, text in labelled]
+    return {"prefix": prefix, "ok": not problems, "tensors": count, "problems": problems, "labelled": labelled}
+
+
+def _label(problem: ckptlib.CheckpointError) -> str:
+    return "UNSUPPORTED" if isinstance(problem, ckptlib.UnsupportedFeatureError) else "DAMAGED"
+
+
+def _print_verdict(result: dict[str, Any]) -> None:
+    for label, problem in result["labelled"]:
+        print(f"{label:7}  {problem}")
+    if result["problems"]:
+        print(f"{result['prefix']}: {len(result['problems'])} problem(s) found")
+    else:
+        print(f"{result['prefix']}: OK, {result['tensors']} tensor(s) verified")
+
+
+def _verify_directory(args: argparse.Namespace, directory: str) -> int:
+    """Every checkpoint the state file lists, then every complete one it does not; reads only."""
+    problems: list[str] = []
+    try:
+        listed = _listed_prefixes(directory)
+    except ckptlib.CorruptCheckpointError as e:  # still check what the directory holds
+        problems.append(str(e))
+        listed = []
+    seen = {os.path.realpath(prefix) for prefix in listed}
+    unlisted = [p for p in _indexed_prefixes(directory, seen) if ckptlib.checkpoint_exists(p)]
+    if not listed and not unlisted and not problems:
+        raise ckptlib.CheckpointNotFoundError("no checkpoints in this directory", path=directory)
+    results = [{**_verify_one(p), "listed": True} for p in listed]
+    results += [{**_verify_one(p), "listed": False} for p in unlisted]
+    bad = sum(not r["ok"] for r in results)
+    ok = not bad and not problems
+    if args.json:
+        rows = [{k: v for k, v in r.items() if k != "labelled"} for r in results]
+        _emit_json({"directory": directory, "ok": ok, "checkpoints": rows, "problems": problems})
+        return 0 if ok else 1
+    for problem in problems:
+        print(f"DAMAGED  {problem}")
+    for result in results:
+        _print_verdict(result)
+    if ok:
+        print(f"{directory}: OK, {len(results)} checkpoint(s) verified")
+    else:
+        state = ", state file unreadable" if problems else ""
+        print(f"{directory}: {bad} of {len(results)} checkpoint(s) with problems{state}")
+    return 0 if ok else 1
+
+
+def _listed_prefixes(directory: str) -> list[str]:
+    """The prefixes the state file lists, oldest first, the latest last if not among them."""
+    state = ckptlib.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path not in paths:
+        paths.append(state.model_checkpoint_path)
+    return list(dict.fromkeys(paths))
+
+
+def _indexed_prefixes(directory: str, seen: set[str]) -> list[str]:
+    """Prefixes of the ``.index`` files in ``directory`` whose real path is not in ``seen``."""
+    found = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".index"):
+            prefix = os.path.join(directory, name[: -len(".index")])
+            if os.path.realpath(prefix) not in seen:
+                found.append(prefix)
+    return found
 
 
 # -- diff -----------------------------------------------------------------------------
