@@ -97,7 +97,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         tensor read as ``get_tensor`` reads it: its dtype, shape and size, its place inside
         its shard, its slices, its string lengths and its checksum. Tensors ckptlib cannot
         decode (DT_VARIANT, an unknown dtype) are reported as ``UnsupportedFeatureError``,
-        since restore refuses them too. ``progress(done, total)`` is called after each tensor.
+        since restore refuses them too. Entries that claim the same bytes are reported alone,
+        without reading any tensor. ``progress(done, total)`` is called after each tensor.
         """
         try:
             self._verify_structure()
@@ -105,6 +106,8 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         except CheckpointError as e:
             return [e]
         problems = self._verify_layout()
+        if problems:  # entries claiming the same bytes: reading each could cost the file's size per entry
+            return problems
         for i, name in enumerate(names):
             try:
                 self._verify_tensor(name)

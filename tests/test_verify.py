@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,17 @@ def test_entries_sharing_bytes_are_reported(tmp_path: Path) -> None:
     assert restore_outcomes(prefix)[1] == "CorruptCheckpointError"
     problems = verify(prefix)
     assert len(problems) == 1 and "overlap" in str(problems[0]) and str(tmp_path / "m") in str(problems[0])
+
+
+def test_many_entries_sharing_bytes_are_reported_without_reading_them(tmp_path: Path) -> None:
+    """20,000 names for one 4 MiB region would cost 80 GiB of checksums if each were read."""
+    data = bytes(4 << 20)
+    alias = entry(1, (1 << 20,), data)
+    prefix = write_bundle(tmp_path / "m", [(f"t{i:05d}".encode(), alias) for i in range(20_000)], data)
+    start = time.monotonic()
+    problems = verify(prefix)
+    assert time.monotonic() - start < 5
+    assert len(problems) == 1 and "overlap" in str(problems[0])
 
 
 def metaindex_offset(index: Path) -> int:
