@@ -165,7 +165,7 @@ def test_verify_agrees_with_restore_on_random_damage(tmp_path: Path) -> None:
     writer.add_slice("p", [4, 2], "0,2:-", np.zeros((2, 2), np.float32))
     writer.add_slice("p", [4, 2], "2,2:-", np.ones((2, 2), np.float32))
     writer.finish()
-    names = sorted(os.listdir(base))
+    names = sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and p.stat().st_size)
     rng = random.Random(13)
     for trial in range(150):
         case = Path(shutil.copytree(base, tmp_path / f"t{trial}"))
