@@ -21,7 +21,7 @@ from ckptlib.commit import (
     read_listing,
     update_state,
 )
-from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidTensorError
+from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.save_lock import repair_if_idle, saving
 from ckptlib.values import flatten
@@ -123,7 +123,8 @@ class CheckpointManager:
         self, state: Mapping[str, Any], checkpoint_number: int | None = None, check_interval: bool = True
     ) -> str | None:
         """Save ``state`` as the next checkpoint; returns its prefix, or None when
-        ``checkpoint_interval`` says it is too early."""
+        ``checkpoint_interval`` says it is too early. An empty ``state`` saves a checkpoint
+        of no tensors, as ``tf.train.CheckpointManager`` does."""
         if self._checkpoint_interval is not None:
             assert self._step_counter is not None
             step = int(self._step_counter())
@@ -134,8 +135,6 @@ class CheckpointManager:
                     return None
             self._last_checkpoint_step = step
         tensors = flatten(state)
-        if not tensors:
-            raise InvalidTensorError("nothing to save: the state is empty")
         number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
         os.makedirs(self._directory or ".", exist_ok=True)

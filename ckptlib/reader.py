@@ -90,26 +90,39 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         """Read one tensor (strings as an object array of ``bytes``), checksums verified."""
 
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[CheckpointError]:
-        """Check every block and every tensor; returns the problems found (empty: intact).
+        """Check everything a restore checks; returns the problems found (empty: ``restore``
+        and ``get_tensor`` succeed on every tensor).
 
-        Tensors of dtypes ckptlib cannot decode (DT_VARIANT) are not counted as damage.
-        ``progress(done, total)`` is called after each tensor."""
+        Every block of the index (the metaindex too) and every entry is checked, and every
+        tensor read as ``get_tensor`` reads it: its dtype, shape and size, its place inside
+        its shard, its slices, its string lengths and its checksum. Tensors ckptlib cannot
+        decode (DT_VARIANT, an unknown dtype) are reported as ``UnsupportedFeatureError``,
+        since restore refuses them too. Entries that claim the same bytes are reported alone,
+        without reading any tensor. ``progress(done, total)`` is called after each tensor.
+        """
         try:
             self._verify_structure()
             names = self.keys_list()
         except CheckpointError as e:
             return [e]
-        problems: list[CheckpointError] = []
+        problems = self._verify_layout()
+        if problems:  # entries claiming the same bytes: reading each could cost the file's size per entry
+            return problems
         for i, name in enumerate(names):
             try:
-                self.get_tensor(name)
-            except UnsupportedFeatureError:
-                pass  # valid but not decodable here (DT_VARIANT): not damage
+                self._verify_tensor(name)
             except CheckpointError as e:
                 problems.append(e)
             if progress is not None:
                 progress(i + 1, len(names))
         return problems
+
+    def _verify_layout(self) -> list[CheckpointError]:
+        """Checks a whole-checkpoint restore makes beyond those of each tensor."""
+        return []
+
+    def _verify_tensor(self, name: str) -> None:
+        self.get_tensor(name)
 
     @abstractmethod
     def _verify_structure(self) -> None:
@@ -433,6 +446,37 @@ class BundleReader(CheckpointReader):
     def _verify_structure(self) -> None:
         with self._context():
             self._table.verify_all()
+
+    def _verify_layout(self) -> list[CheckpointError]:
+        with self._context():
+            table = self._table.columns()
+        starts, ends = table.value_starts, table.value_ends
+        if table.keys and table.keys[0] == HEADER_KEY:
+            starts, ends = starts[1:], ends[1:]
+        try:
+            columns, rest = decode_plain_entries_at(table.data, starts, ends)
+        except CheckpointError:
+            return []  # as in read_all: each damaged entry is reported by its tensor
+        try:
+            self._refuse_aliasing(columns, rest)
+        except CheckpointError as e:
+            return [e.with_context(path=self._index_path)]
+        return []
+
+    def _verify_tensor(self, name: str) -> None:
+        """``get_tensor``; for a tensor of a dtype it cannot decode (DT_VARIANT), its bytes'
+        place and checksum are checked before that is reported, so damage shows as damage."""
+        try:
+            self.get_tensor(name)
+        except UnsupportedFeatureError:
+            entry = self.entry(name)
+            if not entry.slices:
+                with self._context(tensor=name):
+                    shard = self._check_location(entry)  # bounds the buffer below by the file's size
+                    if self.verify_checksums:
+                        raw = memoryview(bytearray(entry.size))
+                        self._check_crc(entry, _read_checksummed(shard, entry.offset, raw, True) or 0, shard)
+            raise
 
     def close(self) -> None:
         self._index.close()

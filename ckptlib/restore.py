@@ -10,7 +10,14 @@ from typing import Any, overload
 import numpy as np
 
 from ckptlib.checkpoint import load_checkpoint
-from ckptlib.errors import DtypeMismatchError, InvalidTensorError, RestoreMismatchError, ShapeMismatchError
+from ckptlib.errors import (
+    DtypeMismatchError,
+    InvalidStructureError,
+    InvalidTensorError,
+    ReadOnlyTargetError,
+    RestoreMismatchError,
+    ShapeMismatchError,
+)
 from ckptlib.format import dtypes
 from ckptlib.reader import CheckpointReader
 
@@ -71,9 +78,10 @@ def restore(
 
     Every target is checked before anything is written. A shape or dtype mismatch, and in
     ``strict`` mode (the default) any target the checkpoint lacks or stored tensor no
-    target takes, raises a ``RestoreMismatchError`` (``ShapeMismatchError`` or
-    ``DtypeMismatchError`` when those are the only problems) listing every offending name
-    with what was expected and found.
+    target takes, raises a ``RestoreMismatchError`` (``ShapeMismatchError``,
+    ``DtypeMismatchError`` or ``ReadOnlyTargetError`` when those are the only problems)
+    listing every offending name with what was expected and found. ``into`` that is not a
+    mapping raises ``InvalidStructureError``.
 
     Numeric tensors returned without ``into`` are copy-on-write views of the memory-mapped
     files (``mmap=True``, see ``load_checkpoint``). With ``into`` and ``mmap=True``, when the
@@ -82,6 +90,10 @@ def restore(
     they were; otherwise (and with ``mmap=False``) numpy targets are filled one by one,
     straight from the files.
     """
+    if into is not None and not isinstance(into, Mapping):
+        raise InvalidStructureError(
+            f"restore(into=...) takes a mapping of names to arrays (a dict), got {type(into).__name__}"
+        )
     with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
         if into is None:
             return reader.read_all()
@@ -121,7 +133,7 @@ def _check(
     wanted = {t.name for t in targets}
     missing = sorted(wanted - stored)
     unexpected = sorted(stored - wanted)
-    shape_problems, dtype_problems = [], []
+    shape_problems, dtype_problems, readonly_problems = [], [], []
     for target in targets:
         if target.name not in stored:
             continue
@@ -135,10 +147,13 @@ def _check(
         if target_dtype is not None and target_dtype != dtype:
             dtype_problems.append(f"{target.name}: target dtype {target_dtype}, checkpoint has {dtype}")
         if isinstance(target.leaf, np.ndarray) and not target.leaf.flags.writeable:
-            shape_problems.append(f"{target.name}: the target array is read-only")
+            readonly_problems.append(f"{target.name}: the target array is read-only")
         if target_shape is None and not isinstance(target.parent, MutableMapping):
-            shape_problems.append(f"{target.name}: {type(target.leaf).__name__} cannot be updated in place")
-    problems = shape_problems + dtype_problems
+            readonly_problems.append(
+                f"{target.name}: {type(target.leaf).__name__} in a {type(target.parent).__name__} "
+                "cannot be updated in place"
+            )
+    problems = shape_problems + dtype_problems + readonly_problems
     if strict:
         problems += [f"{name}: missing from the checkpoint" for name in missing]
         problems += [f"{name}: in the checkpoint but not in the restore target" for name in unexpected]
@@ -149,6 +164,8 @@ def _check(
         elif problems == dtype_problems:
             kind = DtypeMismatchError
         detail = "\n  ".join(problems)
+        if problems == readonly_problems:
+            raise ReadOnlyTargetError(f"{len(problems)} target(s) cannot be written:\n  {detail}", path=reader.prefix)
         raise kind(f"{len(problems)} tensor(s) do not fit:\n  {detail}", path=reader.prefix)
     return RestoreReport(sorted(wanted & stored), missing, unexpected)
 

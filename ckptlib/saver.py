@@ -23,7 +23,7 @@ from ckptlib.commit import (
     read_listing,
     update_state,
 )
-from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
+from ckptlib.errors import CheckpointNotFoundError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.save_lock import saving
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
@@ -107,7 +107,8 @@ class Saver:
 
         ``global_step`` (an int or 0-d integer array/tensor) is appended as ``-<step>``.
         The checkpoint is complete on disk before the state file names it; old checkpoints
-        are deleted only afterwards.
+        are deleted only afterwards. An empty ``state`` saves a checkpoint of no tensors,
+        as ``save`` and TensorFlow's ``tf.train.Checkpoint`` do.
         """
         save_path = os.fspath(save_path)
         latest_filename = latest_filename or DEFAULT_STATE_FILENAME
@@ -121,8 +122,6 @@ class Saver:
             step = _as_step(global_step)
             prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
         tensors = flatten(state)
-        if not tensors:
-            raise InvalidTensorError("nothing to save: the state is empty")
         os.makedirs(save_dir or ".", exist_ok=True)
         owns = _owner(save_dir, save_path)
         with saving(save_dir, lambda: recover_interrupted_saves(save_dir, owns)):

@@ -291,20 +291,36 @@ def create_temp(final_path: str) -> tuple[str, int]:
     return path, fd
 
 
+def name_file(error: OSError, path: str) -> None:
+    """Give ``error`` the file name ``path`` if it has none, before it is re-raised: a
+    failed ``write`` or ``fsync`` names no file, and "No space left on device" alone does
+    not say where. Its type and errno stay, so ``except OSError`` and errno checks work."""
+    if error.filename is None and error.errno is not None:
+        error.filename = path
+
+
 @contextlib.contextmanager
 def new_temp_file(final_path: str, sync: bool) -> Iterator[tuple[str, int]]:
     """A fresh temporary file beside ``final_path`` as ``(path, fd)``; flushed to disk
-    (``sync``) and closed on exit, or closed and removed if the block raises."""
+    (``sync``) and closed on exit, or closed and removed if the block raises. An
+    ``OSError`` names ``final_path`` (see ``name_file``)."""
     path, fd = create_temp(final_path)
     try:
         yield path, fd
         if sync:
             os.fsync(fd)
-    except BaseException:
+    except BaseException as e:
         os.close(fd)
         remove_quietly(path)
+        if isinstance(e, OSError):
+            name_file(e, final_path)
         raise
-    os.close(fd)
+    try:
+        os.close(fd)
+    except OSError as e:  # network file systems may report a failed write only here
+        remove_quietly(path)
+        name_file(e, final_path)
+        raise
 
 
 def write_temp(final_path: str, chunks: Iterable[Bytes], sync: bool) -> str:

@@ -564,7 +564,8 @@ def save(
 
     Returns the prefix. Readable by ``tf.train.load_checkpoint(prefix)`` and by
     ``tf.compat.v1.train.Saver.restore``. Raises ``InvalidTensorError`` for values that
-    cannot be stored, before any file is written.
+    cannot be stored, before any file is written. An empty mapping writes a checkpoint of
+    no tensors (an index holding only its header), as TensorFlow does.
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
     writer.add_all(flatten(tensors))

@@ -146,11 +146,12 @@ def test_custom_checkpoint_name_and_shards(tmp_path: Path) -> None:
     assert files(tmp_path) == sorted(["checkpoint", *ckpt_files("model-2", shards=2)])
 
 
-def test_empty_state_is_rejected(tmp_path: Path) -> None:
+def test_empty_state_saves_a_checkpoint_of_no_tensors(tmp_path: Path) -> None:
+    """As ``save({})`` and ``tf.train.CheckpointManager`` do (see test_error_messages)."""
     manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
-    with pytest.raises(ckptlib.InvalidTensorError):
-        manager.save({})
-    assert not (tmp_path / "checkpoint").exists()
+    prefix = manager.save({})
+    assert prefix is not None and ckptlib.latest_checkpoint(tmp_path) == prefix
+    assert ckptlib.restore(prefix) == {}
 
 
 def test_latest_checkpoint_is_none_once_its_files_are_gone(tmp_path: Path) -> None:

@@ -168,6 +168,7 @@ class TableReader:
             raise CorruptCheckpointError("file is too short to be an sstable")
         footer = Footer.decode(source.read_at(size - FOOTER_SIZE, FOOTER_SIZE))
         self._data_end = size - FOOTER_SIZE
+        self._metaindex = footer.metaindex
         index_entries = self._read_block(footer.index)
         self._separators = [key for key, _ in index_entries]
         self._handles = [BlockHandle.decode_exact(value) for _, value in index_entries]
@@ -206,9 +207,14 @@ class TableReader:
         return concat_columns([self._data_block(i) for i in range(len(self._handles))])
 
     def verify_all(self) -> None:
-        """Read and check every data block (checksums, key order)."""
+        """Read and check every block: each data block (checksums, key order) and the
+        metaindex block, which reading never needs (TensorFlow's is always empty)."""
         for i in range(len(self._handles)):
             self._data_block(i)
+        try:
+            self._read_block(self._metaindex)
+        except CorruptCheckpointError as e:
+            raise type(e)(f"metaindex block: {e.reason}") from None
 
     def _data_block(self, i: int) -> BlockColumns:
         block = self._blocks.get(i)
