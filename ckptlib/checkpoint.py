@@ -80,9 +80,10 @@ def latest_checkpoint(
     Like ``tf.train.latest_checkpoint``, except that when the newest recorded checkpoint is
     missing or incomplete, the newest complete one listed before it is returned (with a
     warning) instead of None. With ``verify``, the newest one whose every block and tensor
-    checksum verifies (``CheckpointReader.verify``): a damaged checkpoint is skipped with a
-    warning naming it and what is wrong, so that a training job resumes from the newest
-    intact one.
+    checksum verifies (``CheckpointReader.verify``): a damaged or incomplete checkpoint is
+    skipped with a warning naming it and what is wrong, so that a training job resumes from
+    the newest intact one (tensors ckptlib cannot decode, such as TF's DT_VARIANT iterator
+    state, are not damage).
 
     Only reads: what a killed save left behind is repaired by the next save, never here.
     """
@@ -96,10 +97,10 @@ def latest_checkpoint(
         return None
     candidates = dict.fromkeys([state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)])
     skipped: list[str] = []
-    for prefix in _present(candidates):
+    for prefix in present(candidates):
         if not checkpoint_exists(prefix):
             continue
-        problems = _verification_problems(prefix) if verify else []
+        problems = _damage(prefix) if verify else []
         if problems:
             logger.warning("skipping damaged checkpoint %s: %s", prefix, problems[0])
             skipped.append(prefix)
@@ -116,7 +117,7 @@ def latest_checkpoint(
     return None
 
 
-def _present(prefixes: Iterable[str]) -> Iterator[str]:
+def present(prefixes: Iterable[str]) -> Iterator[str]:
     """Those of ``prefixes`` (in order) with an index or V1 file in their directory. Each
     directory is listed once: a state file may list hundreds of thousands of paths."""
     listings: dict[str, _Listing] = {}
@@ -133,15 +134,18 @@ class _Listing:
     """The names in one directory, as far as checkpoints go."""
 
     def __init__(self, directory: str):
+        self.names: set[str] | None = None  # None: cannot list (execute-only): may hold anything
         try:
             names = os.listdir(directory or ".")
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             names = []
+        except OSError:
+            return
         self.names = set(names)
         self.v1_stems = {match.group(1) for match in map(_V1_SHARD.fullmatch, names) if match}
 
     def may_hold(self, name: str) -> bool:
-        if any(c in name for c in "*?["):  # a glob recorded for a sharded V1 save
+        if self.names is None or any(c in name for c in "*?["):  # (a glob recorded for a sharded V1 save)
             return True
         return name + ".index" in self.names or name in self.names or name in self.v1_stems
 
@@ -149,12 +153,15 @@ class _Listing:
 _V1_SHARD = re.compile(r"(.+)-\d{5}-of-\d{5}")
 
 
-def _verification_problems(prefix: str) -> list[CheckpointError]:
+def _damage(prefix: str) -> list[CheckpointError]:
+    """What ``verify`` finds damaged or missing in a checkpoint; features ckptlib cannot
+    decode (a DT_VARIANT tensor of TF's) are not damage."""
     try:
         with load_checkpoint(prefix) as reader:
-            return reader.verify()
+            problems = reader.verify()
     except CheckpointError as e:
-        return [e]
+        problems = [e]
+    return [e for e in problems if isinstance(e, (CorruptCheckpointError, CheckpointNotFoundError))]
 
 
 _DATA_SUFFIX = ".data-"

@@ -13,7 +13,6 @@ from typing import Any
 
 from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
 from ckptlib.commit import (
-    delete_noted,
     deletion_journal,
     finish_deletions,
     note_deletions,
@@ -24,10 +23,15 @@ from ckptlib.commit import (
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.save_lock import repair_if_idle, saving
+from ckptlib.state import DEFAULT_STATE_FILENAME
 from ckptlib.values import flatten
 from ckptlib.writer import BundleWriter, recover_interrupted_saves
 
 logger = logging.getLogger("ckptlib")
+
+# What makes restore_or_initialize try the checkpoint before (a tensor ckptlib cannot
+# decode, or a mismatch with the targets, is the caller's to see).
+_DAMAGE = (CorruptCheckpointError, CheckpointNotFoundError)
 
 
 class CheckpointManager:
@@ -77,7 +81,6 @@ class CheckpointManager:
         self._journal = deletion_journal(self._directory, None, checkpoint_name)
         # Like TF's, a manager is a writer from the start: it finishes what a killed one left.
         repair_if_idle(self._directory, self._repair)
-        finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
         self._recover()
 
     def _recover(self) -> None:
@@ -161,11 +164,15 @@ class CheckpointManager:
             # still listed: they stay managed (the new checkpoint too), deleted by a later save
             self._managed, self._last_preserved = before
             raise
-        delete_noted(self._directory, self._journal, doomed, meta=False)  # no longer listed
+        # No longer listed. Interrupted from here on, the journal notes them for a later save.
+        finish_deletions(self._directory, None, self._journal, self._owner, also=doomed, meta=False)
 
     def _repair(self) -> None:
-        """What killed saves of this manager's checkpoints left (see ``save_lock``)."""
-        recover_interrupted_saves(self._directory, self._owner)
+        """What killed or interrupted saves of this manager's checkpoints left (see
+        ``save_lock``): files aside or half written, checkpoints noted for deletion."""
+        own_files = (DEFAULT_STATE_FILENAME, os.path.basename(self._journal))
+        recover_interrupted_saves(self._directory, self._owner, own_files)
+        finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
 
     def restore_or_initialize(
         self, into: Mapping[str, Any] | None = None, init_fn: Callable[[], Any] | None = None
@@ -182,16 +189,17 @@ class CheckpointManager:
         candidates += [p for p in reversed(self._managed) if p != self._latest]
         for prefix in candidates:
             if not checkpoint_exists(prefix):
+                logger.warning("skipping checkpoint %s: missing or incomplete", prefix)
                 continue
             try:
                 if into is not None:
                     restore(prefix, into=into)
                 else:
                     with load_checkpoint(prefix) as reader:
-                        problems = reader.verify()
-                    if problems:
-                        raise problems[0]
-            except (CorruptCheckpointError, CheckpointNotFoundError) as e:
+                        damage = [e for e in reader.verify() if isinstance(e, _DAMAGE)]
+                    if damage:
+                        raise damage[0]
+            except _DAMAGE as e:
                 logger.warning("skipping damaged checkpoint %s: %s", prefix, e)
                 continue
             if self._checkpoint_interval is not None:

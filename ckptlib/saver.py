@@ -11,10 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ckptlib.checkpoint import checkpoint_exists
+from ckptlib.checkpoint import checkpoint_exists, present
 from ckptlib.commit import (
     Record,
-    delete_noted,
     deletion_journal,
     finish_deletions,
     inside,
@@ -124,7 +123,14 @@ class Saver:
         tensors = flatten(state)
         os.makedirs(save_dir or ".", exist_ok=True)
         owns = _owner(save_dir, save_path)
-        with saving(save_dir, lambda: recover_interrupted_saves(save_dir, owns)):
+        journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
+
+        def repair() -> None:
+            own_files = (latest_filename, os.path.basename(journal))
+            recover_interrupted_saves(save_dir, owns, own_files)
+            finish_deletions(save_dir, latest_filename, journal, owns)
+
+        with saving(save_dir, repair):
             self._switch_to(save_dir, latest_filename)
             if write_state and self._recover:
                 self._recover_from_state_file(save_dir, latest_filename, save_path)
@@ -137,34 +143,39 @@ class Saver:
             writer.add_all(tensors)
             writer.finish()
             if write_state:
-                self._commit(prefix, save_dir, latest_filename, save_path)
+                self._commit(prefix, save_dir, latest_filename, save_path, journal)
         return prefix
 
-    def _commit(self, prefix: str, save_dir: str, latest_filename: str, save_path: str) -> None:
+    def _commit(self, prefix: str, save_dir: str, latest_filename: str, save_path: str, journal: str) -> None:
         """Name ``prefix`` in the state file, then delete what rotation dropped."""
         now = time.time()
         self._record(prefix, now)
-        doomed = self._due_for_deletion()
-        journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
+        dropped = self._due_for_deletion()
+        doomed = [p for p, _ in dropped]
         # This saver's checkpoints are those of this save_path, and any other it tracks or
         # is dropping in this directory (a Saver may save under several names).
-        tracked = {_path_key(p) for p, _ in [*self._track.last, *doomed]}
-        owns = _owner(save_dir, save_path)
+        tracked = {_path_key(p) for p in [*(p for p, _ in self._track.last), *doomed]}
+        pattern_owns = _owner(save_dir, save_path)
+
+        def owns(p: str) -> bool:
+            return pattern_owns(p) or _path_key(p) in tracked
+
         try:
-            note_deletions(journal, [p for p, _ in doomed], self._sync)
+            note_deletions(journal, doomed, self._sync)
             update_state(
                 save_dir,
                 latest_filename,
                 latest=(prefix, now),
                 mine=[r for r in self._track.last if inside(save_dir, r[0])],
-                owns=lambda p: owns(p) or _path_key(p) in tracked,
+                owns=owns,
                 relative=self._relative,
                 sync=self._sync,
             )
         except BaseException:  # a KeyboardInterrupt too: still listed, deleted by a later save
-            self._track.to_delete[:0] = doomed
+            self._track.to_delete[:0] = dropped
             raise
-        delete_noted(save_dir, journal, [p for p, _ in doomed])
+        # Interrupted from here on, the journal still notes them: a later save deletes them.
+        finish_deletions(save_dir, latest_filename, journal, owns, also=doomed)
 
     def restore(self, state: Mapping[str, Any], save_path: str | os.PathLike[str] | None) -> RestoreReport:
         """Fill ``state`` in place from ``save_path`` (TF's argument order); strict."""
@@ -212,7 +223,7 @@ class Saver:
         if not self._max_to_keep:
             return
         track = self._track
-        track.last = [r for r in track.last if r[0] != prefix]
+        track.last = [r for r in track.last if _path_key(r[0]) != _path_key(prefix)]
         track.last.append((prefix, now))
         while len(track.last) > self._max_to_keep:
             track.to_delete.append(track.last.pop(0))
@@ -236,23 +247,21 @@ class Saver:
         if key in self._recovered:
             return
         self._recovered.add(key)
-        journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
-        finish_deletions(save_dir, latest_filename, journal, _owner(save_dir, save_path))
         found = read_listing(save_dir, latest_filename)
         if found is None or not self._max_to_keep:
             return
         owns = _owner(save_dir, save_path)
         track = self._track
-        tracked = {p for p, _ in track.last}
+        tracked = {_path_key(p) for p, _ in track.last}
         stem = os.path.basename(save_path)
+        mine = [(p, t) for p, t in found.records if owns(p)]
+        there = set(present(p for p, _ in mine))  # one directory listing, not a glob per path
         # Rebuilt from save_path itself so they compare equal to the prefixes save() makes.
         adopted = [
-            (save_path + os.path.basename(p)[len(stem) :], t)
-            for p, t in found.records
-            if owns(p) and checkpoint_exists(p)
+            (save_path + os.path.basename(p)[len(stem) :], t) for p, t in mine if p in there and checkpoint_exists(p)
         ]
         # In the file's (save) order, before anything this saver already tracks.
-        track.last = [r for r in adopted if r[0] not in tracked] + track.last
+        track.last = [r for r in adopted if _path_key(r[0]) not in tracked] + track.last
         while len(track.last) > self._max_to_keep:
             track.to_delete.append(track.last.pop(0))
 

@@ -102,18 +102,19 @@ def resolve(directory: str, path: str) -> str:
 def resolve_all(directory: str, paths: Iterable[str]) -> list[str]:
     """``resolve`` of every path, listing each directory involved once instead of a few
     system calls per path: a state file may list hundreds of thousands."""
-    listings: dict[str, set[str]] = {}
+    listings: dict[str, set[str] | None] = {}
 
-    def present(path: str) -> bool:  # of an absolute path
-        parent, _, name = path.rpartition("/")
-        parent = parent or "/"
-        names = listings.get(parent)
-        if names is None:
+    def present(path: str) -> bool:
+        parent, name = os.path.split(path)
+        if parent not in listings:
             try:
-                names = listings[parent] = set(os.listdir(parent or "."))
-            except OSError:
-                names = listings[parent] = set()
-        return name in names
+                listings[parent] = set(os.listdir(parent or "."))
+            except (FileNotFoundError, NotADirectoryError):
+                listings[parent] = set()
+            except OSError:  # cannot list it (execute-only), but may look up names in it
+                listings[parent] = None
+        names = listings[parent]
+        return os.path.exists(path) if names is None else name in names
 
     resolved = []
     for path in paths:

@@ -66,9 +66,9 @@ def format_canonical(latest: str, paths: Sequence[str], times: Sequence[float], 
     """State-file text, exactly as ``state.format_state`` (protobuf's printer) writes it."""
     lines = [f'model_checkpoint_path: "{_escape(latest)}"'] if latest else []
     lines += [f'all_model_checkpoint_paths: "{_escape(path)}"' for path in paths]
-    lines += [f"all_model_checkpoint_timestamps: {time!r}" for time in times]
+    lines += [f"all_model_checkpoint_timestamps: {float(time)!r}" for time in times]
     if preserved or math.copysign(1.0, preserved) < 0:  # proto3 leaves out a plain 0.0
-        lines.append(f"last_preserved_timestamp: {preserved!r}")
+        lines.append(f"last_preserved_timestamp: {float(preserved)!r}")
     return "".join(line + "\n" for line in lines)
 
 

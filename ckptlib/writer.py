@@ -17,7 +17,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -320,7 +320,8 @@ class BundleWriter:
         directory = os.path.dirname(self.prefix)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        with saving(directory, lambda: recover_interrupted_saves(directory, self.prefix.__eq__)):
+        name = os.path.basename(self.prefix)
+        with saving(directory, lambda: recover_interrupted_saves(directory, lambda p: os.path.basename(p) == name)):
             return self._write()
 
     def _write(self) -> str:
@@ -461,9 +462,21 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
     bundle is put back; on success its leftovers (say, shards of another shard count) go.
     After a kill, ``recover_interrupted_saves``, run by a later save, puts the old bundle
     back (or drops it if the new one had been completed).
+
+    An earlier save of this prefix killed mid-install and not repaired yet (another save was
+    running) left files aside: they are repaired first, as a later save would, so that only
+    ever one generation of files is aside.
     """
     directory = os.path.dirname(prefix)
     index = index_filename(prefix)
+    name = os.path.basename(prefix)
+    earlier = {
+        final: aside
+        for aside, final in leftover_files(directory, ASIDE_MARKER)
+        if os.path.basename(_bundle_prefix(final) or "") == name
+    }
+    if earlier:
+        _recover_bundle(os.path.join(directory, name), earlier)
     candidates = [index, *sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))]
     existing = [path for path in candidates if os.path.isfile(path) or os.path.islink(path)]
     moved: list[tuple[str, str]] = []
@@ -493,13 +506,14 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
         remove_quietly(aside)
 
 
-def recover_interrupted_saves(directory: str, owns: Callable[[str], bool]) -> None:
+def recover_interrupted_saves(directory: str, owns: Callable[[str], bool], own_files: Collection[str] = ()) -> None:
     """Repair what killed saves left in ``directory``: a bundle whose prefix ``owns`` accepts
     that was being replaced gets its old files back unless the new index made it, and the
-    temporary files of those bundles and of the directory's state and journal files go.
+    temporary files of those bundles and of ``own_files`` (names: a saver's state file and
+    deletion journal) go.
 
     Only for a caller holding the directory's save lock exclusively (``save_lock``): every
-    writer of these files is gone then. Other savers' bundles are theirs to repair.
+    writer of these files is gone then. Other savers' files are theirs to repair.
     """
     by_prefix: dict[str, dict[str, str]] = {}
     for aside, final in leftover_files(directory, ASIDE_MARKER):
@@ -510,7 +524,7 @@ def recover_interrupted_saves(directory: str, owns: Callable[[str], bool]) -> No
         _recover_bundle(prefix, asides)
     for temp, final in leftover_files(directory, TEMP_MARKER):
         prefix = _bundle_prefix(final)
-        if prefix is None or owns(prefix):
+        if os.path.basename(final) in own_files if prefix is None else owns(prefix):
             remove_quietly(temp)
 
 

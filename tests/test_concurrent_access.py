@@ -283,3 +283,105 @@ def test_reading_a_directory_with_leftovers_writes_nothing(tmp_path: Path) -> No
     ckptlib.Saver().save(state(3), tmp_path / "m", global_step=1)
     assert_holds(tmp_path / "m", 1)
     assert leftovers(tmp_path) == []
+
+
+KILLED_BEFORE_INDEX = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import ckptlib
+    from ckptlib.storage import TEMP_MARKER
+    real = os.replace
+    def replace(src, dst):
+        if TEMP_MARKER in src and dst.endswith(".index"):
+            os._exit(9)  # killed just before the new index goes in
+        real(src, dst)
+    os.replace = replace
+    ckptlib.save({"w": np.full(1000, float(sys.argv[2]), np.float32)}, sys.argv[1])
+    """
+)
+
+
+def hold_save_lock(directory: Path) -> subprocess.Popen[str]:
+    """Another process in the middle of a save in ``directory``: no repair runs there."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(directory)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_two_killed_overwrites_in_a_row_keep_the_checkpoint(tmp_path: Path) -> None:
+    """Two overwrites of one prefix are killed before their index goes in, with no repair
+    between them (another save was running): the last whole version survives, never an
+    old index over a killed save's data."""
+    prefix = tmp_path / "model.ckpt-5"
+    ckptlib.save({"w": np.full(1000, 1.0, np.float32)}, prefix)
+    for version in (2, 3):
+        holder = hold_save_lock(tmp_path)
+        subprocess.run([sys.executable, "-c", KILLED_BEFORE_INDEX, str(prefix), str(version)], check=False)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    ckptlib.Saver(max_to_keep=None).save({"w": np.zeros(3)}, tmp_path / "model.ckpt", global_step=6)
+    with ckptlib.load_checkpoint(prefix) as reader:
+        assert reader.verify() == []
+        np.testing.assert_array_equal(reader.get_tensor("w"), np.full(1000, 1.0, np.float32))
+    assert leftovers(tmp_path) == []
+
+
+def test_a_manager_made_while_another_saves_leaves_its_deletion_journal(tmp_path: Path) -> None:
+    """An evaluation job constructs a manager on the directory while the trainer is saving:
+    it must not finish (or forget) the trainer's pending deletions. Once no save runs, the
+    next manager does."""
+    manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+    manager.save(state(1))
+    manager.save(state(2))
+    ckptlib.save(state(1), tmp_path / "ckpt-1")  # as if the trainer dropped it and was killed
+    journal = tmp_path / ".checkpoint.ckpt.deleting"
+    journal.write_text('["ckpt-1"]')
+    holder = hold_save_lock(tmp_path)
+    try:
+        ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+        assert journal.exists() and (tmp_path / "ckpt-1.index").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+    assert not journal.exists() and not (tmp_path / "ckpt-1.index").exists()
+    assert (tmp_path / "ckpt-2.index").exists()
+
+
+def test_a_leftover_that_cannot_be_removed_does_not_fail_the_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(Another user's leftover in a shared directory, say: here a directory by that name.)"""
+    (tmp_path / f"checkpoint{TEMP_MARKER}0123456789abcdef").mkdir()
+    with caplog.at_level("WARNING", logger="ckptlib"):
+        prefix = ckptlib.Saver().save(state(1), tmp_path / "model.ckpt", global_step=1)
+        ckptlib.CheckpointManager(tmp_path / "other", max_to_keep=1)
+    assert "could not repair" in caplog.text
+    assert_holds(prefix, 1)
+
+
+def test_a_process_forked_during_a_save_does_not_keep_its_lock(tmp_path: Path) -> None:
+    """(A data loader's worker forked while a save runs in another thread, say.)"""
+    from ckptlib.save_lock import repair_if_idle, saving
+
+    with saving(str(tmp_path)):
+        child = os.fork()
+        if child == 0:
+            time.sleep(5)
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 4
+        repaired = False
+        while not repaired and time.monotonic() < deadline:
+            repaired = repair_if_idle(str(tmp_path), lambda: None)
+            time.sleep(0.01)
+        assert repaired, "the forked child still holds the save lock"
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import crc32c
 import numpy as np
 import pytest
 
@@ -194,14 +195,15 @@ def test_negative_steps_are_listed_once_and_rotated(tmp_path: Path) -> None:
 # -- a state file listing a great many paths ----------------------------------------------------
 
 
+@pytest.mark.parametrize("where", ["/nowhere/run{i}/", ""])
 def test_a_state_file_of_many_missing_paths_is_read_with_few_directory_listings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """100,000 listed paths that do not exist: latest_checkpoint and a save list each
-    directory once, instead of one glob per path."""
+    """100,000 listed paths that do not exist, elsewhere or the saver's own in its directory:
+    latest_checkpoint and a save list each directory once, instead of one glob per path."""
     ckptlib.save(values(1), tmp_path / "model.ckpt-1")
     lines = ['model_checkpoint_path: "/nowhere/model.ckpt-99999"', 'all_model_checkpoint_paths: "model.ckpt-1"']
-    lines += [f'all_model_checkpoint_paths: "/nowhere/run{i % 7}/model.ckpt-{i}"' for i in range(100_000)]
+    lines += [f'all_model_checkpoint_paths: "{where.format(i=i % 7)}model.ckpt-{i}"' for i in range(2, 100_000)]
     (tmp_path / "checkpoint").write_text("\n".join(lines) + "\n")
     listings = []
     for name in ("scandir", "listdir"):
@@ -215,7 +217,53 @@ def test_a_state_file_of_many_missing_paths_is_read_with_few_directory_listings(
     assert ckptlib.latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-1")
     assert len(listings) < 20, f"{len(listings)} directory listings"
     listings.clear()
-    ckptlib.Saver().save(values(2), tmp_path / "model.ckpt", global_step=2)
+    ckptlib.Saver(max_to_keep=3).save(values(2), tmp_path / "model.ckpt", global_step=100_001)
     assert len(listings) < 40, f"{len(listings)} directory listings"
     monkeypatch.undo()
-    assert ckptlib.latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-2")
+    assert ckptlib.latest_checkpoint(tmp_path) == str(tmp_path / "model.ckpt-100001")
+
+
+def test_tracking_survives_another_spelling_of_the_same_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF's idiom after a restart: recover_last_checkpoints(get_checkpoint_state(absolute dir)
+    ...), then saves under a relative path. Each checkpoint is tracked once, and rotation
+    never deletes one the state file lists."""
+    monkeypatch.chdir(tmp_path)
+    saver = ckptlib.Saver(max_to_keep=2)
+    for step in (1, 2):
+        saver.save(values(step), "run/model.ckpt", global_step=step)
+    state = ckptlib.get_checkpoint_state(os.path.abspath("run"))
+    assert state is not None
+    restarted = ckptlib.Saver(max_to_keep=2)
+    restarted.recover_last_checkpoints(state.all_model_checkpoint_paths)
+    restarted.save(values(3), "run/model.ckpt", global_step=3)
+    assert_state_file_matches_disk(tmp_path / "run")
+    assert listed(tmp_path / "run") == ["model.ckpt-2", "model.ckpt-3"]
+
+
+def test_a_moved_absolute_path_resolves_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ckptlib.save(values(1), "model.ckpt-1")
+    Path("checkpoint").write_text('model_checkpoint_path: "/gone/run/model.ckpt-1"\n')
+    assert ckptlib.latest_checkpoint("") == "model.ckpt-1"
+    assert ckptlib.latest_checkpoint(".") == os.path.join(".", "model.ckpt-1")
+
+
+def test_a_tensor_ckptlib_cannot_decode_is_not_damage(tmp_path: Path) -> None:
+    """TF2 checkpoints may hold DT_VARIANT entries (tf.data iterator state): verify reports
+    them as unsupported, but resuming does not skip such a checkpoint as damaged."""
+    from test_hostile import entry_bytes, numeric_entry, write_bundle  # the hostile-file kit
+
+    from ckptlib.format import dtypes
+    from ckptlib.format.crc import mask
+
+    w = np.arange(4, dtype=np.float32)
+    variant = entry_bytes(dtypes.DT_VARIANT, [1], offset=16, size=4, crc=mask(crc32c.crc32c(b"\0" * 4)))
+    for n in (1, 2):
+        write_bundle(tmp_path / f"ckpt-{n}", [(b"w", numeric_entry(w)), (b"iter", variant)], w.tobytes() + b"\0" * 4)
+    (tmp_path / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-2"\n'
+    )
+    assert ckptlib.latest_checkpoint(tmp_path, verify=True) == str(tmp_path / "ckpt-2")
+    assert ckptlib.CheckpointManager(tmp_path, max_to_keep=3).restore_or_initialize() == str(tmp_path / "ckpt-2")

@@ -82,7 +82,7 @@ def test_any_other_text_is_left_to_protobuf_or_read_the_same(state: CheckpointSt
     text = format_state(state)
     where = data.draw(st.integers(0, len(text)))
     cut = data.draw(st.integers(0, 3))
-    insert = data.draw(st.text(st.sampled_from("\"\\\n #:'ae0.-xnf"), max_size=3))
+    insert = data.draw(st.text(st.sampled_from("\"\\\n\t\r #:'ae0.-xnfEi+"), max_size=3))
     mutated = text[:where] + insert + text[where + cut :]
     fast = parse_canonical(mutated)
     if fast is None:
