@@ -25,6 +25,7 @@ of 0.15 s; ``np.fromfile``: 0.25 s).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 from collections.abc import Callable, Mapping
@@ -108,7 +109,7 @@ def read_spans(
                 crcs.append(crc32c_fast(view[lo:hi]))
         return crcs
 
-    tasks = list(zip(bounds[:-1], bounds[1:], strict=True))
+    tasks = list(itertools.pairwise(bounds))
     with ThreadPoolExecutor(max(1, min(len(tasks) - 1, os.cpu_count() or 1))) as pool:
         pending = [pool.submit(task, a, b) for a, b in tasks[1:]]
         result = meanwhile(buffer, places)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ckptlib.bulk_read import read_spans
 from ckptlib.errors import (
     CheckpointError,
     ChecksumMismatchError,
@@ -44,7 +45,6 @@ from ckptlib.format.crc import crc32c, unmask, unmask_all
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
-from ckptlib.bulk_read import read_spans
 from ckptlib.gc_pause import gc_paused
 from ckptlib.span_checks import check_spans
 from ckptlib.storage import LocalFile
@@ -366,7 +366,9 @@ class BundleReader(CheckpointReader):
                     extra.append((row, entry.shard_id, entry.offset, entry.size))
         if extra:
             more = np.array(extra, dtype=np.int64).T
-            rows, shard_ids, offsets, sizes = (np.concatenate(p) for p in zip((rows, shard_ids, offsets, sizes), more))
+            rows, shard_ids, offsets, sizes = (
+                np.concatenate(p) for p in zip((rows, shard_ids, offsets, sizes), more, strict=True)
+            )
         order = np.lexsort((offsets, shard_ids))
         shard, start, size = shard_ids[order], offsets[order], sizes[order]
         # start[i+1] - start[i] < size[i], not start[i] + size[i] > start[i+1]: no overflow

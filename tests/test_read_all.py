@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import ckptlib
-from ckptlib import reader as reader_module
 from ckptlib import bulk_read, span_checks
+from ckptlib import reader as reader_module
 from ckptlib.writer import data_filename
 
 
