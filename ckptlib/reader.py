@@ -203,6 +203,7 @@ class BundleReader(CheckpointReader):
         self._bytes_read = 0
         self._bytes_opened = 0
         self._overlaps_checked = False
+        self._overlap: str | None = None  # what overlaps, once found
         self._entries: dict[str, Entry] = {}
         self._names: list[str] | None = None
         try:
@@ -347,8 +348,15 @@ class BundleReader(CheckpointReader):
         No writer produces that, and it would let a small index make a reader checksum and
         copy the same bytes without end (20,000 names for one 64 MiB region). Entries that
         cannot be decoded here are left to ``get_tensor``, which refuses them."""
-        if self._overlaps_checked:
-            return
+        if not self._overlaps_checked:
+            self._overlap = self._find_overlap(keys, columns, rest, value)
+            self._overlaps_checked = True
+        if self._overlap is not None:
+            raise CorruptCheckpointError(self._overlap, path=self._index_path)
+
+    def _find_overlap(
+        self, keys: list[bytes], columns: EntryColumns | None, rest: list[int], value: Callable[[int], bytes]
+    ) -> str | None:
         if columns is None:
             rest = list(range(len(keys)))
             shard_ids, offsets, sizes = (np.zeros(0, dtype=np.int64) for _ in range(3))
@@ -373,15 +381,14 @@ class BundleReader(CheckpointReader):
         shard, start, size = shard_ids[order], offsets[order], sizes[order]
         # start[i+1] - start[i] < size[i], not start[i] + size[i] > start[i+1]: no overflow
         clash = np.flatnonzero((shard[1:] == shard[:-1]) & (start[1:] - start[:-1] < size[:-1]))
-        if len(clash):
-            i = int(clash[0])
-            a, b = (key_to_name(keys[int(rows[order[j]])]) for j in (i, i + 1))
-            raise CorruptCheckpointError(
-                f"index entries overlap: {a!r} at [{start[i]}, {start[i] + size[i]}) and {b!r} at "
-                f"[{start[i + 1]}, {start[i + 1] + size[i + 1]}) of shard {shard[i]}",
-                path=self._index_path,
-            )
-        self._overlaps_checked = True
+        if not len(clash):
+            return None
+        i = int(clash[0])
+        a, b = (key_to_name(keys[int(rows[order[j]])]) for j in (i, i + 1))
+        return (
+            f"index entries overlap: {a!r} at [{start[i]}, {start[i] + size[i]}) and {b!r} at "
+            f"[{start[i + 1]}, {start[i + 1] + size[i + 1]}) of shard {shard[i]}"
+        )
 
     def _inside_shards(self, columns: EntryColumns) -> tuple[np.ndarray, np.ndarray]:
         """Which entries hold bytes that lie inside their (existing) shard, and every
@@ -508,6 +515,8 @@ class BundleReader(CheckpointReader):
             self._bytes_read += entry.size
             if self._bytes_read > self._bytes_opened:
                 self._refuse_overlaps(*self._entry_columns())
+        elif self._overlap is not None:
+            raise CorruptCheckpointError(self._overlap, path=self._index_path)
         return shard
 
     def _read(self, entry: Entry, out: np.ndarray | None = None) -> np.ndarray:
