@@ -114,7 +114,7 @@ def test_a_damaged_checkpoint_writes_no_byte_into_any_target(
     targets: dict[str, Any] = {name: np.full_like(state[name], SENTINEL) for name in names}
     if strict and len(names) < len(state):
         targets.update({name: np.full_like(value, SENTINEL) for name, value in state.items()})
-    with pytest.raises(ckptlib.ChecksumMismatchError, match="'?b'?"):
+    with pytest.raises(ckptlib.ChecksumMismatchError, match="tensor 'b'"):
         ckptlib.restore(prefix, into=targets, strict=strict, mmap=mmap)
     for name, target in targets.items():
         assert (target == SENTINEL).all(), f"{name} was written"
