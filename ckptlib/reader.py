@@ -199,7 +199,7 @@ class BundleReader(CheckpointReader):
         self._index = LocalFile(self._index_path)
         self._shards: dict[int, LocalFile] = {}
         # Bytes get_tensor has read, and the size of the shards opened: more read than
-        # opened means tensors were read twice, or entries alias each other (see _read).
+        # opened means tensors were read twice, or entries alias (see _check_location).
         self._bytes_read = 0
         self._bytes_opened = 0
         self._overlaps_checked = False
