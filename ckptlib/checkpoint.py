@@ -21,7 +21,7 @@ PathLike = str | os.PathLike[str]
 
 
 def load_checkpoint(
-    ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True, mmap: bool = True
+    ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True, mmap: bool = False
 ) -> CheckpointReader:
     """Open a checkpoint lazily: only its index is read until a tensor is requested.
 
@@ -29,10 +29,14 @@ def load_checkpoint(
     checkpoint, through the ``checkpoint`` state file), or one of the checkpoint's own
     files (``.index``, ``.data-00000-of-00001``). Legacy V1 files are read too.
 
-    With ``mmap`` (the default), numeric tensors come back as writable copy-on-write views
-    of the memory-mapped data files: no copy is made, pages are shared with the page cache
-    until written. ``mmap=False`` reads each tensor into fresh memory. Checksums are
-    verified either way unless ``verify_checksums=False``.
+    Tensors are read into private memory. With ``mmap=True``, numeric tensors come back as
+    writable copy-on-write views of the memory-mapped data files instead: no copy is made,
+    pages are shared with the page cache until written, but the views depend on the files
+    staying as they are: truncating one while views are held kills the process with
+    SIGBUS, rewriting one in place (``cp``, ``rsync --inplace``; ckptlib itself only ever
+    replaces files by rename) silently changes their values, even of pages already written
+    to, and each held map keeps a file descriptor open. Checksums are verified either way
+    unless ``verify_checksums=False``.
     Raises ``CheckpointNotFoundError`` or ``CorruptCheckpointError``.
     """
     prefix = _prefix_of(os.fspath(ckpt_dir_or_file))

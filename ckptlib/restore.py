@@ -47,7 +47,7 @@ def restore(
     *,
     strict: bool = True,
     verify_checksums: bool = True,
-    mmap: bool = True,
+    mmap: bool = False,
 ) -> dict[str, np.ndarray]: ...
 @overload
 def restore(
@@ -56,7 +56,7 @@ def restore(
     *,
     strict: bool = True,
     verify_checksums: bool = True,
-    mmap: bool = True,
+    mmap: bool = False,
 ) -> RestoreReport: ...
 
 
@@ -66,7 +66,7 @@ def restore(
     *,
     strict: bool = True,
     verify_checksums: bool = True,
-    mmap: bool = True,
+    mmap: bool = False,
 ) -> dict[str, np.ndarray] | RestoreReport:
     """Read a checkpoint (prefix, directory or one of its files).
 
@@ -83,12 +83,14 @@ def restore(
     listing every offending name with what was expected and found. ``into`` that is not a
     mapping raises ``InvalidStructureError``.
 
-    Numeric tensors returned without ``into`` are copy-on-write views of the memory-mapped
-    files (``mmap=True``, see ``load_checkpoint``). With ``into`` and ``mmap=True``, when the
-    targets take every stored tensor, the whole checkpoint is mapped and every checksum
-    verified before any target is written, so a damaged checkpoint leaves the targets as
-    they were; otherwise (and with ``mmap=False``) numpy targets are filled one by one,
-    straight from the files.
+    A restore is all or nothing: every tensor a target takes is read and its checksum
+    verified, and every target checked, before the first target is written, so a damaged
+    checkpoint (``ChecksumMismatchError``) or a mismatch leaves every target as it was.
+
+    Tensors are read into private memory (numeric ones returned without ``into`` are views
+    of one buffer, which any of them still held keeps whole); no file stays open. With
+    ``mmap=True`` they are copy-on-write views of the memory-mapped data files instead
+    (see ``load_checkpoint`` for what that risks).
     """
     if into is not None and not isinstance(into, Mapping):
         raise InvalidStructureError(
@@ -99,17 +101,11 @@ def restore(
             return reader.read_all()
         targets = list(_targets(into, ""))
         stored = set(reader.keys_list())
-        values = reader.read_all() if mmap and stored <= {t.name for t in targets} else None
+        values = reader.read_all([t.name for t in targets if t.name in stored])
         report = _check(reader, targets, strict, values)
         for target in targets:
-            if target.name not in stored:
-                continue
-            if values is not None:
+            if target.name in values:
                 _assign(target, values[target.name])
-            elif isinstance(target.leaf, np.ndarray):
-                reader.read_into(target.name, target.leaf)
-            else:
-                _assign(target, reader.get_tensor(target.name))
         return report
 
 
@@ -125,10 +121,10 @@ def _targets(tree: Mapping[str, Any], prefix: str) -> list[_Target]:
 
 
 def _check(
-    reader: CheckpointReader, targets: list[_Target], strict: bool, values: Mapping[str, np.ndarray] | None
+    reader: CheckpointReader, targets: list[_Target], strict: bool, values: Mapping[str, np.ndarray]
 ) -> RestoreReport:
-    """Every problem with the targets at once, as one error; ``values``, if already read,
-    tell shapes and dtypes without another index lookup per tensor."""
+    """Every problem with the targets at once, as one error; ``values`` (every stored
+    tensor a target takes, already read) tell shapes and dtypes without an index lookup."""
     stored = set(reader.keys_list())
     wanted = {t.name for t in targets}
     missing = sorted(wanted - stored)
@@ -137,10 +133,7 @@ def _check(
     for target in targets:
         if target.name not in stored:
             continue
-        if values is not None:
-            shape, dtype = values[target.name].shape, values[target.name].dtype
-        else:
-            shape, dtype = tuple(reader.shape(target.name)), reader.dtype(target.name)
+        shape, dtype = values[target.name].shape, values[target.name].dtype
         target_shape, target_dtype = _describe(target.leaf)
         if target_shape is not None and tuple(target_shape) != shape:
             shape_problems.append(f"{target.name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")
