@@ -3,6 +3,7 @@
     python benchmarks/bench.py large          # ~1 GiB, ~200 float32/bfloat16 tensors
     python benchmarks/bench.py many-small     # 50,000 tensors of 1-16 KiB
     python benchmarks/bench.py open-one       # open a 100,000-tensor checkpoint, read one tensor
+    python benchmarks/bench.py restore        # the default restore vs TF and np.fromfile, repeated and fresh
     python benchmarks/bench.py all --repeat 5
 
 Every operation runs ``--repeat`` times, interleaved round by round so that the machine's
@@ -65,6 +66,11 @@ def many_small_state(seed: int = 0) -> dict[str, np.ndarray]:
         f"block_{i // 100:03d}/param_{i % 100:02d}": rng.standard_normal(int(n), np.float32)
         for i, n in enumerate(sizes)
     }
+
+
+def small_restore_state(seed: int = 0) -> dict[str, np.ndarray]:
+    """20,000 float32 tensors of 1-16 KiB (the restore case's small shape)."""
+    return dict(itertools.islice(many_small_state(seed).items(), 20_000))
 
 
 def open_one_state() -> dict[str, np.ndarray]:
@@ -372,6 +378,103 @@ def bench_save_restore(
     return bench.run()
 
 
+# -- restore: the default restore against TensorFlow and np.fromfile, repeated and fresh ----------
+RESTORE_SHAPES = {"1 GiB in 200 tensors": large_state, "20,000 small tensors": small_restore_state}
+
+
+def restore_contenders(prefix: str, raw: str, tf: Any) -> dict[str, Callable[[], Any]]:
+    """Each way of reading the checkpoint at ``prefix`` (``raw``: the same bytes in one
+    plain file) into arrays, every page touched; setup (TF graphs) is done here, untimed."""
+    with ckptlib.load_checkpoint(prefix) as reader:
+        layout = [(name, reader.shape(name), reader.dtype(name)) for name in reader.keys_list()]
+    targets = {name: np.empty(shape, dtype) for name, shape, dtype in layout}
+
+    def fromfile() -> list[np.ndarray]:
+        with open(raw, "rb") as f:
+            out = [np.fromfile(f, dtype=dtype, count=int(np.prod(shape))) for _, shape, dtype in layout]
+        touch(out)
+        return out
+
+    ops: dict[str, Callable[[], Any]] = {
+        "ckptlib restore (default) + touch": lambda: touch(ckptlib.restore(prefix).values()),
+        "ckptlib restore mmap=True + touch": lambda: touch(ckptlib.restore(prefix, mmap=True).values()),
+        "ckptlib restore into arrays + touch": lambda: (ckptlib.restore(prefix, into=targets), touch(targets.values())),
+        "raw fromfile + touch": fromfile,
+    }
+    if tf is not None:
+
+        def tf_reader() -> list[np.ndarray]:
+            reader = tf.train.load_checkpoint(prefix)
+            out = [reader.get_tensor(name) for name, _, _ in layout]
+            touch(out)
+            return out
+
+        names = [name for name, _, _ in layout]
+        tf_dtypes = [tf.bfloat16 if d == ml_dtypes.bfloat16 else tf.as_dtype(d) for _, _, d in layout]
+
+        def restore_op() -> list[Any]:
+            out = tf.raw_ops.RestoreV2(
+                prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), dtypes=tf_dtypes
+            )
+            touch(t.numpy() for t in out)
+            return out  # type: ignore[no-any-return]
+
+        ops["TF CheckpointReader.get_tensor all + touch"] = tf_reader
+        ops["TF RestoreV2 op + touch"] = restore_op
+        if len(layout) <= 1000:  # TF takes minutes to build 20,000 variables
+            zeros = {name: np.zeros(shape, dtype) for name, shape, dtype in layout}
+            graph = TF1Graph(tf, zeros)
+            del zeros
+            ops["TF1 Saver.restore"] = lambda: graph.restore(prefix)
+    return ops
+
+
+def fresh_child(case: str, work: str, contender: str) -> None:
+    """Run in a child: one restore by ``contender`` in this fresh process; prints seconds."""
+    tf = try_import("tensorflow") if contender.startswith("TF") else None
+    key = "large" if case.startswith("1 GiB") else "small"
+    ops = restore_contenders(os.path.join(work, key, "model"), os.path.join(work, key, "raw.bin"), tf)
+    gc.collect()
+    t0 = time.perf_counter()
+    ops[contender]()
+    print(json.dumps(time.perf_counter() - t0))
+
+
+def bench_restore(work: str, repeat: int, tf_on: bool) -> None:
+    """The default restore side by side with TensorFlow's restores and ``np.fromfile``,
+    warm page cache, checksums on: repeated in this process, and once per fresh process."""
+    tf = try_import("tensorflow") if tf_on else None
+    for case, make in RESTORE_SHAPES.items():
+        key = "large" if case.startswith("1 GiB") else "small"
+        state = make()
+        prefix, raw = os.path.join(work, key, "model"), os.path.join(work, key, "raw.bin")
+        ckptlib.save(state, prefix, sync=False)
+        with open(raw, "wb") as f:
+            for name in sorted(state):  # the checkpoint's order
+                state[name].tofile(f)
+        del state
+        print(f"restore, {case}", file=sys.stderr)
+        bench = Bench(repeat)
+        for name, op in restore_contenders(prefix, raw, tf).items():
+            bench.add(name, op)
+        repeated = bench.run()
+        report(f"restore, {case}, repeated in one process", repeated, RESTORE_TARGETS)
+        fresh: dict[str, list[float]] = {}
+        for round_ in range(repeat):
+            for name in repeated:
+                result = subprocess.run(
+                    [sys.executable, __file__, "_fresh", case, name, "--dir", work],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                fresh.setdefault(name, []).append(json.loads(result.stdout.strip().splitlines()[-1]))
+            print(f"  fresh processes: round {round_ + 1}/{repeat} done", file=sys.stderr)
+        BEST.update({name: min(ts) for name, ts in fresh.items()})
+        medians = {name: statistics.median(ts) for name, ts in fresh.items()}
+        report(f"restore, {case}, one per fresh process", medians, RESTORE_FRESH_TARGETS)
+
+
 def bench_open_one(work: str, repeat: int, tf_on: bool) -> dict[str, float]:
     state = open_one_state()
     prefix = os.path.join(work, "open/model")
@@ -450,8 +553,8 @@ def report(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=["large", "many-small", "open-one", "all", "_rss"])
-    parser.add_argument("mode", nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("case", choices=["large", "many-small", "open-one", "restore", "all", "_rss", "_fresh"])
+    parser.add_argument("mode", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--dir", help="work directory (default: a temporary one under the current directory)")
@@ -459,12 +562,15 @@ def main() -> int:
     parser.add_argument("--no-safetensors", action="store_true")
     args = parser.parse_args()
     if args.case == "_rss":
-        rss_child(args.mode, args.dir)
+        rss_child(args.mode[0], args.dir)
+        return 0
+    if args.case == "_fresh":
+        fresh_child(args.mode[0], args.dir, args.mode[1])
         return 0
     work = args.dir or tempfile.mkdtemp(prefix="ckptlib-bench-", dir=os.getcwd())
     os.makedirs(work, exist_ok=True)
     try:
-        cases = ["large", "many-small", "open-one"] if args.case == "all" else [args.case]
+        cases = ["large", "many-small", "open-one", "restore"] if args.case == "all" else [args.case]
         for case in cases:
             if case == "large":
                 state = large_state()
@@ -486,6 +592,8 @@ def main() -> int:
                 )
                 del state
                 report("many-small: 50,000 tensors of 1-16 KiB", medians, SMALL_TARGETS, args.shards)
+            elif case == "restore":
+                bench_restore(work, args.repeat, not args.no_tf)
             else:
                 medians = bench_open_one(work, args.repeat, not args.no_tf)
                 report("open-one: 100,000 tensors, read one", medians, OPEN_TARGETS)
@@ -550,6 +658,16 @@ SMALL_TARGETS = [
     ("(limit) raw writev vs TF SaveV2 op", "raw writev", "TF SaveV2 op", 2.0),
     ("(limit) raw writev + crc32c vs TF SaveV2 op", "raw writev + crc32c", "TF SaveV2 op", 2.0),
     ("(limit) mmap views + crc32c vs TF's fastest restore", "raw mmap views + crc32c + touch", TF_RESTORES, 2.0),
+]
+RESTORE_TARGETS = [
+    ("default restore vs TF's fastest restore", "ckptlib restore (default) + touch", TF_RESTORES, 1.0),
+    ("default restore vs fromfile (>= 0.8)", "ckptlib restore (default) + touch", "raw fromfile + touch", 0.8),
+    ("restore into vs TF's fastest restore", "ckptlib restore into arrays + touch", TF_RESTORES, 1.0),
+    ("restore into vs fromfile (>= 0.8)", "ckptlib restore into arrays + touch", "raw fromfile + touch", 0.8),
+]
+RESTORE_FRESH_TARGETS = [
+    ("default restore vs TF's fastest restore (>= 1.5)", "ckptlib restore (default) + touch", TF_RESTORES, 1.5),
+    *RESTORE_TARGETS[1:],
 ]
 OPEN_TARGETS = [("open-one vs TF", "ckptlib open + get one", "TF load_checkpoint + get one", 2.0)]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import re
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptChec
 from ckptlib.reader import BundleReader, CheckpointReader
 from ckptlib.reader_v1 import V1Reader, v1_files
 from ckptlib.state import get_checkpoint_state
-from ckptlib.writer import data_filename, index_filename, recover_interrupted_saves
+from ckptlib.writer import data_filename, index_filename
 
 logger = logging.getLogger("ckptlib")
 
@@ -20,7 +21,7 @@ PathLike = str | os.PathLike[str]
 
 
 def load_checkpoint(
-    ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True, mmap: bool = True
+    ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True, mmap: bool = False
 ) -> CheckpointReader:
     """Open a checkpoint lazily: only its index is read until a tensor is requested.
 
@@ -28,10 +29,14 @@ def load_checkpoint(
     checkpoint, through the ``checkpoint`` state file), or one of the checkpoint's own
     files (``.index``, ``.data-00000-of-00001``). Legacy V1 files are read too.
 
-    With ``mmap`` (the default), numeric tensors come back as writable copy-on-write views
-    of the memory-mapped data files: no copy is made, pages are shared with the page cache
-    until written. ``mmap=False`` reads each tensor into fresh memory. Checksums are
-    verified either way unless ``verify_checksums=False``.
+    Tensors are read into private memory. With ``mmap=True``, numeric tensors come back as
+    writable copy-on-write views of the memory-mapped data files instead: no copy is made,
+    pages are shared with the page cache until written, but the views depend on the files
+    staying as they are: truncating one while views are held kills the process with
+    SIGBUS, rewriting one in place (``cp``, ``rsync --inplace``; ckptlib itself only ever
+    replaces files by rename) silently changes their values, even of pages already written
+    to, and each held map keeps a file descriptor open. Checksums are verified either way
+    unless ``verify_checksums=False``.
     Raises ``CheckpointNotFoundError`` or ``CorruptCheckpointError``.
     """
     prefix = _prefix_of(os.fspath(ckpt_dir_or_file))
@@ -71,33 +76,96 @@ def checkpoint_exists(prefix: PathLike) -> bool:
     return all(os.path.exists(data_filename(prefix, i, num_shards)) for i in range(num_shards))
 
 
-def latest_checkpoint(checkpoint_dir: PathLike, latest_filename: str | None = None) -> str | None:
+def latest_checkpoint(
+    checkpoint_dir: PathLike, latest_filename: str | None = None, *, verify: bool = False
+) -> str | None:
     """The newest complete checkpoint the directory's state file lists, or None.
 
     Like ``tf.train.latest_checkpoint``, except that when the newest recorded checkpoint is
     missing or incomplete, the newest complete one listed before it is returned (with a
-    warning) instead of None. A checkpoint whose overwrite was interrupted by a kill is
-    first put back (see ``writer.recover_interrupted_saves``).
+    warning) instead of None. With ``verify``, the newest one whose every block and tensor
+    checksum verifies (``CheckpointReader.verify``): a damaged or incomplete checkpoint is
+    skipped with a warning naming it and what is wrong, so that a training job resumes from
+    the newest intact one (tensors ckptlib cannot decode, such as TF's DT_VARIANT iterator
+    state, are not damage).
+
+    Only reads: what a killed save left behind is repaired by the next save, never here.
     """
-    with contextlib.suppress(OSError):  # best effort: the directory may be read-only
-        recover_interrupted_saves(os.fspath(checkpoint_dir))
+    directory = os.fspath(checkpoint_dir)
     try:
-        state = get_checkpoint_state(checkpoint_dir, latest_filename)
+        state = get_checkpoint_state(directory, latest_filename)
     except CorruptCheckpointError as e:
         logger.warning("ignoring unreadable checkpoint state: %s", e)
         return None
     if state is None:
         return None
-    candidates = [state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)]
-    for i, prefix in enumerate(dict.fromkeys(candidates)):
-        if checkpoint_exists(prefix):
-            if i:
-                logger.warning(
-                    "newest checkpoint %s is missing or incomplete; using %s", state.model_checkpoint_path, prefix
-                )
-            return prefix
-    logger.warning("none of the checkpoints listed in %s exist", os.fspath(checkpoint_dir))
+    candidates = dict.fromkeys([state.model_checkpoint_path, *reversed(state.all_model_checkpoint_paths)])
+    skipped: list[str] = []
+    for prefix in present(candidates):
+        if not checkpoint_exists(prefix):
+            continue
+        problems = _damage(prefix) if verify else []
+        if problems:
+            logger.warning("skipping damaged checkpoint %s: %s", prefix, problems[0])
+            skipped.append(prefix)
+            continue
+        if prefix != state.model_checkpoint_path:
+            logger.warning(
+                "newest checkpoint %s is %s; using %s",
+                state.model_checkpoint_path,
+                "damaged" if state.model_checkpoint_path in skipped else "missing or incomplete",
+                prefix,
+            )
+        return prefix
+    logger.warning("none of the checkpoints listed in %s %s", directory, "verify" if skipped else "exist")
     return None
+
+
+def present(prefixes: Iterable[str]) -> Iterator[str]:
+    """Those of ``prefixes`` (in order) with an index or V1 file in their directory. Each
+    directory is listed once: a state file may list hundreds of thousands of paths."""
+    listings: dict[str, _Listing] = {}
+    for prefix in prefixes:
+        directory, name = os.path.split(prefix)
+        listing = listings.get(directory)
+        if listing is None:
+            listing = listings[directory] = _Listing(directory)
+        if listing.may_hold(name):
+            yield prefix
+
+
+class _Listing:
+    """The names in one directory, as far as checkpoints go."""
+
+    def __init__(self, directory: str):
+        self.names: set[str] | None = None  # None: cannot list (execute-only): may hold anything
+        try:
+            names = os.listdir(directory or ".")
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        except OSError:
+            return
+        self.names = set(names)
+        self.v1_stems = {match.group(1) for match in map(_V1_SHARD.fullmatch, names) if match}
+
+    def may_hold(self, name: str) -> bool:
+        if self.names is None or any(c in name for c in "*?["):  # (a glob recorded for a sharded V1 save)
+            return True
+        return name + ".index" in self.names or name in self.names or name in self.v1_stems
+
+
+_V1_SHARD = re.compile(r"(.+)-\d{5}-of-\d{5}")
+
+
+def _damage(prefix: str) -> list[CheckpointError]:
+    """What ``verify`` finds damaged or missing in a checkpoint; features ckptlib cannot
+    decode (a DT_VARIANT tensor of TF's) are not damage."""
+    try:
+        with load_checkpoint(prefix) as reader:
+            problems = reader.verify()
+    except CheckpointError as e:
+        problems = [e]
+    return [e for e in problems if isinstance(e, (CorruptCheckpointError, CheckpointNotFoundError))]
 
 
 _DATA_SUFFIX = ".data-"

@@ -7,6 +7,7 @@ Every command takes ``--json`` for machine-readable output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -111,14 +112,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         info["time"] = timestamp if timestamp is not None else _index_mtime(prefix)
         rows.append(info)
         seen.add(os.path.realpath(prefix))
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".index"):
-            prefix = os.path.join(directory, name[: -len(".index")])
-            if os.path.realpath(prefix) not in seen:  # complete or not: crash leftovers show
-                info = _describe(prefix)
-                info["listed"] = False
-                info["time"] = _index_mtime(prefix)
-                rows.append(info)
+    for prefix in _indexed_prefixes(directory, seen):  # complete or not: crash leftovers show
+        info = _describe(prefix)
+        info["listed"] = False
+        info["time"] = _index_mtime(prefix)
+        rows.append(info)
     for info in rows:
         info["latest"] = latest is not None and os.path.realpath(info["prefix"]) == os.path.realpath(latest)
     if args.json:
@@ -274,26 +272,109 @@ def _json_value(array: np.ndarray) -> Any:
 
 # -- verify ---------------------------------------------------------------------------
 def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        reader = ckptlib.load_checkpoint(args.path)
-    except ckptlib.CorruptCheckpointError as e:
-        return _verdict(args, str(args.path), [str(e)], 0)
-    with reader:
-        problems = reader.verify(progress=_Progress("verifying"))
-        return _verdict(args, reader.prefix, [str(p) for p in problems], len(reader))
-
-
-def _verdict(args: argparse.Namespace, prefix: str, problems: list[str], count: int) -> int:
+    if os.path.isdir(args.path):
+        return _verify_directory(args, args.path)
+    result = _verify_one(args.path, must_exist=True)
     if args.json:
-        _emit_json({"prefix": prefix, "ok": not problems, "tensors": count, "problems": problems})
+        _emit_json({k: v for k, v in result.items() if k != "labelled"})
     else:
-        for problem in problems:
-            print(f"DAMAGED  {problem}")
-        if problems:
-            print(f"{prefix}: {len(problems)} problem(s) found")
-        else:
-            print(f"{prefix}: OK, {count} tensor(s) verified")
-    return 1 if problems else 0
+        _print_verdict(result)
+    return 0 if result["ok"] else 1
+
+
+def _verify_one(path: str, *, must_exist: bool = False) -> dict[str, Any]:
+    """Verify one checkpoint: ``prefix``, ``ok``, ``tensors`` and ``problems`` (messages),
+    and ``labelled``: each problem with its label for the text output."""
+    labelled: list[tuple[str, str]] = []
+    count = 0
+    prefix = str(path)
+    if not must_exist and os.path.isdir(path):  # a state file listing a directory: not opened, as that would resolve it
+        return _verdict_of(prefix, [("MISSING", f"{prefix}: a directory, not a checkpoint prefix")], 0)
+    try:
+        with ckptlib.load_checkpoint(path) as reader:
+            prefix = reader.prefix
+            labelled = [(_label(p), str(p)) for p in reader.verify(progress=_Progress("verifying"))]
+            with contextlib.suppress(ckptlib.CheckpointError):  # an unreadable index: reported above
+                count = len(reader)
+    except ckptlib.CheckpointNotFoundError as e:
+        if must_exist:
+            raise
+        labelled = [("MISSING", str(e))]
+    except ckptlib.CheckpointError as e:
+        labelled = [(_label(e), str(e))]
+    return _verdict_of(prefix, labelled, count)
+
+
+def _verdict_of(prefix: str, labelled: list[tuple[str, str]], count: int) -> dict[str, Any]:
+    problems = [text for _, text in labelled]
+    return {"prefix": prefix, "ok": not problems, "tensors": count, "problems": problems, "labelled": labelled}
+
+
+def _label(problem: ckptlib.CheckpointError) -> str:
+    return "UNSUPPORTED" if isinstance(problem, ckptlib.UnsupportedFeatureError) else "DAMAGED"
+
+
+def _print_verdict(result: dict[str, Any]) -> None:
+    for label, problem in result["labelled"]:
+        print(f"{label:7}  {problem}")
+    if result["problems"]:
+        print(f"{result['prefix']}: {len(result['problems'])} problem(s) found")
+    else:
+        print(f"{result['prefix']}: OK, {result['tensors']} tensor(s) verified")
+
+
+def _verify_directory(args: argparse.Namespace, directory: str) -> int:
+    """Every checkpoint the state file lists, then every complete one it does not; reads only."""
+    problems: list[str] = []
+    try:
+        listed = _listed_prefixes(directory)
+    except ckptlib.CorruptCheckpointError as e:  # still check what the directory holds
+        problems.append(str(e))
+        listed = []
+    seen = {os.path.realpath(prefix) for prefix in listed}
+    unlisted = [p for p in _indexed_prefixes(directory, seen) if ckptlib.checkpoint_exists(p)]
+    if not listed and not unlisted and not problems:
+        raise ckptlib.CheckpointNotFoundError("no checkpoints in this directory", path=directory)
+    results = [{**_verify_one(p), "listed": True} for p in listed]
+    results += [{**_verify_one(p), "listed": False} for p in unlisted]
+    bad = sum(not r["ok"] for r in results)
+    ok = not bad and not problems
+    if args.json:
+        rows = [{k: v for k, v in r.items() if k != "labelled"} for r in results]
+        _emit_json({"directory": directory, "ok": ok, "checkpoints": rows, "problems": problems})
+        return 0 if ok else 1
+    for problem in problems:
+        print(f"DAMAGED  {problem}")
+    for result in results:
+        _print_verdict(result)
+    if ok:
+        print(f"{directory}: OK, {len(results)} checkpoint(s) verified")
+    else:
+        state = ", state file unreadable" if problems else ""
+        print(f"{directory}: {bad} of {len(results)} checkpoint(s) with problems{state}")
+    return 0 if ok else 1
+
+
+def _listed_prefixes(directory: str) -> list[str]:
+    """The prefixes the state file lists, oldest first, the latest last if not among them."""
+    state = ckptlib.get_checkpoint_state(directory)
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path not in paths:
+        paths.append(state.model_checkpoint_path)
+    return list(dict.fromkeys(paths))
+
+
+def _indexed_prefixes(directory: str, seen: set[str]) -> list[str]:
+    """Prefixes of the ``.index`` files in ``directory`` whose real path is not in ``seen``."""
+    found = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".index"):
+            prefix = os.path.join(directory, name[: -len(".index")])
+            if os.path.realpath(prefix) not in seen:
+                found.append(prefix)
+    return found
 
 
 # -- diff -----------------------------------------------------------------------------
@@ -369,29 +450,62 @@ def _compare(x: np.ndarray, y: np.ndarray, atol: float) -> tuple[bool, float | N
 
 
 # -- convert --------------------------------------------------------------------------
+# TensorFlow 2's record of the object graph: one string tensor in every tf.train.Checkpoint,
+# structure rather than weights; .safetensors, which holds no strings, goes without it.
+OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     src, dst = args.src, args.dst
     if _is_array_file(src) and _is_array_file(dst):
         raise _Usage("one of SRC and DST must be a checkpoint (array file to array file is not supported)")
     if _is_array_file(src):
         tensors, dtype_names = import_arrays(src)
+        skipped = [name for name, a in tensors.items() if a.dtype == object] if args.skip_strings else []
         writer = ckptlib.BundleWriter(dst)
         for name, value in tensors.items():
-            writer.add(name, value, dtype=dtype_names.get(name))
+            if name not in skipped:
+                writer.add(name, value, dtype=dtype_names.get(name))
         writer.finish()
-        print(f"wrote {len(tensors)} tensor(s) to checkpoint {dst}")
-        return 0
+        return _converted(args, "checkpoint", len(tensors) - len(skipped), skipped)
     if not _is_array_file(dst):
         raise _Usage("DST must end in .npz or .safetensors (or SRC must, to make a checkpoint)")
     with ckptlib.load_checkpoint(src) as reader:
+        names = reader.keys_list()
+        dtype_names = {name: reader.dtype_name(name) for name in names}
+        strings = [name for name in names if dtype_names[name] == "string"]
+        skipped = strings if args.skip_strings else []
+        if dst.endswith(".safetensors") and not args.skip_strings:
+            skipped = [name for name in strings if name == OBJECT_GRAPH]
+            refused = [name for name in strings if name != OBJECT_GRAPH]
+            if refused:
+                raise ckptlib.InvalidTensorError(
+                    f"safetensors cannot hold string tensors ({len(refused)} here: {', '.join(refused)}); "
+                    "--skip-strings leaves them out",
+                    tensor=refused[0],
+                )
+        wanted = [name for name in names if name not in set(skipped)]
         progress = _Progress("reading")
         tensors = {}
-        for i, name in enumerate(reader.keys_list()):
+        for i, name in enumerate(wanted):
             tensors[name] = reader.get_tensor(name)
-            progress(i + 1, len(reader))
-        dtype_names = {name: reader.dtype_name(name) for name in tensors}
-    export_arrays(tensors, dst, dtype_names)
-    print(f"wrote {len(tensors)} tensor(s) to {dst}")
+            progress(i + 1, len(wanted))
+    export_arrays(tensors, dst, {name: dtype_names[name] for name in tensors})
+    return _converted(args, "safetensors" if dst.endswith(".safetensors") else "npz", len(tensors), skipped)
+
+
+def _converted(args: argparse.Namespace, kind: str, count: int, skipped: list[str]) -> int:
+    if skipped:
+        print(
+            f"ckptlib convert: warning: left out {len(skipped)} string tensor(s): {', '.join(skipped)}",
+            file=sys.stderr,
+        )
+    if args.json:
+        _emit_json({"source": args.src, "destination": args.dst, "format": kind, "tensors": count, "skipped": skipped})
+    elif kind == "checkpoint":
+        print(f"wrote {count} tensor(s) to checkpoint {args.dst}")
+    else:
+        print(f"wrote {count} tensor(s) to {args.dst}")
     return 0
 
 
@@ -419,33 +533,70 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+EXIT_STATUS = "Exit status: 0 success, 1 damaged or missing input, 2 usage error."
+PATH_HELP = "a prefix (dir/model.ckpt-7), a directory (its latest checkpoint) or one of the checkpoint's files"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ckptlib", description="Inspect, verify, diff and convert TensorFlow checkpoints.")
+    parser = _Parser(
+        prog="ckptlib", description="Inspect, verify, diff and convert TensorFlow checkpoints.", epilog=EXIT_STATUS
+    )
     parser.add_argument("--version", action="version", version=f"ckptlib {ckptlib.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str, epilog: str = EXIT_STATUS
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog)
+        p.add_argument("--json", action="store_true", help="machine-readable output (strict JSON)")
         p.set_defaults(func=func)
         return p
 
     p = command("ls", cmd_ls, "List the checkpoints of a directory: step, time, size, shards, completeness.")
-    p.add_argument("directory")
+    p.add_argument("directory", help="a directory of checkpoints (the one holding their `checkpoint` state file)")
     p = command("inspect", cmd_inspect, "Show a checkpoint's tensors: dtype, shape, size, shard.")
-    p.add_argument("path", help="prefix, directory (latest checkpoint) or one of the checkpoint's files")
+    p.add_argument("path", help=PATH_HELP)
     p.add_argument("--tensor", metavar="NAME", help="print this tensor's values")
     p.add_argument("--all", action="store_true", help="print every tensor's values")
     p.add_argument("--stats", action="store_true", help="min/max/mean/std and NaN/Inf counts per tensor")
-    p = command("verify", cmd_verify, "Check every block and tensor checksum; exit 1 on damage.")
-    p.add_argument("path", help="prefix, directory (latest checkpoint) or one of the checkpoint's files")
-    p = command("diff", cmd_diff, "Compare two checkpoints tensor by tensor.")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--atol", type=_tolerance, default=0.0, help="values within this absolute difference are equal")
-    p = command("convert", cmd_convert, "Convert between checkpoints and .npz / .safetensors files.")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p = command(
+        "verify",
+        cmd_verify,
+        "Check everything a restore checks: every block, entry and checksum, each tensor's dtype, shape, "
+        "place and slices. A directory: every checkpoint in it, one line each.",
+        "Exit status: 0 all intact, 1 any problem (or nothing to verify), 2 usage error.",
+    )
+    p.add_argument(
+        "path", help="a prefix, one of the checkpoint's files, or a directory (every checkpoint listed or in it)"
+    )
+    p = command(
+        "diff",
+        cmd_diff,
+        "Compare two checkpoints tensor by tensor.",
+        "Exit status: 0 when both checkpoints were read, whether or not they differ (use --json to act on "
+        "the differences), 1 when either cannot be read, 2 usage error.",
+    )
+    p.add_argument("a", help=f"the first checkpoint: {PATH_HELP}")
+    p.add_argument("b", help="the second checkpoint, given the same way")
+    p.add_argument(
+        "--atol",
+        type=_tolerance,
+        default=0.0,
+        help="values within this absolute difference count as equal (default: %(default)s, exact)",
+    )
+    p = command(
+        "convert",
+        cmd_convert,
+        "Convert between checkpoints and .npz / .safetensors files. TensorFlow's object graph "
+        f"({OBJECT_GRAPH}) is left out of .safetensors, which cannot hold strings.",
+    )
+    p.add_argument("src", help=f"what to read: a .npz or .safetensors file, or a checkpoint as {PATH_HELP}")
+    p.add_argument("dst", help="what to write: a .npz or .safetensors file, or the prefix of a new checkpoint")
+    p.add_argument(
+        "--skip-strings",
+        action="store_true",
+        help="leave out string tensors (which .safetensors cannot hold), naming them on stderr",
+    )
     return parser
 
 

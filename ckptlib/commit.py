@@ -1,6 +1,6 @@
 """The commit protocol shared by ``Saver`` and ``CheckpointManager``.
 
-A save becomes visible in four durable steps, so that a kill at any instant leaves the
+A save becomes visible in three durable steps, so that a kill at any instant leaves the
 previous latest checkpoint restorable:
 
 1. the bundle: data shards under temporary names, renamed; the index renamed last
@@ -11,13 +11,16 @@ previous latest checkpoint restorable:
    lists them, index first (so a half-deleted checkpoint is never visible), and only
    inside the save directory, whatever the state file says. They are noted in a journal
    (``.checkpoint.<name>.deleting``) before the state file drops them, and the journal
-   goes once they are gone, so a kill in between leaves no checkpoint behind for good:
-   the next saver of that name finishes the job (``finish_deletions``);
-4. stale temporary files from killed saves swept away.
+   goes once they are gone, so a kill or an interrupt in between leaves no checkpoint behind
+   for good: the next save of that name finishes the job (``finish_deletions``).
+
+What a killed save leaves (temporary files, a bundle moved aside) is repaired by a later
+save of the same checkpoints when no save is running in the directory (``save_lock``).
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -32,6 +35,7 @@ from ckptlib.state import (
     read_state_file,
     relative_to,
     resolve,
+    resolve_all,
     state_file_path,
     state_lock,
     write_state_file,
@@ -64,7 +68,7 @@ def read_listing(directory: str, latest_filename: str | None) -> Listing | None:
         return None
     if state is None:
         return None
-    paths = [resolve(directory, p) for p in state.all_model_checkpoint_paths]
+    paths = resolve_all(directory, state.all_model_checkpoint_paths)
     times = list(state.all_model_checkpoint_timestamps)
     has_timestamps = len(times) == len(paths)
     if not has_timestamps:
@@ -150,9 +154,13 @@ def inside(directory: str, prefix: str) -> bool:
 def owner(directory: str, name_pattern: re.Pattern[str]) -> Callable[[str], bool]:
     """A predicate: is a prefix one of those a saver makes, i.e. in ``directory`` and with a
     basename matching ``name_pattern`` entirely?"""
+    real_parent = functools.lru_cache(maxsize=16)(lambda parent: os.path.realpath(parent or "."))
 
     def owns(prefix: str) -> bool:
-        return inside(directory, prefix) and name_pattern.fullmatch(os.path.basename(prefix)) is not None
+        name = os.path.basename(prefix)
+        if name in ("", ".", "..") or name_pattern.fullmatch(name) is None:
+            return False
+        return real_parent(os.path.dirname(prefix)) == real_parent(directory)
 
     return owns
 
@@ -179,29 +187,60 @@ def deletion_journal(directory: str, latest_filename: str | None, name: str) -> 
 
 
 def note_deletions(journal: str, prefixes: Sequence[str], sync: bool) -> None:
-    """Record, before the state file stops listing them, the checkpoints about to go."""
-    names = [os.path.basename(p) for p in prefixes if inside(os.path.dirname(journal), p)]
+    """Record, before the state file stops listing them, the checkpoints about to go, with
+    those an interrupted deletion noted before and did not finish."""
+    directory = os.path.dirname(journal)
+    names = [os.path.basename(p) for p in prefixes if inside(directory, p)]
     if not names:  # (a prefix outside the directory is never deleted anyway)
         return
+    names = list(dict.fromkeys([*_noted(journal), *names]))
     data = json.dumps(names).encode()
     os.replace(write_temp(journal, [data], sync), journal)
     if sync:
-        fsync_dir(os.path.dirname(journal))
-
-
-def delete_noted(directory: str, journal: str, prefixes: Sequence[str], *, meta: bool = True) -> None:
-    """Delete the checkpoints ``note_deletions`` recorded, then the journal."""
-    for prefix in prefixes:
-        remove_checkpoint(directory, prefix, meta=meta)
-    remove_quietly(journal)
+        fsync_dir(directory)
 
 
 def finish_deletions(
-    directory: str, latest_filename: str | None, journal: str, owns: Callable[[str], bool], *, meta: bool = True
+    directory: str,
+    latest_filename: str | None,
+    journal: str,
+    owns: Callable[[str], bool],
+    *,
+    also: Sequence[str] = (),
+    meta: bool = True,
 ) -> list[str]:
-    """Delete what a killed saver had noted and not deleted yet: each noted checkpoint it
-    owns that the state file does not list (a kill before the state file was replaced
-    leaves them listed, and kept). Returns the prefixes deleted."""
+    """Delete the checkpoints the journal notes, and ``also`` these, that the saver ``owns``
+    and the state file does not list, then the journal; returns the prefixes deleted.
+
+    After ``update_state`` dropped them, this is rotation's last step; run by a repair, it
+    finishes what a killed or interrupted saver noted (a kill before the state file was
+    replaced leaves them listed, and kept). Where there is no readable state file, nothing
+    is deleted.
+    """
+    names = list(dict.fromkeys([*_noted(journal), *(os.path.basename(p) for p in also if inside(directory, p))]))
+    if not names:
+        remove_quietly(journal)  # if it was there, it noted nothing readable
+        return []
+    deleted = []
+    with state_lock(directory, latest_filename):
+        listing = read_listing(directory, latest_filename)
+        if listing is None:  # what was listed is unknown: delete nothing, forget the notes
+            remove_quietly(journal)
+            return []
+        # by name within this directory, however the state file spells its paths
+        listed = {os.path.basename(p) for p, _ in listing.records if inside(directory, p)}
+        if listing.latest and inside(directory, listing.latest):
+            listed.add(os.path.basename(listing.latest))
+        for name in names:
+            prefix = os.path.join(directory, name)
+            if name not in listed and owns(prefix) and remove_checkpoint(directory, prefix, meta=meta):
+                deleted.append(prefix)
+        remove_quietly(journal)
+    return deleted
+
+
+def _noted(journal: str) -> list[str]:
+    """The names a deletion journal holds; none if it is absent or unreadable (logged)."""
     try:
         with open(journal, "rb") as f:
             names = json.loads(f.read())
@@ -209,26 +248,11 @@ def finish_deletions(
         return []
     except (OSError, ValueError) as e:
         logger.warning("ignoring unreadable deletion journal %s: %s", journal, e)
-        names = []
+        return []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         logger.warning("ignoring malformed deletion journal %s", journal)
-        names = []
-    deleted = []
-    with state_lock(directory, latest_filename):
-        listing = read_listing(directory, latest_filename)
-        if listing is None:  # what is listed is unknown: delete nothing
-            names = []
-        else:  # by name within this directory, however the state file spells its paths
-            listed = {os.path.basename(p) for p, _ in listing.records if inside(directory, p)}
-            if listing.latest and inside(directory, listing.latest):
-                listed.add(os.path.basename(listing.latest))
-            names = [name for name in names if name not in listed]
-        for name in names:
-            prefix = os.path.join(directory, name)
-            if owns(prefix) and remove_checkpoint(directory, prefix, meta=meta):
-                deleted.append(prefix)
-        remove_quietly(journal)
-    return deleted
+        return []
+    return names
 
 
 def _mtime(prefix: str) -> float:

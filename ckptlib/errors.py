@@ -10,9 +10,11 @@
     ├── UnsupportedFeatureError (+ NotImplementedError)  valid, but a feature ckptlib cannot handle
     ├── CheckpointTooLargeError (+ MemoryError)          valid, but too large for this process's memory
     ├── InvalidTensorError (+ ValueError)                 a value that cannot be saved (type, name, slice)
+    ├── InvalidStructureError (+ TypeError)              the state to save or restore into is not a mapping
     └── RestoreMismatchError (+ ValueError)               restoring into targets that do not fit
         ├── ShapeMismatchError
-        └── DtypeMismatchError
+        ├── DtypeMismatchError
+        └── ReadOnlyTargetError                          a target that cannot be written in place
 
 Each class also derives from the builtin it resembles, so ``except KeyError`` or
 ``except ValueError`` keeps working for callers who do not know ckptlib. Errors about a
@@ -28,7 +30,9 @@ __all__ = [
     "ChecksumMismatchError",
     "CorruptCheckpointError",
     "DtypeMismatchError",
+    "InvalidStructureError",
     "InvalidTensorError",
+    "ReadOnlyTargetError",
     "RestoreMismatchError",
     "ShapeMismatchError",
     "TensorNotFoundError",
@@ -103,6 +107,11 @@ class InvalidTensorError(CheckpointError, ValueError):
     """A value or name that cannot be written to a checkpoint."""
 
 
+class InvalidStructureError(CheckpointError, TypeError):
+    """What was passed as the state to save, or the structure to restore into, is not a
+    mapping of names to values."""
+
+
 class RestoreMismatchError(CheckpointError, ValueError):
     """Restoring into existing targets failed: missing, unexpected or ill-fitting tensors."""
 
@@ -113,3 +122,8 @@ class ShapeMismatchError(RestoreMismatchError):
 
 class DtypeMismatchError(RestoreMismatchError):
     """A stored tensor's dtype differs from its restore target's."""
+
+
+class ReadOnlyTargetError(RestoreMismatchError):
+    """A restore target cannot be written in place: a read-only array, or a plain value
+    held by a mapping that cannot be updated."""

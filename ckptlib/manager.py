@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -10,9 +11,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ckptlib.checkpoint import checkpoint_exists
+from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
 from ckptlib.commit import (
-    delete_noted,
     deletion_journal,
     finish_deletions,
     note_deletions,
@@ -20,10 +20,18 @@ from ckptlib.commit import (
     read_listing,
     update_state,
 )
-from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
+from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.restore import RestoreReport, restore
+from ckptlib.save_lock import repair_if_idle, saving
+from ckptlib.state import DEFAULT_STATE_FILENAME
 from ckptlib.values import flatten
 from ckptlib.writer import BundleWriter, recover_interrupted_saves
+
+logger = logging.getLogger("ckptlib")
+
+# What makes restore_or_initialize try the checkpoint before (a tensor ckptlib cannot
+# decode, or a mismatch with the targets, is the caller's to see).
+_DAMAGE = (CorruptCheckpointError, CheckpointNotFoundError)
 
 
 class CheckpointManager:
@@ -67,11 +75,12 @@ class CheckpointManager:
         self._last_checkpoint_step: int | None = None
         self._num_shards = num_shards
         self._sync = sync
-        self._pattern = re.compile(re.escape(checkpoint_name) + r"-(\d+)")
+        self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
         self._owner = owner(self._directory, self._pattern)
         self._managed: OrderedDict[str, float] = OrderedDict()
         self._journal = deletion_journal(self._directory, None, checkpoint_name)
-        finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
+        # Like TF's, a manager is a writer from the start: it finishes what a killed one left.
+        repair_if_idle(self._directory, self._repair)
         self._recover()
 
     def _recover(self) -> None:
@@ -117,7 +126,8 @@ class CheckpointManager:
         self, state: Mapping[str, Any], checkpoint_number: int | None = None, check_interval: bool = True
     ) -> str | None:
         """Save ``state`` as the next checkpoint; returns its prefix, or None when
-        ``checkpoint_interval`` says it is too early."""
+        ``checkpoint_interval`` says it is too early. An empty ``state`` saves a checkpoint
+        of no tensors, as ``tf.train.CheckpointManager`` does."""
         if self._checkpoint_interval is not None:
             assert self._step_counter is not None
             step = int(self._step_counter())
@@ -128,15 +138,19 @@ class CheckpointManager:
                     return None
             self._last_checkpoint_step = step
         tensors = flatten(state)
-        if not tensors:
-            raise InvalidTensorError("nothing to save: the state is empty")
-        self._counter += 1
-        number = self._counter if checkpoint_number is None else int(checkpoint_number)
+        number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
-        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
-        writer.add_all(tensors)
-        writer.finish()
+        os.makedirs(self._directory or ".", exist_ok=True)
+        with saving(self._directory, self._repair):
+            writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
+            writer.add_all(tensors)
+            writer.finish()
+            self._counter += 1
+            self._commit(prefix)
+        return prefix
 
+    def _commit(self, prefix: str) -> None:
+        """Name ``prefix`` in the state file, then delete what rotation dropped."""
         timestamp = time.time()
         self._managed.pop(prefix, None)
         self._managed[prefix] = timestamp
@@ -146,27 +160,52 @@ class CheckpointManager:
         try:
             note_deletions(self._journal, doomed, self._sync)
             self._record_state()
-        except Exception:
+        except BaseException:  # a KeyboardInterrupt too
             # still listed: they stay managed (the new checkpoint too), deleted by a later save
             self._managed, self._last_preserved = before
             raise
-        delete_noted(self._directory, self._journal, doomed, meta=False)  # no longer listed
-        recover_interrupted_saves(self._directory)
-        return prefix
+        # No longer listed. Interrupted from here on, the journal notes them for a later save.
+        finish_deletions(self._directory, None, self._journal, self._owner, also=doomed, meta=False)
+
+    def _repair(self) -> None:
+        """What killed or interrupted saves of this manager's checkpoints left (see
+        ``save_lock``): files aside or half written, checkpoints noted for deletion."""
+        own_files = (DEFAULT_STATE_FILENAME, os.path.basename(self._journal))
+        recover_interrupted_saves(self._directory, self._owner, own_files)
+        finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
 
     def restore_or_initialize(
         self, into: Mapping[str, Any] | None = None, init_fn: Callable[[], Any] | None = None
     ) -> str | None:
-        """Restore the latest checkpoint into ``into`` and return its prefix; with none,
-        call ``init_fn`` (if given) and return None."""
-        latest = self.latest_checkpoint
-        if latest is not None:
-            if into is not None:
-                self.restore(into, latest)
+        """Restore the newest intact checkpoint into ``into`` and return its prefix; with
+        none, call ``init_fn`` (if given) and return None.
+
+        A damaged or incomplete checkpoint is skipped with a warning naming it and the
+        damage, and the one before it is tried: a restore is all or nothing, so ``into``
+        holds either one whole checkpoint or what it held before. Without ``into``, each
+        candidate is verified instead (every checksum read).
+        """
+        candidates = [self._latest] if self._latest is not None else []
+        candidates += [p for p in reversed(self._managed) if p != self._latest]
+        for prefix in candidates:
+            if not checkpoint_exists(prefix):
+                logger.warning("skipping checkpoint %s: missing or incomplete", prefix)
+                continue
+            try:
+                if into is not None:
+                    restore(prefix, into=into)
+                else:
+                    with load_checkpoint(prefix) as reader:
+                        damage = [e for e in reader.verify() if isinstance(e, _DAMAGE)]
+                    if damage:
+                        raise damage[0]
+            except _DAMAGE as e:
+                logger.warning("skipping damaged checkpoint %s: %s", prefix, e)
+                continue
             if self._checkpoint_interval is not None:
                 assert self._step_counter is not None
                 self._last_checkpoint_step = int(self._step_counter())
-            return latest
+            return prefix
         if init_fn is not None:
             init_fn()
         return None

@@ -17,6 +17,7 @@ from ckptlib.errors import CorruptCheckpointError, InvalidTensorError
 from ckptlib.format.bundle import HEADER_KEY, Entry, encode_entry, encode_header
 from ckptlib.format.table import build_table
 from ckptlib.reader import BundleReader
+from ckptlib.save_lock import saving
 from ckptlib.storage import fsync_dir, remove_quietly, write_temp
 from ckptlib.writer import data_filename, index_filename
 
@@ -59,25 +60,27 @@ def merge_bundles(
         os.makedirs(directory, exist_ok=True)
     items = [(HEADER_KEY, encode_header(num_files))]
     items += sorted((key, encode_entry(entry)) for key, entry in entries.items())
-    moved: list[tuple[str, str]] = []
-    temp = None
-    try:
-        for source, new_id in file_ids.items():
-            target = data_filename(merged_prefix, new_id, num_files)
-            os.replace(sources[source], target)
-            moved.append((target, sources[source]))
-        temp = write_temp(index_filename(merged_prefix), [build_table(items)], sync)
-        if sync:
-            fsync_dir(directory)
-        os.replace(temp, index_filename(merged_prefix))
-    except BaseException:
-        # The inputs' data files go back where their indexes expect them.
-        if temp is not None:
-            remove_quietly(temp)
-        for now_at, was_at in reversed(moved):
-            with contextlib.suppress(OSError):
-                os.replace(now_at, was_at)
-        raise
+    # Held like a save: a repair elsewhere must not take the temporary index for a leftover.
+    with saving(directory):
+        moved: list[tuple[str, str]] = []
+        temp = None
+        try:
+            for source, new_id in file_ids.items():
+                target = data_filename(merged_prefix, new_id, num_files)
+                os.replace(sources[source], target)
+                moved.append((target, sources[source]))
+            temp = write_temp(index_filename(merged_prefix), [build_table(items)], sync)
+            if sync:
+                fsync_dir(directory)
+            os.replace(temp, index_filename(merged_prefix))
+        except BaseException:
+            # The inputs' data files go back where their indexes expect them.
+            if temp is not None:
+                remove_quietly(temp)
+            for now_at, was_at in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.replace(now_at, was_at)
+            raise
     if sync:
         fsync_dir(directory)
     for prefix in prefixes:

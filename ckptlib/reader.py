@@ -13,13 +13,14 @@ import itertools
 import os
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import numpy as np
 
+from ckptlib.bulk_read import read_spans
 from ckptlib.errors import (
     CheckpointError,
     CheckpointTooLargeError,
@@ -117,26 +118,39 @@ class CheckpointReader(Mapping[str, np.ndarray]):
 
     @too_large_if_out_of_memory
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[CheckpointError]:
-        """Check every block and every tensor; returns the problems found (empty: intact).
+        """Check everything a restore checks; returns the problems found (empty: ``restore``
+        and ``get_tensor`` succeed on every tensor).
 
-        Tensors of dtypes ckptlib cannot decode (DT_VARIANT) are not counted as damage.
-        ``progress(done, total)`` is called after each tensor."""
+        Every block of the index (the metaindex too) and every entry is checked, and every
+        tensor read as ``get_tensor`` reads it: its dtype, shape and size, its place inside
+        its shard, its slices, its string lengths and its checksum. Tensors ckptlib cannot
+        decode (DT_VARIANT, an unknown dtype) are reported as ``UnsupportedFeatureError``,
+        since restore refuses them too. Entries that claim the same bytes are reported alone,
+        without reading any tensor. ``progress(done, total)`` is called after each tensor.
+        """
         try:
             self._verify_structure()
             names = self.keys_list()
         except CheckpointError as e:
             return [e]
-        problems: list[CheckpointError] = []
+        problems = self._verify_layout()
+        if problems:  # entries claiming the same bytes: reading each could cost the file's size per entry
+            return problems
         for i, name in enumerate(names):
             try:
-                self.get_tensor(name)
-            except UnsupportedFeatureError:
-                pass  # valid but not decodable here (DT_VARIANT): not damage
+                self._verify_tensor(name)
             except CheckpointError as e:
                 problems.append(e)
             if progress is not None:
                 progress(i + 1, len(names))
         return problems
+
+    def _verify_layout(self) -> list[CheckpointError]:
+        """Checks a whole-checkpoint restore makes beyond those of each tensor."""
+        return []
+
+    def _verify_tensor(self, name: str) -> None:
+        self.get_tensor(name)
 
     @abstractmethod
     def _verify_structure(self) -> None:
@@ -155,10 +169,11 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     def tensor_info(self, name: str) -> TensorInfo:
         """Where and how ``name`` is stored, without reading its data."""
 
-    def read_all(self) -> dict[str, np.ndarray]:
-        """Every tensor, by name in key order, as ``get_tensor`` returns it (``restore`` uses
-        this to read a whole checkpoint); raises for the first damaged tensor."""
-        return {name: self.get_tensor(name) for name in self.keys_list()}
+    def read_all(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Every tensor (or those ``names`` lists), by name in key order, as ``get_tensor``
+        returns it (``restore`` uses this); raises for the first damaged tensor, and
+        ``TensorNotFoundError`` for a listed name the checkpoint lacks."""
+        return {name: self.get_tensor(name) for name in _selected(self.keys_list(), names, self.prefix)}
 
     def read_into(self, name: str, out: np.ndarray) -> np.ndarray:
         """Read ``name`` into the existing array ``out`` (same shape and dtype) and return it.
@@ -218,13 +233,19 @@ class BundleReader(CheckpointReader):
     """
 
     @too_large_if_out_of_memory
-    def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: bool = True):
+    def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: bool = False):
         self.prefix = os.fspath(prefix)
         self.verify_checksums = verify_checksums
         self.mmap = mmap
         self._index_path = index_filename(self.prefix)
         self._index = LocalFile(self._index_path)
         self._shards: dict[int, LocalFile] = {}
+        # Bytes get_tensor has read, and the size of the shards opened: more read than
+        # opened means tensors were read twice, or entries alias (see _check_location).
+        self._bytes_read = 0
+        self._bytes_opened = 0
+        self._overlaps_checked = False
+        self._overlap: str | None = None  # what overlaps, once found
         self._entries: OrderedDict[str, Entry] = OrderedDict()  # oldest first
         self._names: list[str] | None = None
         try:
@@ -306,58 +327,114 @@ class BundleReader(CheckpointReader):
             raise e.with_context(path=self._index_path, tensor=name) from None
 
     @too_large_if_out_of_memory
-    def read_all(self) -> dict[str, np.ndarray]:
-        """Every tensor, by name in key order, as ``get_tensor`` returns it.
+    def read_all(self, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Every tensor (or those ``names`` lists), by name in key order, as ``get_tensor``
+        returns it: private memory (all of it one buffer, which any array still held keeps
+        whole), or views of memory-mapped files with ``mmap=True``.
 
-        One pass over the index decodes every entry at once. Checksums are checked a run of
-        back-to-back tensors at a time, on several threads (``span_checks``); with
-        ``mmap=False``, tensors under 1 MiB are copied out of pieces of their shard read
-        whole. Every checksum is verified before this returns, and the first damaged tensor
-        in key order raises as ``get_tensor`` would.
+        One pass over the index decodes every entry at once; entries whose data overlap
+        are refused (``CorruptCheckpointError``). Checksums are checked a run of
+        back-to-back tensors at a time, on several threads (``bulk_read``, ``span_checks``).
+        Every value is read and every checksum verified before this returns; the first
+        damaged tensor in key order raises as ``get_tensor`` would.
         """
         if self.header.big_endian:
-            return super().read_all()
+            return super().read_all(names)
         with gc_paused():
-            return self._read_all_at_once()
+            return self._read_all_at_once(names)
 
-    def _read_all_at_once(self) -> dict[str, np.ndarray]:
+    def _read_all_at_once(self, wanted: Collection[str] | None) -> dict[str, np.ndarray]:
+        keys, columns, rest, value = self._entry_columns()
+        self._refuse_overlaps(keys, columns, rest, value)
+        if columns is None:
+            return super().read_all(wanted)  # get_tensor raises, naming the tensor
+        partitioned = bool(keys) and min(keys)[:1] == b"\0"  # slice keys (hidden) start with a 0 byte
+        skip = np.zeros(len(keys), dtype=bool)
+        skip[rest] = True
+        if partitioned:  # slices are read by get_tensor, which assembles them
+            skip |= np.array([key[:1] == b"\0" for key in keys], dtype=bool)
+        row_names = keys_to_names(keys)
+        if wanted is not None:
+            chosen = set(_selected(self.keys_list(), wanted, self.prefix))
+            skip |= np.array([name not in chosen for name in row_names], dtype=bool)
+        arrays = self._map_plain(columns, skip) if self.mmap else self._copy_plain(columns, skip)
+        if partitioned or wanted is not None:
+            by_name = {row_names[row]: array for row, array in arrays.items()}
+            names = _selected(self.keys_list(), wanted, self.prefix)
+            return {name: by_name[name] if name in by_name else self.get_tensor(name) for name in names}
+        self._names = row_names
+        if len(arrays) == len(row_names):  # every tensor read, in row order
+            return dict(zip(row_names, arrays.values(), strict=True))
+        return {name: arrays[row] if row in arrays else self.get_tensor(name) for row, name in enumerate(row_names)}
+
+    def _entry_columns(self) -> tuple[list[bytes], EntryColumns | None, list[int], Callable[[int], bytes]]:
+        """Every key but the header, in order, with its entry decoded column-wise; the rows
+        whose entries need ``decode_entry`` one by one; each row's raw value. Columns are
+        None if some entry is damaged (``get_tensor`` then says which)."""
         with self._context():
             table = self._table.columns()
         keys, starts, ends = table.keys, table.value_starts, table.value_ends
         if keys and keys[0] == HEADER_KEY:
             keys, starts, ends = keys[1:], starts[1:], ends[1:]
+
+        def value(row: int) -> bytes:
+            return table.data[int(starts[row]) : int(ends[row])]
+
         try:
             columns, rest = decode_plain_entries_at(table.data, starts, ends)
         except CheckpointError:
-            return super().read_all()  # get_tensor raises, naming the tensor
-        if not self.mmap:
-            self._refuse_aliasing(columns, rest)
-        partitioned = bool(keys) and min(keys)[:1] == b"\0"  # slice keys (hidden) start with a 0 byte
-        skip = set(rest)
-        if partitioned:  # slices are read by get_tensor, which assembles them
-            skip.update(row for row, key in enumerate(keys) if key[:1] == b"\0")
-        arrays = self._map_plain(columns, skip) if self.mmap else self._copy_small(columns, skip)
-        if partitioned:
-            by_name = {key_to_name(keys[row]): array for row, array in arrays.items()}
-            return {name: by_name[name] if name in by_name else self.get_tensor(name) for name in self.keys_list()}
-        names = self._names = keys_to_names(keys)
-        if len(arrays) == len(names):  # every tensor mapped, in row order
-            return dict(zip(names, arrays.values(), strict=True))
-        return {name: arrays[row] if row in arrays else self.get_tensor(name) for row, name in enumerate(names)}
+            return keys, None, [], value
+        return keys, columns, rest, value
 
-    def _refuse_aliasing(self, columns: EntryColumns, rest: list[int]) -> None:
-        """A copying read allocates what the entries claim: refuse entries that, each
-        inside its file, together claim more bytes than the data files hold (several names
-        for the same bytes, say), which no writer produces and which would let a small
-        index demand any amount of memory."""
-        inside, _ = self._inside_shards(columns)
-        inside[rest] = False
-        claimed = sum(columns.sizes[inside].tolist())  # Python ints: no overflow
-        held = sum(shard.size for shard in self._shards.values())
-        if claimed > held:
-            raise CorruptCheckpointError(
-                f"index entries overlap: they claim {claimed} bytes, the data files hold {held}", path=self.prefix
+    def _refuse_overlaps(
+        self, keys: list[bytes], columns: EntryColumns | None, rest: list[int], value: Callable[[int], bytes]
+    ) -> None:
+        """Raise ``CorruptCheckpointError`` if two entries' data overlap in a shard.
+
+        No writer produces that, and it would let a small index make a reader checksum and
+        copy the same bytes without end (20,000 names for one 64 MiB region). Entries that
+        cannot be decoded here are left to ``get_tensor``, which refuses them."""
+        if not self._overlaps_checked:
+            self._overlap = self._find_overlap(keys, columns, rest, value)
+            self._overlaps_checked = True
+        if self._overlap is not None:
+            raise CorruptCheckpointError(self._overlap, path=self._index_path)
+
+    def _find_overlap(
+        self, keys: list[bytes], columns: EntryColumns | None, rest: list[int], value: Callable[[int], bytes]
+    ) -> str | None:
+        if columns is None:
+            rest = list(range(len(keys)))
+            shard_ids, offsets, sizes = (np.zeros(0, dtype=np.int64) for _ in range(3))
+            rows = np.zeros(0, dtype=np.int64)
+        else:
+            plain = np.ones(len(keys), dtype=bool)
+            plain[rest] = False
+            rows = np.flatnonzero(plain & (columns.sizes > 0))
+            shard_ids, offsets, sizes = (c[rows].astype(np.int64) for c in columns[2:5])
+        extra = []
+        for row in rest:
+            with contextlib.suppress(CheckpointError):
+                entry = decode_entry(value(row))
+                if entry.size > 0 and not entry.slices:
+                    extra.append((row, entry.shard_id, entry.offset, entry.size))
+        if extra:
+            more = np.array(extra, dtype=np.int64).T
+            rows, shard_ids, offsets, sizes = (
+                np.concatenate(p) for p in zip((rows, shard_ids, offsets, sizes), more, strict=True)
             )
+        order = np.lexsort((offsets, shard_ids))
+        shard, start, size = shard_ids[order], offsets[order], sizes[order]
+        # start[i+1] - start[i] < size[i], not start[i] + size[i] > start[i+1]: no overflow
+        clash = np.flatnonzero((shard[1:] == shard[:-1]) & (start[1:] - start[:-1] < size[:-1]))
+        if not len(clash):
+            return None
+        i = int(clash[0])
+        a, b = (key_to_name(keys[int(rows[order[j]])]) for j in (i, i + 1))
+        return (
+            f"index entries overlap: {a!r} at [{start[i]}, {start[i] + size[i]}) and {b!r} at "
+            f"[{start[i + 1]}, {start[i + 1] + size[i + 1]}) of shard {shard[i]}"
+        )
 
     def _inside_shards(self, columns: EntryColumns) -> tuple[np.ndarray, np.ndarray]:
         """Which entries hold bytes that lie inside their (existing) shard, and every
@@ -372,22 +449,20 @@ class BundleReader(CheckpointReader):
         return inside, shard_ids
 
     def _plain_rows(
-        self, columns: EntryColumns, skip: set[int], below: int | None = None
+        self, columns: EntryColumns, skip: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, dict[int, np.dtype | None]]:
-        """The rows that are numeric, non-empty, not in ``skip``, inside their shard (and of
-        fewer than ``below`` bytes); every entry's shard id (clipped to the shard count); the
-        numpy dtype of each DataType present."""
+        """The rows that are numeric, non-empty, not marked in ``skip``, inside their shard;
+        every entry's shard id (clipped to the shard count); the numpy dtype of each
+        DataType present."""
         inside, shard_ids = self._inside_shards(columns)
-        if below is not None:
-            inside &= columns.sizes < below
         if columns.shapes and max(map(len, columns.shapes)) > NUMPY_MAX_RANK:  # get_tensor refuses those
             inside &= np.fromiter(map(len, columns.shapes), np.int64, len(columns.shapes)) <= NUMPY_MAX_RANK
         by_enum = {enum: dtypes.numpy_dtype(enum) for enum in np.unique(columns.dtypes).tolist()}
         usable = inside & np.isin(columns.dtypes, [enum for enum, found in by_enum.items() if found is not None])
-        usable[list(skip)] = False
+        usable &= ~skip
         return np.flatnonzero(usable), shard_ids, by_enum
 
-    def _map_plain(self, columns: EntryColumns, skip: set[int]) -> dict[int, np.ndarray]:
+    def _map_plain(self, columns: EntryColumns, skip: np.ndarray) -> dict[int, np.ndarray]:
         """Arrays viewing the memory-mapped shards for the entries (by row) that are
         numeric, non-empty, not in ``skip``, inside their shard and (if verifying) intact;
         the others are left for ``get_tensor``, which reports what is wrong with them."""
@@ -418,53 +493,54 @@ class BundleReader(CheckpointReader):
             del arrays[row]
         return arrays
 
-    def _copy_small(self, columns: EntryColumns, skip: set[int]) -> dict[int, np.ndarray]:
-        """Arrays of their own memory for the entries (by row) ``_map_plain`` would map
-        that are under ``_COPY_BYTES``: each run of back-to-back tensors is read, up to
-        ``_COPY_PIECE_BYTES`` at a time, into a private buffer, checked there (so what is
-        copied out is what was verified), and copied out while the next piece is checked.
-        Larger tensors are left for ``get_tensor``, which reads them straight into place."""
-        rows, shard_ids, by_enum = self._plain_rows(columns, skip, below=_COPY_BYTES)
-        order = rows[np.lexsort((columns.offsets[rows], shard_ids[rows]))]
-        shard, start, size = shard_ids[order], columns.offsets[order], columns.sizes[order]
-        first = np.ones(len(order), dtype=bool)  # does a piece begin here?
-        first[1:] = (shard[1:] != shard[:-1]) | (start[1:] != start[:-1] + size[:-1])
-        run_start = start[np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))]
-        piece = (start - run_start) // _COPY_PIECE_BYTES
-        first[1:] |= piece[1:] != piece[:-1]
-        bounds = [*np.flatnonzero(first).tolist(), len(order)]
-        expected = unmask_all(columns.crcs[order])
-        shapes, enums = columns.shapes, columns.dtypes.tolist()
-        copies: dict[int, np.ndarray] = {}
+    def _copy_plain(self, columns: EntryColumns, skip: np.ndarray) -> dict[int, np.ndarray]:
+        """Arrays of private memory for the entries (by row) ``_map_plain`` would map, all
+        views of one buffer the shards are read into (``bulk_read``), checked there, so
+        that what is returned is what was verified; damaged ones are left out, for
+        ``get_tensor`` to report."""
+        rows, shard_ids, by_enum = self._plain_rows(columns, skip)
+        row_list = rows.tolist()
+        shapes = columns.shapes if len(row_list) == len(columns.shapes) else [columns.shapes[i] for i in row_list]
+        numpy_dtypes = list(map(by_enum.__getitem__, columns.dtypes[rows].tolist()))
 
-        def copy_out(buffer: np.ndarray, members: np.ndarray, offsets: list[int], intact: list[bool]) -> None:
-            for row, offset, good in zip(members.tolist(), offsets, intact, strict=True):
-                if good:
-                    copies[row] = np.ndarray(shapes[row], by_enum[enums[row]], buffer, offset).copy()
+        def make_arrays(buffer: np.ndarray, places: np.ndarray) -> dict[int, np.ndarray]:
+            views = map(np.ndarray, shapes, numpy_dtypes, itertools.repeat(buffer), places.tolist())
+            return dict(zip(row_list, views, strict=True))
 
-        largest = max((int(start[b - 1] + size[b - 1] - start[a]) for a, b in itertools.pairwise(bounds)), default=0)
-        buffers = [np.empty(largest, dtype=np.uint8), np.empty(largest if len(bounds) > 2 else 0, dtype=np.uint8)]
-        previous: tuple[np.ndarray, np.ndarray, list[int], list[bool]] | None = None
-        for i, (a, b) in enumerate(itertools.pairwise(bounds)):
-            begin = int(start[a])
-            buffer = buffers[i % 2][: int(start[b - 1] + size[b - 1]) - begin]
-            self._shards[int(shard[a])].readinto(begin, buffer.data)
-            offsets = start[a:b] - begin
-            meanwhile = functools.partial(copy_out, *previous) if previous else _nothing
-            if self.verify_checksums:
-                zeros = np.zeros(b - a, dtype=np.int64)
-                intact, _ = check_spans({0: buffer.data}, zeros, offsets, size[a:b], expected[a:b], meanwhile)
-            else:
-                meanwhile()
-                intact = np.ones(b - a, dtype=bool)
-            previous = (buffer, order[a:b], offsets.tolist(), intact.tolist())
-        if previous:
-            copy_out(*previous)
-        return {row: copies[row] for row in rows.tolist() if row in copies}
+        expected = unmask_all(columns.crcs[rows]) if self.verify_checksums else None
+        intact, arrays = read_spans(
+            self._shards, shard_ids[rows], columns.offsets[rows], columns.sizes[rows], expected, make_arrays
+        )
+        for row in rows[~intact].tolist():
+            del arrays[row]
+        return arrays
 
     def _verify_structure(self) -> None:
         with self._context():
             self._table.verify_all()
+
+    def _verify_layout(self) -> list[CheckpointError]:
+        """Entries whose data overlap, reported alone: reading them would be unbounded work."""
+        try:
+            self._refuse_overlaps(*self._entry_columns())
+        except CheckpointError as e:
+            return [e]
+        return []
+
+    def _verify_tensor(self, name: str) -> None:
+        """``get_tensor``; for a tensor of a dtype it cannot decode (DT_VARIANT), its bytes'
+        place and checksum are checked before that is reported, so damage shows as damage."""
+        try:
+            self.get_tensor(name)
+        except UnsupportedFeatureError:
+            entry = self.entry(name)
+            if not entry.slices:
+                with self._context(tensor=name):
+                    shard = self._check_location(entry)  # bounds the buffer below by the file's size
+                    if self.verify_checksums:
+                        raw = memoryview(bytearray(entry.size))
+                        self._check_crc(entry, _read_checksummed(shard, entry.offset, raw, True) or 0, shard)
+            raise
 
     def close(self) -> None:
         self._index.close()
@@ -490,15 +566,26 @@ class BundleReader(CheckpointReader):
                     f"entry refers to shard {shard_id} but the bundle has {self.header.num_shards}"
                 )
             shard = self._shards[shard_id] = LocalFile(data_filename(self.prefix, shard_id, self.header.num_shards))
+            self._bytes_opened += shard.size
         return shard
 
     def _check_location(self, entry: Entry) -> LocalFile:
+        """The shard holding ``entry``'s data, which must lie inside it and overlap no
+        other entry's: the index is checked for overlaps once this reader has read more
+        than its open shards hold (tensors read again, or names aliasing the same bytes),
+        so reading tensor by tensor costs at most the data files' size before that."""
         shard = self._shard(entry.shard_id)
         if entry.offset + entry.size > shard.size:
             raise CorruptCheckpointError(
                 f"data at [{entry.offset}, {entry.offset + entry.size}) lies past the end of "
                 f"{os.path.basename(shard.path)} ({shard.size} bytes)"
             )
+        if not self._overlaps_checked:
+            self._bytes_read += entry.size
+            if self._bytes_read > self._bytes_opened:
+                self._refuse_overlaps(*self._entry_columns())
+        elif self._overlap is not None:
+            raise CorruptCheckpointError(self._overlap, path=self._index_path)
         return shard
 
     def _read(self, entry: Entry, out: np.ndarray | None = None) -> np.ndarray:
@@ -621,11 +708,6 @@ def check_numpy_rank(shape: tuple[int, ...]) -> None:
 # Decoded index entries kept for lookups by name; more are decoded again when asked for.
 _ENTRY_CACHE_SIZE = 1 << 16
 
-# read_all(mmap=False) copies tensors smaller than this out of pieces of their shard read
-# whole (up to _COPY_PIECE_BYTES); larger ones are read straight into their own arrays.
-_COPY_BYTES = 1 << 20
-_COPY_PIECE_BYTES = 32 << 20
-
 # Tensors at least this large are read in chunks, each checksummed on another thread while
 # the next is read (both release the GIL).
 _PIPELINE_BYTES = 8 << 20
@@ -655,8 +737,16 @@ def _read_checksummed(shard: LocalFile, offset: int, raw: memoryview, verify: bo
     return state[0]
 
 
-def _nothing() -> None:
-    return None
+def _selected(keys: list[str], names: Collection[str] | None, prefix: str) -> list[str]:
+    """``keys`` (all, or those in ``names``), in key order; raises ``TensorNotFoundError``
+    for a name not among them."""
+    if names is None:
+        return keys
+    wanted = set(names)
+    missing = sorted(wanted.difference(keys))
+    if missing:
+        raise TensorNotFoundError("not found in checkpoint", path=prefix, tensor=missing[0])
+    return [key for key in keys if key in wanted]
 
 
 class _ErrorContext:

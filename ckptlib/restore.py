@@ -10,7 +10,14 @@ from typing import Any, overload
 import numpy as np
 
 from ckptlib.checkpoint import load_checkpoint
-from ckptlib.errors import DtypeMismatchError, InvalidTensorError, RestoreMismatchError, ShapeMismatchError
+from ckptlib.errors import (
+    DtypeMismatchError,
+    InvalidStructureError,
+    InvalidTensorError,
+    ReadOnlyTargetError,
+    RestoreMismatchError,
+    ShapeMismatchError,
+)
 from ckptlib.format import dtypes
 from ckptlib.reader import CheckpointReader
 
@@ -40,7 +47,7 @@ def restore(
     *,
     strict: bool = True,
     verify_checksums: bool = True,
-    mmap: bool = True,
+    mmap: bool = False,
 ) -> dict[str, np.ndarray]: ...
 @overload
 def restore(
@@ -49,7 +56,7 @@ def restore(
     *,
     strict: bool = True,
     verify_checksums: bool = True,
-    mmap: bool = True,
+    mmap: bool = False,
 ) -> RestoreReport: ...
 
 
@@ -59,7 +66,7 @@ def restore(
     *,
     strict: bool = True,
     verify_checksums: bool = True,
-    mmap: bool = True,
+    mmap: bool = False,
 ) -> dict[str, np.ndarray] | RestoreReport:
     """Read a checkpoint (prefix, directory or one of its files).
 
@@ -71,33 +78,34 @@ def restore(
 
     Every target is checked before anything is written. A shape or dtype mismatch, and in
     ``strict`` mode (the default) any target the checkpoint lacks or stored tensor no
-    target takes, raises a ``RestoreMismatchError`` (``ShapeMismatchError`` or
-    ``DtypeMismatchError`` when those are the only problems) listing every offending name
-    with what was expected and found.
+    target takes, raises a ``RestoreMismatchError`` (``ShapeMismatchError``,
+    ``DtypeMismatchError`` or ``ReadOnlyTargetError`` when those are the only problems)
+    listing every offending name with what was expected and found. ``into`` that is not a
+    mapping raises ``InvalidStructureError``.
 
-    Numeric tensors returned without ``into`` are copy-on-write views of the memory-mapped
-    files (``mmap=True``, see ``load_checkpoint``). With ``into`` and ``mmap=True``, when the
-    targets take every stored tensor, the whole checkpoint is mapped and every checksum
-    verified before any target is written, so a damaged checkpoint leaves the targets as
-    they were; otherwise (and with ``mmap=False``) numpy targets are filled one by one,
-    straight from the files.
+    A restore is all or nothing: every tensor a target takes is read and its checksum
+    verified, and every target checked, before the first target is written, so a damaged
+    checkpoint (``ChecksumMismatchError``) or a mismatch leaves every target as it was.
+
+    Tensors are read into private memory (numeric ones returned without ``into`` are views
+    of one buffer, which any of them still held keeps whole); no file stays open. With
+    ``mmap=True`` they are copy-on-write views of the memory-mapped data files instead
+    (see ``load_checkpoint`` for what that risks).
     """
+    if into is not None and not isinstance(into, Mapping):
+        raise InvalidStructureError(
+            f"restore(into=...) takes a mapping of names to arrays (a dict), got {type(into).__name__}"
+        )
     with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
         if into is None:
             return reader.read_all()
         targets = list(_targets(into, ""))
         stored = set(reader.keys_list())
-        values = reader.read_all() if mmap and stored <= {t.name for t in targets} else None
+        values = reader.read_all([t.name for t in targets if t.name in stored])
         report = _check(reader, targets, strict, values)
         for target in targets:
-            if target.name not in stored:
-                continue
-            if values is not None:
+            if target.name in values:
                 _assign(target, values[target.name])
-            elif isinstance(target.leaf, np.ndarray):
-                reader.read_into(target.name, target.leaf)
-            else:
-                _assign(target, reader.get_tensor(target.name))
         return report
 
 
@@ -113,32 +121,32 @@ def _targets(tree: Mapping[str, Any], prefix: str) -> list[_Target]:
 
 
 def _check(
-    reader: CheckpointReader, targets: list[_Target], strict: bool, values: Mapping[str, np.ndarray] | None
+    reader: CheckpointReader, targets: list[_Target], strict: bool, values: Mapping[str, np.ndarray]
 ) -> RestoreReport:
-    """Every problem with the targets at once, as one error; ``values``, if already read,
-    tell shapes and dtypes without another index lookup per tensor."""
+    """Every problem with the targets at once, as one error; ``values`` (every stored
+    tensor a target takes, already read) tell shapes and dtypes without an index lookup."""
     stored = set(reader.keys_list())
     wanted = {t.name for t in targets}
     missing = sorted(wanted - stored)
     unexpected = sorted(stored - wanted)
-    shape_problems, dtype_problems = [], []
+    shape_problems, dtype_problems, readonly_problems = [], [], []
     for target in targets:
         if target.name not in stored:
             continue
-        if values is not None:
-            shape, dtype = values[target.name].shape, values[target.name].dtype
-        else:
-            shape, dtype = tuple(reader.shape(target.name)), reader.dtype(target.name)
+        shape, dtype = values[target.name].shape, values[target.name].dtype
         target_shape, target_dtype = _describe(target.leaf)
         if target_shape is not None and tuple(target_shape) != shape:
             shape_problems.append(f"{target.name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")
         if target_dtype is not None and target_dtype != dtype:
             dtype_problems.append(f"{target.name}: target dtype {target_dtype}, checkpoint has {dtype}")
         if isinstance(target.leaf, np.ndarray) and not target.leaf.flags.writeable:
-            shape_problems.append(f"{target.name}: the target array is read-only")
+            readonly_problems.append(f"{target.name}: the target array is read-only")
         if target_shape is None and not isinstance(target.parent, MutableMapping):
-            shape_problems.append(f"{target.name}: {type(target.leaf).__name__} cannot be updated in place")
-    problems = shape_problems + dtype_problems
+            readonly_problems.append(
+                f"{target.name}: {type(target.leaf).__name__} in a {type(target.parent).__name__} "
+                "cannot be updated in place"
+            )
+    problems = shape_problems + dtype_problems + readonly_problems
     if strict:
         problems += [f"{name}: missing from the checkpoint" for name in missing]
         problems += [f"{name}: in the checkpoint but not in the restore target" for name in unexpected]
@@ -149,6 +157,8 @@ def _check(
         elif problems == dtype_problems:
             kind = DtypeMismatchError
         detail = "\n  ".join(problems)
+        if problems == readonly_problems:
+            raise ReadOnlyTargetError(f"{len(problems)} target(s) cannot be written:\n  {detail}", path=reader.prefix)
         raise kind(f"{len(problems)} tensor(s) do not fit:\n  {detail}", path=reader.prefix)
     return RestoreReport(sorted(wanted & stored), missing, unexpected)
 

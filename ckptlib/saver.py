@@ -6,23 +6,25 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ckptlib.checkpoint import checkpoint_exists
+from ckptlib.checkpoint import checkpoint_exists, present
 from ckptlib.commit import (
     Record,
-    delete_noted,
     deletion_journal,
     finish_deletions,
+    inside,
     note_deletions,
     owner,
     read_listing,
     update_state,
 )
-from ckptlib.errors import CheckpointNotFoundError, InvalidTensorError
+from ckptlib.errors import CheckpointNotFoundError
 from ckptlib.restore import RestoreReport, restore
+from ckptlib.save_lock import saving
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
 from ckptlib.values import flatten
 from ckptlib.writer import BundleWriter, index_filename, recover_interrupted_saves
@@ -82,14 +84,15 @@ class Saver:
         self._relative = save_relative_paths
         self._recover = recover
         self._sync = sync
-        self._last: list[Record] = []
-        self._to_delete: list[Record] = []
+        self._track = _Track()
+        self._tracks: dict[str, _Track] = {}  # by state file
         self._recovered: set[str] = set()
 
     @property
     def last_checkpoints(self) -> list[str]:
-        """Prefixes of the checkpoints this saver tracks, oldest first."""
-        return [path for path, _ in self._last]
+        """Prefixes of the checkpoints this saver tracks in the state file it saved to
+        last, oldest first."""
+        return [path for path, _ in self._track.last]
 
     def save(
         self,
@@ -103,7 +106,8 @@ class Saver:
 
         ``global_step`` (an int or 0-d integer array/tensor) is appended as ``-<step>``.
         The checkpoint is complete on disk before the state file names it; old checkpoints
-        are deleted only afterwards.
+        are deleted only afterwards. An empty ``state`` saves a checkpoint of no tensors,
+        as ``save`` and TensorFlow's ``tf.train.Checkpoint`` do.
         """
         save_path = os.fspath(save_path)
         latest_filename = latest_filename or DEFAULT_STATE_FILENAME
@@ -117,39 +121,61 @@ class Saver:
             step = _as_step(global_step)
             prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
         tensors = flatten(state)
-        if not tensors:
-            raise InvalidTensorError("nothing to save: the state is empty")
-        if write_state and self._recover:
-            self._recover_from_state_file(save_dir, latest_filename, save_path)
+        os.makedirs(save_dir or ".", exist_ok=True)
+        owns = _owner(save_dir, save_path)
+        journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
 
-        writer = BundleWriter(
-            prefix, num_shards=self._shard_count(tensors), max_shard_bytes=self._max_shard_bytes, sync=self._sync
-        )
-        writer.add_all(tensors)
-        writer.finish()
+        def repair() -> None:
+            own_files = (latest_filename, os.path.basename(journal))
+            recover_interrupted_saves(save_dir, owns, own_files)
+            finish_deletions(save_dir, latest_filename, journal, owns)
 
-        if write_state:
-            now = time.time()
-            self._record(prefix, now)
-            doomed = self._due_for_deletion()
-            journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
-            try:
-                note_deletions(journal, [p for p, _ in doomed], self._sync)
-                update_state(
-                    save_dir,
-                    latest_filename,
-                    latest=(prefix, now),
-                    mine=self._last,
-                    owns=_owner(save_dir, save_path),
-                    relative=self._relative,
-                    sync=self._sync,
-                )
-            except Exception:
-                self._to_delete[:0] = doomed  # still listed: deleted by a later save
-                raise
-            delete_noted(save_dir, journal, [p for p, _ in doomed])
-        recover_interrupted_saves(save_dir)
+        with saving(save_dir, repair):
+            self._switch_to(save_dir, latest_filename)
+            if write_state and self._recover:
+                self._recover_from_state_file(save_dir, latest_filename, save_path)
+            writer = BundleWriter(
+                prefix,
+                num_shards=self._shard_count(tensors),
+                max_shard_bytes=self._max_shard_bytes,
+                sync=self._sync,
+            )
+            writer.add_all(tensors)
+            writer.finish()
+            if write_state:
+                self._commit(prefix, save_dir, latest_filename, save_path, journal)
         return prefix
+
+    def _commit(self, prefix: str, save_dir: str, latest_filename: str, save_path: str, journal: str) -> None:
+        """Name ``prefix`` in the state file, then delete what rotation dropped."""
+        now = time.time()
+        self._record(prefix, now)
+        dropped = self._due_for_deletion()
+        doomed = [p for p, _ in dropped]
+        # This saver's checkpoints are those of this save_path, and any other it tracks or
+        # is dropping in this directory (a Saver may save under several names).
+        tracked = {_path_key(p) for p in [*(p for p, _ in self._track.last), *doomed]}
+        pattern_owns = _owner(save_dir, save_path)
+
+        def owns(p: str) -> bool:
+            return pattern_owns(p) or _path_key(p) in tracked
+
+        try:
+            note_deletions(journal, doomed, self._sync)
+            update_state(
+                save_dir,
+                latest_filename,
+                latest=(prefix, now),
+                mine=[r for r in self._track.last if inside(save_dir, r[0])],
+                owns=owns,
+                relative=self._relative,
+                sync=self._sync,
+            )
+        except BaseException:  # a KeyboardInterrupt too: still listed, deleted by a later save
+            self._track.to_delete[:0] = dropped
+            raise
+        # Interrupted from here on, the journal still notes them: a later save deletes them.
+        finish_deletions(save_dir, latest_filename, journal, owns, also=doomed)
 
     def restore(self, state: Mapping[str, Any], save_path: str | os.PathLike[str] | None) -> RestoreReport:
         """Fill ``state`` in place from ``save_path`` (TF's argument order); strict."""
@@ -171,9 +197,17 @@ class Saver:
 
     def set_last_checkpoints_with_time(self, last_checkpoints_with_time: Sequence[tuple[str, float]]) -> None:
         """Replace the tracked ``(prefix, timestamp)`` list, oldest first."""
-        self._last = [(os.fspath(p), float(t)) for p, t in last_checkpoints_with_time]
+        self._track.last = [(os.fspath(p), float(t)) for p, t in last_checkpoints_with_time]
 
     # -- internals ----------------------------------------------------------------
+    def _switch_to(self, save_dir: str, latest_filename: str) -> None:
+        """Track the checkpoints of this state file: rotation counts each state file's
+        checkpoints apart (TF's Saver mixes them, and lists them all in each)."""
+        key = os.path.join(os.path.realpath(save_dir or "."), latest_filename)
+        if not self._tracks:  # the first save: what was set before is this state file's
+            self._tracks[key] = self._track
+        self._track = self._tracks.setdefault(key, _Track())
+
     def _shard_count(self, tensors: Mapping[str, Any]) -> int | None:
         """Shards for this save; None lets the writer size them by ``max_shard_bytes``."""
         if self._num_shards is not None:
@@ -188,17 +222,18 @@ class Saver:
         """TF's ``_RecordLastCheckpoint``: newest last; overflow queued for deletion."""
         if not self._max_to_keep:
             return
-        self._last = [r for r in self._last if r[0] != prefix]
-        self._last.append((prefix, now))
-        while len(self._last) > self._max_to_keep:
-            self._to_delete.append(self._last.pop(0))
+        track = self._track
+        track.last = [r for r in track.last if _path_key(r[0]) != _path_key(prefix)]
+        track.last.append((prefix, now))
+        while len(track.last) > self._max_to_keep:
+            track.to_delete.append(track.last.pop(0))
 
     def _due_for_deletion(self) -> list[Record]:
         """The queued checkpoints to delete now, less one kept per
         ``keep_checkpoint_every_n_hours`` period (TF's ``_MaybeDeleteOldCheckpoints``)."""
         doomed = []
-        while self._to_delete:
-            prefix, timestamp = self._to_delete.pop(0)
+        while self._track.to_delete:
+            prefix, timestamp = self._track.to_delete.pop(0)
             if self._next_keep_time is not None and timestamp > self._next_keep_time:
                 self._next_keep_time += (self._keep_every_hours or 0) * 3600
                 continue
@@ -212,29 +247,42 @@ class Saver:
         if key in self._recovered:
             return
         self._recovered.add(key)
-        journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
-        finish_deletions(save_dir, latest_filename, journal, _owner(save_dir, save_path))
         found = read_listing(save_dir, latest_filename)
         if found is None or not self._max_to_keep:
             return
         owns = _owner(save_dir, save_path)
-        tracked = {p for p, _ in self._last}
+        track = self._track
+        tracked = {_path_key(p) for p, _ in track.last}
         stem = os.path.basename(save_path)
+        mine = [(p, t) for p, t in found.records if owns(p)]
+        there = set(present(p for p, _ in mine))  # one directory listing, not a glob per path
         # Rebuilt from save_path itself so they compare equal to the prefixes save() makes.
         adopted = [
-            (save_path + os.path.basename(p)[len(stem) :], t)
-            for p, t in found.records
-            if owns(p) and checkpoint_exists(p)
+            (save_path + os.path.basename(p)[len(stem) :], t) for p, t in mine if p in there and checkpoint_exists(p)
         ]
         # In the file's (save) order, before anything this saver already tracks.
-        self._last = [r for r in adopted if r[0] not in tracked] + self._last
-        while len(self._last) > self._max_to_keep:
-            self._to_delete.append(self._last.pop(0))
+        track.last = [r for r in adopted if _path_key(r[0]) not in tracked] + track.last
+        while len(track.last) > self._max_to_keep:
+            track.to_delete.append(track.last.pop(0))
+
+
+@dataclass
+class _Track:
+    """The checkpoints a saver keeps in one state file, oldest first, and those it dropped
+    but has not deleted yet."""
+
+    last: list[Record] = field(default_factory=list)
+    to_delete: list[Record] = field(default_factory=list)
 
 
 def _owner(save_dir: str, save_path: str) -> Callable[[str], bool]:
-    """Is this prefix one of the checkpoints ``save_path`` produces (``save_path[-step]``)?"""
-    return owner(save_dir, re.compile(re.escape(os.path.basename(save_path)) + r"(-\d+)?"))
+    """Is this prefix one of the checkpoints ``save_path`` produces (``save_path[-step]``,
+    the step possibly negative)?"""
+    return owner(save_dir, re.compile(re.escape(os.path.basename(save_path)) + r"(--?\d+)?"))
+
+
+def _path_key(prefix: str) -> str:
+    return os.path.normpath(os.path.abspath(prefix))
 
 
 def _as_step(global_step: Any) -> int:

@@ -35,7 +35,7 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
-from ckptlib.storage import create_temp, preallocate, pwrite_all, remove_quietly, start_writeback
+from ckptlib.storage import create_temp, name_file, preallocate, pwrite_all, remove_quietly, start_writeback
 
 # One write covers at most this many bytes: large enough for sequential throughput, small
 # enough that a large tensor spreads over several workers and writeback starts early.
@@ -80,7 +80,8 @@ def write_shards(
     error is raised (the calling thread's own, if it failed too). The buffers must not
     change until this returns. ``sizes``, if given, holds each shard's buffer sizes,
     saving a pass over them. Each file is preallocated to its whole size before the
-    first write (see ``storage.preallocate``).
+    first write (see ``storage.preallocate``). An ``OSError`` names the shard it was
+    writing (``final_paths[i]``, see ``storage.name_file``).
     """
     if sizes is None:
         sizes = [np.fromiter(map(_NBYTES, buffers), dtype=np.int64, count=len(buffers)) for buffers in contents]
@@ -89,7 +90,11 @@ def write_shards(
     try:
         for path, shard_sizes in zip(final_paths, sizes, strict=True):
             created.append(create_temp(path))
-            preallocate(created[-1][1], int(shard_sizes.sum()))
+            try:
+                preallocate(created[-1][1], int(shard_sizes.sum()))
+            except OSError as e:
+                name_file(e, path)
+                raise
         fds = [fd for _, fd in created]
         queue = _PieceQueue()
         # The calling thread writes too once ``meanwhile`` is done, so it counts as one of
@@ -99,12 +104,12 @@ def write_shards(
             futures: list[Future[None]] = []
             try:
                 for _ in range(threads):
-                    futures.append(pool.submit(_write_pieces, queue, fds, sync))
+                    futures.append(pool.submit(_write_pieces, queue, fds, final_paths, sync))
                 with _quick_handoffs():
                     _queue_pieces(queue, contents, sizes)
                     if not queue.aborted:  # else a writer failed: its error is raised below
                         result = meanwhile(list(sizes))
-                    _write_pieces(queue, fds, sync)
+                    _write_pieces(queue, fds, final_paths, sync)
                 wait(futures)
             except BaseException:
                 queue.abort()  # the writers stop after their current piece; the pool's exit waits for them
@@ -114,11 +119,15 @@ def write_shards(
             for future in futures:
                 future.result()
             if sync:
-                list(pool.map(os.fsync, fds))
+                list(pool.map(_fsync, fds, final_paths))
         while created:  # an fd leaves ``created`` before its close: a failed close is not retried
             path, fd = created.pop(0)
             closed.append(path)
-            os.close(fd)  # network file systems may report a failed write only here
+            try:
+                os.close(fd)  # network file systems may report a failed write only here
+            except OSError as e:
+                name_file(e, final_paths[len(closed) - 1])
+                raise
     except BaseException:
         for _, fd in created:
             with contextlib.suppress(OSError):
@@ -243,12 +252,22 @@ def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None, bas
     return pieces
 
 
-def _write_pieces(pieces: _PieceQueue, fds: list[int], sync: bool) -> None:
+def _write_pieces(pieces: _PieceQueue, fds: list[int], paths: Sequence[str], sync: bool) -> None:
     while (piece := pieces.get()) is not None:
         try:
             pwrite_all(fds[piece.shard], piece.buffers, piece.offset, piece.size)
             if sync and piece.size:  # a length of 0 would mean "to the end of the file"
                 start_writeback(fds[piece.shard], piece.offset, piece.size)
-        except BaseException:
+        except BaseException as e:
             pieces.abort()
+            if isinstance(e, OSError):
+                name_file(e, paths[piece.shard])
             raise
+
+
+def _fsync(fd: int, path: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        name_file(e, path)
+        raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from filelock import FileLock
@@ -22,6 +23,7 @@ from google.protobuf import text_format
 
 from ckptlib.errors import CorruptCheckpointError
 from ckptlib.format.proto.checkpoint_state_pb2 import CheckpointState as _CheckpointStateProto
+from ckptlib.state_lines import format_canonical, parse_canonical
 from ckptlib.storage import fsync_dir, open_regular, remove_quietly, write_temp
 
 DEFAULT_STATE_FILENAME = "checkpoint"
@@ -44,6 +46,10 @@ class CheckpointState:
 
 def parse_state(text: str) -> CheckpointState:
     """Parse state-file text; raises ``CorruptCheckpointError`` on malformed input."""
+    canonical = parse_canonical(text)
+    if canonical is not None:
+        latest, paths, times, preserved = canonical
+        return CheckpointState(latest, tuple(paths), tuple(times), preserved)
     proto = _CheckpointStateProto()
     try:
         text_format.Parse(text, proto)
@@ -90,13 +96,37 @@ def read_state_file(path: str) -> CheckpointState | None:
 def resolve(directory: str, path: str) -> str:
     """A state-file path as a usable prefix: relative paths join ``directory``; an absolute
     path that no longer exists (a moved or copied run) falls back to its name in ``directory``."""
-    if not os.path.isabs(path):
-        return os.path.join(directory, path)
-    if not os.path.exists(path + ".index") and not os.path.exists(path):
-        moved = os.path.join(directory, os.path.basename(path))
-        if os.path.exists(moved + ".index"):
-            return moved
-    return path
+    return resolve_all(directory, [path])[0]
+
+
+def resolve_all(directory: str, paths: Iterable[str]) -> list[str]:
+    """``resolve`` of every path, listing each directory involved once instead of a few
+    system calls per path: a state file may list hundreds of thousands."""
+    listings: dict[str, set[str] | None] = {}
+
+    def present(path: str) -> bool:
+        parent, name = os.path.split(path)
+        if parent not in listings:
+            try:
+                listings[parent] = set(os.listdir(parent or "."))
+            except (FileNotFoundError, NotADirectoryError):
+                listings[parent] = set()
+            except OSError:  # cannot list it (execute-only), but may look up names in it
+                listings[parent] = None
+        names = listings[parent]
+        return os.path.exists(path) if names is None else name in names
+
+    resolved = []
+    for path in paths:
+        if not os.path.isabs(path):
+            resolved.append(os.path.join(directory, path))
+            continue
+        if not present(path + ".index") and not present(path):
+            moved = os.path.join(directory, os.path.basename(path))
+            if present(moved + ".index"):
+                path = moved
+        resolved.append(path)
+    return resolved
 
 
 def get_checkpoint_state(
@@ -116,9 +146,10 @@ def get_checkpoint_state(
             "checkpoint state has no model_checkpoint_path",
             path=os.path.join(directory, latest_filename or DEFAULT_STATE_FILENAME),
         )
+    latest, *paths = resolve_all(directory, [state.model_checkpoint_path, *state.all_model_checkpoint_paths])
     return CheckpointState(
-        resolve(directory, state.model_checkpoint_path),
-        tuple(resolve(directory, p) for p in state.all_model_checkpoint_paths),
+        latest,
+        tuple(paths),
         state.all_model_checkpoint_timestamps,
         state.last_preserved_timestamp,
     )
@@ -144,7 +175,13 @@ def state_lock(directory: str, latest_filename: str | None = None) -> FileLock:
 def write_state_file(path: str, state: CheckpointState, *, sync: bool = True) -> None:
     """Replace the state file atomically: write a temporary file, flush it, rename it over."""
     directory = os.path.dirname(path)
-    temp = write_temp(path, [format_state(state).encode("utf-8")], sync)
+    text = format_canonical(
+        state.model_checkpoint_path,
+        state.all_model_checkpoint_paths,
+        state.all_model_checkpoint_timestamps,
+        state.last_preserved_timestamp,
+    )
+    temp = write_temp(path, [text.encode("utf-8")], sync)
     try:
         os.replace(temp, path)
     except BaseException:

@@ -2,7 +2,8 @@
 
 The format layer never opens a path; the reader and writer come here for bytes. Temporary
 files carry ``TEMP_MARKER`` in their names so that stale ones left by a killed save can be
-recognised as ckptlib's own and removed, and nothing else ever is.
+recognised as ckptlib's own and removed, and nothing else ever is. When a leftover is stale
+is for ``save_lock`` to say, never for a file name or a time stamp.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import ctypes
 import errno
 import mmap
 import os
+import re
 import secrets
-import socket
 import stat
 import sys
-import time
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -34,10 +33,8 @@ from ckptlib.format.coding import Bytes
 TEMP_MARKER = ".ckptlib-tmp-"
 # Files moved out of the way while a save replaces a checkpoint of the same name.
 ASIDE_MARKER = ".ckptlib-old-"
-# Another host's temporary files are left alone for this long (its writer may be alive).
-FOREIGN_STALE_SECONDS = 24 * 3600
-# Identifies this machine in temporary names: no dashes (the name's field separator).
-_HOST = "h" + format(zlib.crc32(socket.gethostname().encode()), "08x")
+# What follows the marker: 16 hex digits, or (older ckptlib) host, pid and 12 hex digits.
+_TEMP_TAIL = re.compile(r"[0-9a-f]{16}|h[0-9a-f]{8}-\d+-[0-9a-f]{12}")
 # Linux transfers at most this much per read/write call (0x7ffff000).
 _MAX_IO = 0x7FFFF000
 
@@ -177,14 +174,8 @@ def _file_kind(mode: int) -> str:
 
 
 def temp_path(final_path: str, marker: str = TEMP_MARKER) -> str:
-    """A unique temporary name beside ``final_path`` that ckptlib will recognise as its own.
-
-    The name carries the writer's host and process id, so a later cleanup on the same host
-    can tell a file abandoned by a killed process from one a live process is still writing.
-    Files of other hosts (a shared file system) are only treated as abandoned once they
-    are older than ``FOREIGN_STALE_SECONDS``.
-    """
-    return f"{final_path}{marker}{_HOST}-{os.getpid()}-{secrets.token_hex(6)}"
+    """A unique temporary name beside ``final_path`` that ckptlib will recognise as its own."""
+    return f"{final_path}{marker}{secrets.token_hex(8)}"
 
 
 def aside_path(final_path: str) -> str:
@@ -192,70 +183,19 @@ def aside_path(final_path: str) -> str:
     return temp_path(final_path, ASIDE_MARKER)
 
 
-def stale_files(directory: str, marker: str) -> list[tuple[str, str]]:
-    """``(path, final_path)`` of files in ``directory`` named with ``marker`` whose writer
-    is gone: a dead process on this host, or any writer a day ago."""
+def leftover_files(directory: str, marker: str) -> list[tuple[str, str]]:
+    """``(path, final_path)`` of the files in ``directory`` named with ``marker``. Only a
+    caller that knows their writers are gone (``save_lock``) may touch them."""
     try:
         names = os.listdir(directory or ".")
     except OSError:
         return []
     found = []
-    now = time.time()
     for name in names:
         final, found_marker, tail = name.partition(marker)
-        parts = tail.split("-")
-        if not found_marker or len(parts) != 3 or not parts[1].isdigit():
-            continue
-        host, pid = parts[0], int(parts[1])
-        path = os.path.join(directory, name)
-        try:
-            modified = os.path.getmtime(path)
-        except OSError:
-            continue
-        if host == _HOST:
-            if _process_alive(pid) and not _started_after(pid, modified):
-                continue  # its writer may still be at work (a reused pid started later)
-        elif now - modified < FOREIGN_STALE_SECONDS:
-            continue
-        found.append((path, os.path.join(directory, final)))
+        if found_marker and final and _TEMP_TAIL.fullmatch(tail):
+            found.append((os.path.join(directory, name), os.path.join(directory, final)))
     return found
-
-
-def remove_stale_temps(directory: str) -> list[str]:
-    """Delete ckptlib temporary files in ``directory`` whose writer is gone; returns them."""
-    removed = [path for path, _ in stale_files(directory, TEMP_MARKER)]
-    for path in removed:
-        remove_quietly(path)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def _started_after(pid: int, moment: float) -> bool:
-    """Whether process ``pid`` started after ``moment`` (a reused pid, not the file's writer).
-
-    Linux only (``/proc``); elsewhere False, i.e. a live pid is trusted.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        with open("/proc/stat", "rb") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime "))
-        ticks = os.sysconf("SC_CLK_TCK")
-        started = boot + int(fields[19]) / ticks  # field 22 of stat: start time in clock ticks
-    except (OSError, ValueError, IndexError, StopIteration):
-        return False
-    return started > moment + 2 / ticks
 
 
 # The most buffers one writev/pwritev call takes (POSIX IOV_MAX; 1024 on Linux).
@@ -400,20 +340,36 @@ def create_temp(final_path: str) -> tuple[str, int]:
     return path, fd
 
 
+def name_file(error: OSError, path: str) -> None:
+    """Give ``error`` the file name ``path`` if it has none, before it is re-raised: a
+    failed ``write`` or ``fsync`` names no file, and "No space left on device" alone does
+    not say where. Its type and errno stay, so ``except OSError`` and errno checks work."""
+    if error.filename is None and error.errno is not None:
+        error.filename = path
+
+
 @contextlib.contextmanager
 def new_temp_file(final_path: str, sync: bool) -> Iterator[tuple[str, int]]:
     """A fresh temporary file beside ``final_path`` as ``(path, fd)``; flushed to disk
-    (``sync``) and closed on exit, or closed and removed if the block raises."""
+    (``sync``) and closed on exit, or closed and removed if the block raises. An
+    ``OSError`` names ``final_path`` (see ``name_file``)."""
     path, fd = create_temp(final_path)
     try:
         yield path, fd
         if sync:
             os.fsync(fd)
-    except BaseException:
+    except BaseException as e:
         os.close(fd)
         remove_quietly(path)
+        if isinstance(e, OSError):
+            name_file(e, final_path)
         raise
-    os.close(fd)
+    try:
+        os.close(fd)
+    except OSError as e:  # network file systems may report a failed write only here
+        remove_quietly(path)
+        name_file(e, final_path)
+        raise
 
 
 def write_temp(final_path: str, chunks: Iterable[Bytes], sync: bool) -> str:

@@ -8,17 +8,23 @@ lists of them: string tensors), or any object numpy can view through ``__array__
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from ckptlib.errors import InvalidTensorError
+from ckptlib.errors import InvalidStructureError, InvalidTensorError
 from ckptlib.format import dtypes
 
 
 def flatten(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-    """Flatten nested mappings into ``{"a/b/c": leaf}``; refuses empty or colliding names."""
+    """Flatten nested mappings into ``{"a/b/c": leaf}``; refuses empty or colliding names,
+    and anything but a mapping (``InvalidStructureError``)."""
+    if not isinstance(tree, Mapping):
+        raise InvalidStructureError(
+            f"the state to save must be a mapping of names to values (a dict), got {type(tree).__name__}"
+        )
     if set(map(type, tree.values())) <= {np.ndarray} and set(map(type, tree)) <= {str} and "" not in tree:
         return dict(tree)  # already flat (the common case for large states): nothing can collide
     out: dict[str, Any] = {}
@@ -93,10 +99,30 @@ def _string_array(array: np.ndarray, name: str) -> np.ndarray:
         elif isinstance(item, (bytes, bytearray, memoryview, np.bytes_)):
             flat_out[i] = bytes(item)
         else:
-            raise InvalidTensorError(
-                f"a string tensor may hold only str or bytes, found {type(item).__name__}", tensor=name
-            )
+            raise _not_strings(flat_in, item, name)
     return out
+
+
+def _not_strings(items: np.ndarray, found: Any, name: str) -> InvalidTensorError:
+    """Why an object array that is not all str/bytes cannot be saved, in the user's terms."""
+    values = items.tolist()
+    huge = next((v for v in values if isinstance(v, int) and not _INT_LOW <= v <= _UINT64_MAX), None)
+    if huge is not None:  # numpy keeps ints beyond 64 bits as Python objects
+        return InvalidTensorError(
+            f"integer {huge} is out of range for int64 and uint64, TensorFlow's widest integer dtypes", tensor=name
+        )
+    if all(isinstance(v, numbers.Number) for v in values):
+        kinds = sorted({type(v).__name__ for v in values})
+        return InvalidTensorError(
+            f"an object array of {'/'.join(kinds)} values is not a tensor: give it a numeric dtype, "
+            f"e.g. np.asarray(value, dtype=np.float32) (object arrays are saved only as strings)",
+            tensor=name,
+        )
+    return InvalidTensorError(f"a string tensor may hold only str or bytes, found {type(found).__name__}", tensor=name)
+
+
+_INT_LOW = -(2**63)
+_UINT64_MAX = 2**64 - 1
 
 
 def is_string_array(array: np.ndarray) -> bool:

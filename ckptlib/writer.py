@@ -17,7 +17,7 @@ import math
 import operator
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -40,15 +40,16 @@ from ckptlib.format.strings import encode_strings
 from ckptlib.format.table import TableReader
 from ckptlib.format.vector_coding import concat_segments
 from ckptlib.gc_pause import gc_paused
+from ckptlib.save_lock import saving
 from ckptlib.shard_writer import write_shards
 from ckptlib.storage import (
     ASIDE_MARKER,
+    TEMP_MARKER,
     LocalFile,
     aside_path,
     fsync_dir,
+    leftover_files,
     remove_quietly,
-    remove_stale_temps,
-    stale_files,
     write_temp,
 )
 from ckptlib.values import flatten, to_array
@@ -313,10 +314,17 @@ class BundleWriter:
         The shards are written in parallel while this thread checksums every tensor and
         builds the index (see ``shard_writer``). On any failure every temporary file is
         removed and an existing bundle at the same prefix is left as it was (see ``_install``).
+        If no other save is running in the directory, what a killed save of this same prefix
+        left behind is repaired first (see ``recover_interrupted_saves``).
         """
         directory = os.path.dirname(self.prefix)
         if directory:
             os.makedirs(directory, exist_ok=True)
+        name = os.path.basename(self.prefix)
+        with saving(directory, lambda: recover_interrupted_saves(directory, lambda p: os.path.basename(p) == name)):
+            return self._write()
+
+    def _write(self) -> str:
         nbytes = self._pending.nbytes() if self._num_shards > 1 or self._requested_shards is None else None
         if self._requested_shards is None:
             assert self._max_shard_bytes is not None and nbytes is not None
@@ -452,11 +460,23 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
     An existing bundle is first moved aside: its index before its data, so no reader can
     ever pair an old index with new data. On failure the new files are removed and the old
     bundle is put back; on success its leftovers (say, shards of another shard count) go.
-    After a kill, ``recover_interrupted_saves`` puts the old bundle back (or drops it if
-    the new one had been completed).
+    After a kill, ``recover_interrupted_saves``, run by a later save, puts the old bundle
+    back (or drops it if the new one had been completed).
+
+    An earlier save of this prefix killed mid-install and not repaired yet (another save was
+    running) left files aside: they are repaired first, as a later save would, so that only
+    ever one generation of files is aside.
     """
     directory = os.path.dirname(prefix)
     index = index_filename(prefix)
+    name = os.path.basename(prefix)
+    earlier = {
+        final: aside
+        for aside, final in leftover_files(directory, ASIDE_MARKER)
+        if os.path.basename(_bundle_prefix(final) or "") == name
+    }
+    if earlier:
+        _recover_bundle(os.path.join(directory, name), earlier)
     candidates = [index, *sorted(glob.glob(glob.escape(prefix) + ".data-?????-of-?????"))]
     existing = [path for path in candidates if os.path.isfile(path) or os.path.islink(path)]
     moved: list[tuple[str, str]] = []
@@ -486,20 +506,26 @@ def _install(prefix: str, temps: list[str], finals: list[str], sync: bool) -> No
         remove_quietly(aside)
 
 
-def recover_interrupted_saves(directory: str) -> None:
-    """Repair what killed saves left in ``directory``: a bundle that was being replaced gets
-    its old files back unless the new index made it; temporary files are removed.
+def recover_interrupted_saves(directory: str, owns: Callable[[str], bool], own_files: Collection[str] = ()) -> None:
+    """Repair what killed saves left in ``directory``: a bundle whose prefix ``owns`` accepts
+    that was being replaced gets its old files back unless the new index made it, and the
+    temporary files of those bundles and of ``own_files`` (names: a saver's state file and
+    deletion journal) go.
 
-    Only files of writers that are gone are touched (see ``storage.stale_files``).
+    Only for a caller holding the directory's save lock exclusively (``save_lock``): every
+    writer of these files is gone then. Other savers' files are theirs to repair.
     """
     by_prefix: dict[str, dict[str, str]] = {}
-    for aside, final in stale_files(directory, ASIDE_MARKER):
+    for aside, final in leftover_files(directory, ASIDE_MARKER):
         prefix = _bundle_prefix(final)
-        if prefix is not None:
+        if prefix is not None and owns(prefix):
             by_prefix.setdefault(prefix, {})[final] = aside
     for prefix, asides in by_prefix.items():
         _recover_bundle(prefix, asides)
-    remove_stale_temps(directory)
+    for temp, final in leftover_files(directory, TEMP_MARKER):
+        prefix = _bundle_prefix(final)
+        if os.path.basename(final) in own_files if prefix is None else owns(prefix):
+            remove_quietly(temp)
 
 
 def _bundle_prefix(path: str) -> str | None:
@@ -552,7 +578,8 @@ def save(
 
     Returns the prefix. Readable by ``tf.train.load_checkpoint(prefix)`` and by
     ``tf.compat.v1.train.Saver.restore``. Raises ``InvalidTensorError`` for values that
-    cannot be stored, before any file is written.
+    cannot be stored, before any file is written. An empty mapping writes a checkpoint of
+    no tensors (an index holding only its header), as TensorFlow does.
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
     writer.add_all(flatten(tensors))

@@ -570,10 +570,20 @@ def test_verify_ok(sample, saver_run):
         ["verify", GOLDEN / "tf2_slots" / "ckpt-1.index"],
     )
     assert prefix.stdout == f"{sample}: OK, {len(SAMPLE)} tensor(s) verified\n"
-    assert directory.stdout == f"{saver_run / 'model.ckpt-3'}: OK, 2 tensor(s) verified\n"
+    # a directory: every listed checkpoint, then the unlisted complete ones, one line each
+    assert directory.stdout.splitlines() == [
+        f"{saver_run / 'model.ckpt-2'}: OK, 2 tensor(s) verified",
+        f"{saver_run / 'model.ckpt-3'}: OK, 2 tensor(s) verified",
+        f"{saver_run / 'model.ckpt-100'}: OK, 1 tensor(s) verified",
+        f"{saver_run}: OK, 3 checkpoint(s) verified",
+    ]
     assert json.loads(as_json.stdout) == {"prefix": str(sample), "ok": True, "tensors": len(SAMPLE), "problems": []}
-    assert sharded.stdout == f"{GOLDEN / 'tf1_sharded' / 'model.ckpt-2'}: OK, 6 tensor(s) verified\n"
-    assert v1_sharded.stdout.endswith(": OK, 4 tensor(s) verified\n")
+    assert sharded.stdout.splitlines() == [
+        f"{GOLDEN / 'tf1_sharded' / 'model.ckpt-1'}: OK, 6 tensor(s) verified",
+        f"{GOLDEN / 'tf1_sharded' / 'model.ckpt-2'}: OK, 6 tensor(s) verified",
+        f"{GOLDEN / 'tf1_sharded'}: OK, 2 checkpoint(s) verified",
+    ]
+    assert v1_sharded.stdout.splitlines()[0].endswith(": OK, 4 tensor(s) verified")
     assert slots.stdout == f"{GOLDEN / 'tf2_slots' / 'ckpt-1'}: OK, 17 tensor(s) verified\n"
     for proc in (prefix, directory, as_json, sharded, v1_sharded, slots):
         assert proc.stderr == ""

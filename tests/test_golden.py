@@ -303,7 +303,10 @@ def test_savev2_byte_identical(case, tmp_path):
     theirs = g.directory / "ckpt"
     assert Path(f"{ours}.data-00000-of-00001").read_bytes() == Path(f"{theirs}.data-00000-of-00001").read_bytes()
     assert Path(f"{ours}.index").read_bytes() == Path(f"{theirs}.index").read_bytes()
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.data-00000-of-00001", "ckpt.index"]
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == [
+        "ckpt.data-00000-of-00001",
+        "ckpt.index",
+    ]
 
 
 FORMAT_MD_DATA = bytes.fromhex("0000803f 02 d8d81073 6162")

@@ -146,11 +146,12 @@ def test_custom_checkpoint_name_and_shards(tmp_path: Path) -> None:
     assert files(tmp_path) == sorted(["checkpoint", *ckpt_files("model-2", shards=2)])
 
 
-def test_empty_state_is_rejected(tmp_path: Path) -> None:
+def test_empty_state_saves_a_checkpoint_of_no_tensors(tmp_path: Path) -> None:
+    """As ``save({})`` and ``tf.train.CheckpointManager`` do (see test_error_messages)."""
     manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
-    with pytest.raises(ckptlib.InvalidTensorError):
-        manager.save({})
-    assert not (tmp_path / "checkpoint").exists()
+    prefix = manager.save({})
+    assert prefix is not None and ckptlib.latest_checkpoint(tmp_path) == prefix
+    assert ckptlib.restore(prefix) == {}
 
 
 def test_latest_checkpoint_is_none_once_its_files_are_gone(tmp_path: Path) -> None:
@@ -209,8 +210,8 @@ def test_clock_running_backwards_keeps_checkpoints(tmp_path: Path, clock: Clock)
 
 
 def test_state_file_keeps_save_order_when_the_clock_steps_back(tmp_path: Path, clock: Clock) -> None:
-    """TF writes the managed checkpoints in save order. BUG: ckptlib's update_state
-    (commit.py:96) sorts them by timestamp, so the newest is listed first after a clock step."""
+    """The managed checkpoints are listed in save order, as TF writes them, even after the
+    clock stepped back."""
     manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=3)
     for n, now in [(1, clock.now + 1000), (2, clock.now + 2000), (3, clock.now + 500)]:
         clock.now = now
@@ -252,8 +253,8 @@ def test_step_counter_may_return_numpy(tmp_path: Path) -> None:
 def test_restore_or_initialize_records_the_step(tmp_path: Path) -> None:
     """TF's restore_or_initialize sets ``_last_checkpoint_step = step_counter()`` after a restore
     (checkpoint_management.py, ``restore_or_initialize``), so a save at the restored step returns
-    None and the next one waits for the interval. BUG: ckptlib's (manager.py:146-150) does not, so
-    the first save after a resume writes a duplicate checkpoint of the restored step."""
+    None and the next one waits for the interval; so does ckptlib's: the first save after a
+    resume writes no duplicate of the restored step."""
     step = {"n": 0}
     manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=5, step_counter=lambda: step["n"], checkpoint_interval=5)
     manager.save(state(0))

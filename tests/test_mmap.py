@@ -1,4 +1,4 @@
-"""Memory-mapped reads: tensors are copy-on-write views that never write back to the file."""
+"""Memory-mapped reads (``mmap=True``): tensors are copy-on-write views that never write back to the file."""
 
 from __future__ import annotations
 
@@ -27,16 +27,18 @@ def prefix(tmp_path: Path) -> str:
 def test_mmap_views_are_writable_and_private(prefix: str) -> None:
     data_file = prefix + ".data-00000-of-00001"
     before = Path(data_file).read_bytes()
-    restored = ckptlib.restore(prefix)
+    restored = ckptlib.restore(prefix, mmap=True)
     w = restored["w"]
     assert w.flags.writeable and not w.flags.owndata
     w += 1  # a copy-on-write page: the file must not change
     assert Path(data_file).read_bytes() == before
-    np.testing.assert_array_equal(ckptlib.restore(prefix)["w"], np.arange(12, dtype=np.float32).reshape(3, 4))
+    np.testing.assert_array_equal(
+        ckptlib.restore(prefix, mmap=True)["w"], np.arange(12, dtype=np.float32).reshape(3, 4)
+    )
 
 
 def test_mmap_views_survive_deletion_of_the_checkpoint(prefix: str) -> None:
-    restored = ckptlib.restore(prefix)
+    restored = ckptlib.restore(prefix, mmap=True)
     for name in os.listdir(os.path.dirname(prefix)):
         os.remove(os.path.join(os.path.dirname(prefix), name))
     np.testing.assert_array_equal(restored["big"][-3:], np.arange(5 << 20, dtype=np.uint8)[-3:])
@@ -55,8 +57,17 @@ def test_both_read_paths_give_identical_values(prefix: str, mmap: bool) -> None:
             if got[name].dtype != object
             else list(got[name]) == list(want[name])
         )
-    numeric = [got[name] for name in ("w", "b", "big")]
-    assert all(a.flags.owndata != mmap for a in numeric)  # a view of the map, or memory of its own
+    assert all(got[name].flags.writeable for name in ("w", "b", "big"))
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_only_maps_see_the_file_rewritten_in_place(prefix: str, mmap: bool) -> None:
+    """The hazard ``mmap=True`` documents, and the default's private memory avoids."""
+    restored = ckptlib.restore(prefix, mmap=mmap)
+    with open(prefix + ".data-00000-of-00001", "r+b") as f:  # as cp or rsync --inplace would
+        f.write(b"\xff" * os.fstat(f.fileno()).st_size)
+    changed = restored["big"][0] != 0
+    assert changed == mmap
 
 
 def test_mmap_checksums_are_verified(prefix: str) -> None:
@@ -65,7 +76,7 @@ def test_mmap_checksums_are_verified(prefix: str) -> None:
     raw[-1] ^= 0xFF  # inside "big"
     data_file.write_bytes(bytes(raw))
     with pytest.raises(ckptlib.ChecksumMismatchError, match="big"):
-        ckptlib.restore(prefix)
+        ckptlib.restore(prefix, mmap=True)
     with pytest.raises(ckptlib.ChecksumMismatchError, match="big"):
         ckptlib.restore(prefix, mmap=False)
 

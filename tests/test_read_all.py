@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import ckptlib
+from ckptlib import bulk_read, span_checks
 from ckptlib import reader as reader_module
-from ckptlib import span_checks
 from ckptlib.writer import data_filename
 
 
@@ -106,25 +106,29 @@ def test_runs_of_adjacent_tensors_are_checksummed_in_pieces_on_threads(
     monkeypatch.setattr(span_checks, "_THREADED_BYTES", 4096)
     state = {"l1": np.ones(5000, np.float32), "l2": np.ones(9000, np.float32), "small": np.ones(10, np.float32)}
     ckptlib.save(state, tmp_path / "m")
-    restored = ckptlib.restore(tmp_path / "m")
+    restored = ckptlib.restore(tmp_path / "m", mmap=True)
     assert seen == [(56040, False)]  # three adjacent tensors, one pass
     assert all(np.array_equal(restored[name], value) for name, value in state.items())
     seen.clear()
     monkeypatch.setattr(span_checks, "_PIECE_BYTES", 20000)  # cut every 20000 bytes, inside tensors too
-    restored = ckptlib.restore(tmp_path / "m")
+    restored = ckptlib.restore(tmp_path / "m", mmap=True)
     assert sorted(seen) == [(16040, False), (20000, False), (20000, False)]
     assert all(np.array_equal(restored[name], value) for name, value in state.items())
 
 
-def test_a_damaged_run_is_searched_tensor_by_tensor(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_damaged_run_is_searched_tensor_by_tensor(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mmap: bool
+) -> None:
     sizes: list[int] = []
-    real = span_checks.crc32c_fast
-    monkeypatch.setattr(span_checks, "crc32c_fast", lambda data: sizes.append(len(data)) or real(data))
+    module = span_checks if mmap else bulk_read
+    real = module.crc32c_fast
+    monkeypatch.setattr(module, "crc32c_fast", lambda data: sizes.append(len(data)) or real(data))
     state = {f"t{i:02d}": np.full(1000, i, np.float32) for i in range(10)}
     ckptlib.save(state, tmp_path / "m")
     flip_byte_of(tmp_path / "m", "t04")
     with pytest.raises(ckptlib.ChecksumMismatchError, match="t04"):
-        ckptlib.restore(tmp_path / "m")
+        ckptlib.restore(tmp_path / "m", mmap=mmap)
     assert sizes == [40000] + [4000] * 10  # the run, then each of its tensors
 
 
@@ -198,18 +202,33 @@ def test_the_garbage_collector_is_put_back_as_it_was(tmp_path: Path, enabled: bo
         gc.enable()
 
 
-def test_a_copying_read_all_owns_its_memory_piece_by_piece(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(reader_module, "_COPY_PIECE_BYTES", 10_000)  # several pieces, two buffers in turn
-    monkeypatch.setattr(reader_module, "_COPY_BYTES", 5_000)  # "big" is read into place
+def test_a_copying_read_all_reads_in_pieces_on_threads_into_one_private_buffer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pieces: list[tuple[int, bool]] = []
+    real = bulk_read.crc32c_fast
+
+    def spy(data: memoryview) -> int:
+        pieces.append((memoryview(data).nbytes, threading.current_thread() is threading.main_thread()))
+        return int(real(data))
+
+    monkeypatch.setattr(bulk_read, "crc32c_fast", spy)
+    monkeypatch.setattr(bulk_read, "_PIECE_BYTES", 1_000)  # many pieces, cut inside tensors too
+    monkeypatch.setattr(bulk_read, "_HUGE_PAGE_BYTES", 4096)  # the buffer comes from an anonymous map
     rng = np.random.default_rng(2)
     state = {f"t{i:02d}": rng.standard_normal(int(rng.integers(1, 400))).astype(np.float32) for i in range(60)}
     state["big"] = rng.standard_normal(3000).astype(np.float32)
     ckptlib.save(state, tmp_path / "m", num_shards=2)
     restored = ckptlib.restore(tmp_path / "m", mmap=False)
     assert list(restored) == sorted(state)
+    assert max(n for n, _ in pieces) == 1_000 and {main for _, main in pieces} == {True, False}
+    buffers = {id(np.asarray(a).base) for a in restored.values()}
+    assert len(buffers) == 1  # one allocation for every tensor
     for name, value in state.items():
         assert np.array_equal(restored[name], value)
-        assert restored[name].base is None and restored[name].flags.writeable  # its own memory
+        assert restored[name].flags.writeable
+        restored[name][...] = 0  # private memory: neither the file nor another tensor changes
+    assert np.array_equal(ckptlib.restore(tmp_path / "m")["big"], state["big"])
     flip_byte_of(tmp_path / "m", "t33", shard_count=2)
     with pytest.raises(ckptlib.ChecksumMismatchError, match="t33"):
         ckptlib.restore(tmp_path / "m", mmap=False)
@@ -242,6 +261,6 @@ def test_entries_aliasing_the_same_bytes_cannot_make_a_copying_read_allocate_mor
     entry = encode_plain_entry(1, (100_000,), 0, 0, 400_000, mask(crc32c(data.tobytes())))
     with open(tmp_path / "m.index", "wb") as f:  # 50 names for the same 400 kB: 20 MB if each were copied
         f.write(build_table([(b"", encode_header(1)), *((f"t{i:02d}".encode(), entry) for i in range(50))]))
-    assert len(ckptlib.restore(tmp_path / "m")) == 50  # views of the map cost nothing
-    with pytest.raises(ckptlib.CorruptCheckpointError, match="overlap"):
-        ckptlib.restore(tmp_path / "m", mmap=False)
+    for mmap in (True, False):
+        with pytest.raises(ckptlib.CorruptCheckpointError, match="overlap"):
+            ckptlib.restore(tmp_path / "m", mmap=mmap)

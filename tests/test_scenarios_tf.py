@@ -307,8 +307,7 @@ def test_saver_keep_checkpoint_every_n_hours(dirs: tuple[Path, Path], clock: Clo
 
 def test_saver_clock_stepping_back(dirs: tuple[Path, Path], clock: Clock) -> None:
     """The wall clock steps back (NTP, VM migration) between saves. TF lists checkpoints in the
-    order they were saved, newest last. BUG: ckptlib sorts the state file by timestamp
-    (commit.py:96, ``update_state``), so the newest checkpoint is listed first."""
+    order they were saved, newest last, and so does ckptlib."""
     d_tf, d_ck = dirs
     times = [T0 + 1000, T0 + 2000, T0 + 500]
     args = {"max_to_keep": 3}
@@ -328,8 +327,7 @@ def test_saver_keep_checkpoint_every_zero_hours(dirs: tuple[Path, Path], clock: 
     """TF: ``keep_checkpoint_every_n_hours=0`` makes ``_next_checkpoint_time`` the construction
     time and never advances it, so every checkpoint evicted from the newest ``max_to_keep`` is
     kept on disk (saver.py ``_MaybeDeleteOldCheckpoints``: ``should_keep = p[1] > next``).
-    BUG/divergence: ckptlib's Saver treats 0 as "off" (saver.py:66-68,
-    ``if keep_checkpoint_every_n_hours else None``) and deletes them."""
+    ckptlib's Saver does the same (0 is not "off")."""
     d_tf, d_ck = dirs
     steps = [1, 2, 3, 4]
     times = [T0 + k for k in steps]
@@ -635,8 +633,8 @@ def test_manager_keep_checkpoint_every_n_hours(dirs: tuple[Path, Path], clock: C
 
 
 def test_manager_clock_stepping_back(dirs: tuple[Path, Path], clock: Clock) -> None:
-    """TF's manager writes its OrderedDict in save order. BUG: ckptlib's state file is sorted by
-    timestamp (commit.py:96), so after the clock steps back the newest is not listed last."""
+    """TF's manager writes its OrderedDict in save order, and so does ckptlib's, even after
+    the clock steps back."""
     d_tf, d_ck = dirs
     (tfm, ckm), _ = run_managers(
         d_tf, d_ck, [1, 2, 3], clock=clock, times=[T0 + 1000, T0 + 2000, T0 + 500], max_to_keep=3
@@ -674,8 +672,8 @@ def test_manager_checkpoint_interval(dirs: tuple[Path, Path]) -> None:
 
 
 def test_manager_restore_or_initialize_then_interval(dirs: tuple[Path, Path]) -> None:
-    """After restore_or_initialize, TF's manager will not save again at the restored step.
-    BUG: ckptlib's does (manager.py ``restore_or_initialize`` does not set the last step)."""
+    """After restore_or_initialize, neither TF's manager nor ckptlib's saves again at the
+    restored step."""
     d_tf, d_ck = dirs
     tf_step = tf.Variable(0, dtype=tf.int64)
     TFManager(d_tf, max_to_keep=3).save(0)

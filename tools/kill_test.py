@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import ckptlib
-from ckptlib.storage import TEMP_MARKER
+from ckptlib.storage import ASIDE_MARKER, TEMP_MARKER
 
 CHILD = r"""
 import sys, numpy as np, ckptlib
@@ -162,14 +162,12 @@ def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, ob
         latest = ckptlib.latest_checkpoint(directory)
         if latest is not None and (first is None or int(latest.rsplit("-", 1)[1]) > first + 1):
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGKILL)  # mid-save, most likely: its own leftovers go with the next save
     proc.wait()
-    leftovers = [
-        name
-        for name in os.listdir(directory)
-        # names end in <marker><host>-<pid>-<random>; the last child was stopped mid-save
-        if TEMP_MARKER in name and name.split(TEMP_MARKER)[1].split("-")[1] != str(proc.pid)
-    ]
+    last = check_directory(directory, set(range(10**6)))
+    step = (last or 0) + 1
+    ckptlib.Saver(max_to_keep=3, num_shards=3).save(make_state(step), directory + "/model.ckpt", global_step=step)
+    leftovers = [name for name in os.listdir(directory) if TEMP_MARKER in name or ASIDE_MARKER in name]
     if leftovers:
         raise AssertionError(f"stale temporary files were not swept: {leftovers}")
     stranded = stranded_checkpoints(directory)

@@ -30,6 +30,7 @@ from ckptlib.format.block import (
     BlockBuilder,
     BlockColumns,
     concat_columns,
+    parse_block,
     parse_block_columns,
 )
 from ckptlib.format.footer import BLOCK_TRAILER_SIZE, FOOTER_SIZE, BlockHandle, Footer, block_trailer, check_block
@@ -169,6 +170,7 @@ class TableReader:
             raise CorruptCheckpointError("file is too short to be an sstable")
         footer = Footer.decode(source.read_at(size - FOOTER_SIZE, FOOTER_SIZE))
         self._data_end = size - FOOTER_SIZE
+        self._metaindex = footer.metaindex
         index = parse_block_columns(check_block(self._read_raw_block(footer.index.offset, footer.index.size), verify))
         self._separators = index.keys
         # Two machine integers per data block, not a handle object each: a hostile index
@@ -232,9 +234,14 @@ class TableReader:
         return concat_columns([self._data_block(i) for i in range(len(self._offsets))])
 
     def verify_all(self) -> None:
-        """Read and check every data block (checksums, key order)."""
+        """Read and check every block: each data block (checksums, key order) and the
+        metaindex block, which reading never needs (TensorFlow's is always empty)."""
         for i in range(len(self._offsets)):
             self._data_block(i)
+        try:
+            self._read_block(self._metaindex)
+        except CorruptCheckpointError as e:
+            raise type(e)(f"metaindex block: {e.reason}") from None
 
     def _data_block(self, i: int) -> BlockColumns:
         block = self._blocks.get(i)
@@ -258,6 +265,9 @@ class TableReader:
         if (low is not None and columns.keys[0] <= low) or columns.keys[-1] > self._separators[i]:
             raise CorruptCheckpointError(f"data block {i} holds keys outside its index range")
         return columns
+
+    def _read_block(self, handle: BlockHandle) -> list[tuple[bytes, bytes]]:
+        return parse_block(check_block(self._read_raw_block(handle.offset, handle.size), self._verify))
 
     def _read_raw_block(self, offset: int, size: int) -> bytes:
         """A block and its trailer, as stored."""

@@ -189,17 +189,16 @@ def test_decode_damaged_key(name: str, tensor_slice: TensorSlice, data: st.DataO
 
 
 def test_decode_rejects_numbers_beyond_int64() -> None:
-    """BUG: a 10-byte SignedNum can carry up to 70 bits; decode_slice_key returns values
-    outside int64 (here 2**63) instead of raising, and such a slice cannot be re-encoded."""
+    """A 10-byte SignedNum can carry up to 70 bits: a slice bound outside int64 (here 2**63)
+    is refused as corrupt."""
     key = bytes.fromhex("00 77 00 01 01 01 ffc08000000000000000 80")  # start 2**63, length 0
     with pytest.raises(ckptlib.CorruptCheckpointError):
         decode_slice_key(key)
 
 
 def test_decode_rejects_start_on_full_extent() -> None:
-    """BUG: a stored extent (start=1, length=-1) is not a full extent (TF: IsFullAt needs start 0),
-    yet decode_slice_key silently turns it into (0, None), so two different keys decode to the
-    same slice and ``decode_slice_key`` is not the inverse of ``slice_key`` it claims to be."""
+    """A stored extent (start=1, length=-1) is not a full extent (TF's IsFullAt needs start 0):
+    it is refused, so that no two keys decode to the same slice."""
     key = bytes.fromhex("00 77 00 01 01 01 81 7f")  # name w, rank 1, start 1, length -1
     with pytest.raises(ckptlib.CorruptCheckpointError):
         decode_slice_key(key)
