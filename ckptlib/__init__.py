@@ -14,6 +14,7 @@ from ckptlib.checkpoint import (
     load_checkpoint,
     load_variable,
 )
+from ckptlib.commit import repair
 from ckptlib.errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -68,6 +69,7 @@ __all__ = [
     "load_checkpoint",
     "load_variable",
     "merge_bundles",
+    "repair",
     "restore",
     "save",
 ]

@@ -537,9 +537,26 @@ EXIT_STATUS = "Exit status: 0 success, 1 damaged or missing input, 2 usage error
 PATH_HELP = "a prefix (dir/model.ckpt-7), a directory (its latest checkpoint) or one of the checkpoint's files"
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    if not ckptlib.repair(args.directory):
+        message = "a save is running there (or its file system cannot lock): nothing was touched"
+        if args.json:
+            print(json.dumps({"directory": args.directory, "repaired": False, "why": message}))
+        else:
+            print(f"{args.directory}: {message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"directory": args.directory, "repaired": True}))
+    else:
+        print(f"{args.directory}: repaired")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="ckptlib", description="Inspect, verify, diff and convert TensorFlow checkpoints.", epilog=EXIT_STATUS
+        prog="ckptlib",
+        description="Inspect, verify, diff, convert and repair TensorFlow checkpoints.",
+        epilog=EXIT_STATUS,
     )
     parser.add_argument("--version", action="version", version=f"ckptlib {ckptlib.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -597,6 +614,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out string tensors (which .safetensors cannot hold), naming them on stderr",
     )
+    p = command(
+        "repair",
+        cmd_repair,
+        "Repair what interrupted saves left in a directory, whichever saver made them: put back "
+        "checkpoints whose overwrite was killed, delete temporary files, finish noted deletions. "
+        "Only while no save runs there; every other command only reads.",
+        "Exit status: 0 repaired (or nothing to repair), 1 a save is running there or no such "
+        "directory, 2 usage error.",
+    )
+    p.add_argument("directory", help="a directory of checkpoints")
     return parser
 
 

@@ -29,7 +29,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ckptlib.errors import CorruptCheckpointError
+from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptlib.save_lock import repair_if_idle
 from ckptlib.state import (
     CheckpointState,
     read_state_file,
@@ -40,8 +41,8 @@ from ckptlib.state import (
     state_lock,
     write_state_file,
 )
-from ckptlib.storage import fsync_dir, remove_quietly, write_temp
-from ckptlib.writer import index_filename
+from ckptlib.storage import TEMP_MARKER, fsync_dir, leftover_files, remove_quietly, write_temp
+from ckptlib.writer import index_filename, recover_interrupted_saves
 
 logger = logging.getLogger("ckptlib")
 
@@ -260,3 +261,43 @@ def _mtime(prefix: str) -> float:
         return os.path.getmtime(index_filename(prefix))
     except OSError:
         return 0.0
+
+
+def repair(directory: str | os.PathLike[str]) -> bool:
+    """Repair everything interrupted saves left in ``directory``, whichever saver made them:
+    put back checkpoints whose overwrite was killed, delete temporary files, finish the
+    deletions savers noted. Saves repair their own checkpoints' leftovers as they go; this
+    is for the rest (a killed one-off ``save``, a saver that never runs again).
+
+    Returns False, doing nothing, if a save is running in the directory (or its file
+    system cannot lock): only then is every leftover known to be abandoned.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory or "."):
+        raise CheckpointNotFoundError("no such directory", path=directory)
+
+    def everything() -> None:
+        recover_interrupted_saves(directory, lambda prefix: True, _metadata_names(directory))
+        for name in os.listdir(directory or "."):
+            match = _JOURNAL.fullmatch(name)
+            if match is not None:
+                state_name, saver_name = match.groups()
+                owns = owner(directory, re.compile(re.escape(saver_name) + r"(--?\d+)?"))
+                finish_deletions(directory, state_name, os.path.join(directory, name), owns)
+
+    return repair_if_idle(directory, everything)
+
+
+# A deletion journal: ".<state file>.<saver name>.deleting" (see deletion_journal).
+_JOURNAL = re.compile(r"\.([^.]+)\.(.+)\.deleting")
+
+
+def _metadata_names(directory: str) -> set[str]:
+    """Names of the files beside checkpoints that ckptlib writes through temporary files:
+    state files and deletion journals (their temporaries are named after them)."""
+    names = set()
+    for _, final in leftover_files(directory, TEMP_MARKER):
+        name = os.path.basename(final)
+        if not name.endswith(".index") and ".data-" not in name:
+            names.add(name)
+    return names

@@ -385,3 +385,29 @@ def test_a_process_forked_during_a_save_does_not_keep_its_lock(tmp_path: Path) -
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_repair_takes_every_leftover_once_no_save_runs(tmp_path: Path) -> None:
+    """``ckptlib repair DIR`` (and ``ckptlib.repair``): leftovers of checkpoints no saver
+    will save again (a killed one-off save, a killed overwrite of an export) are repaired,
+    whoever made them, but only while no save runs in the directory."""
+    from ckptlib.cli import main
+
+    ckptlib.save(state(1), tmp_path / "export")
+    os.replace(tmp_path / "export.index", tmp_path / f"export.index{ASIDE_MARKER}0123456789abcdef")
+    (tmp_path / f"export.data-00000-of-00001{TEMP_MARKER}0123456789abcdef").write_bytes(b"partial")
+    (tmp_path / f"oneoff.index{TEMP_MARKER}fedcba9876543210").write_bytes(b"partial")
+    ckptlib.Saver().save(state(2), tmp_path / "model.ckpt", global_step=2)  # not its checkpoints
+    assert len(leftovers(tmp_path)) == 3
+    holder = hold_save_lock(tmp_path)
+    try:
+        assert main(["repair", str(tmp_path)]) == 1
+        assert len(leftovers(tmp_path)) == 3
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["repair", str(tmp_path)]) == 0
+    assert leftovers(tmp_path) == []
+    assert_holds(tmp_path / "export", 1)
+    with pytest.raises(ckptlib.CheckpointNotFoundError):
+        ckptlib.repair(tmp_path / "missing")

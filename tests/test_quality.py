@@ -64,6 +64,7 @@ def test_public_api_is_pinned() -> None:
             "load_checkpoint",
             "load_variable",
             "merge_bundles",
+            "repair",
             "restore",
             "save",
         ]

@@ -1,7 +1,8 @@
 """Coverage-guided fuzzing of the checkpoint reader with atheris.
 
 Each input is one checkpoint: ``len(index):u32le | index bytes | data bytes``, written to
-a scratch directory and opened, listed, read and verified with ckptlib. The only rule:
+a scratch directory and opened, listed, read, verified and restored whole with ckptlib, with
+and without memory maps. The only rule:
 nothing but a ``ckptlib.CheckpointError`` may come out. Seeds are the golden checkpoints.
 
     pip install atheris
@@ -13,6 +14,7 @@ Runs until stopped (or for ``-max_total_time`` seconds); a finding is written as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
@@ -41,14 +43,17 @@ def test_one_input(data: bytes) -> None:
         f.write(index)
     with open(PREFIX + ".data-00000-of-00001", "wb") as f:
         f.write(shard)
-    try:
-        with ckptlib.load_checkpoint(PREFIX) as reader:
-            for name in reader.keys_list():
-                reader.tensor_info(name)
-                reader.get_tensor(name)
-            reader.verify()
-    except ckptlib.CheckpointError:
-        pass
+    for mmap in (False, True):
+        try:
+            with ckptlib.load_checkpoint(PREFIX, mmap=mmap) as reader:
+                for name in reader.keys_list():
+                    reader.tensor_info(name)
+                    reader.get_tensor(name)
+                reader.verify()
+        except ckptlib.CheckpointError:
+            pass
+        with contextlib.suppress(ckptlib.CheckpointError):
+            ckptlib.restore(PREFIX, mmap=mmap)  # every tensor at once (bulk_read, span_checks)
 
 
 def write_seeds(corpus: Path) -> None:
