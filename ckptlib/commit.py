@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ckptlib.checkpoint import present
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.save_lock import repair_if_idle
 from ckptlib.state import (
@@ -73,7 +74,8 @@ def read_listing(directory: str, latest_filename: str | None) -> Listing | None:
     times = list(state.all_model_checkpoint_timestamps)
     has_timestamps = len(times) == len(paths)
     if not has_timestamps:
-        times = [_mtime(p) for p in paths]
+        there = set(present(paths))  # one directory listing: a stat per missing path adds up
+        times = [_mtime(p) if p in there else 0.0 for p in paths]
     latest = resolve(directory, state.model_checkpoint_path) if state.model_checkpoint_path else ""
     return Listing(latest, list(zip(paths, times, strict=True)), has_timestamps, state.last_preserved_timestamp)
 
