@@ -293,9 +293,13 @@ def test_restore_into_is_all_or_nothing_and_names_paths(tmp_path: Path) -> None:
     raw[15] ^= 0xFF  # inside the second array
     data.write_bytes(bytes(raw))
     for strict in (True, False):
-        with pytest.raises(ckptlib.ChecksumMismatchError):
-            ckptlib.restore(prefix, into={"a": [first, np.zeros(2, np.float32)], "n": 0}, strict=strict)
-        assert not first.any()
+        for mmap in (True, False):
+            with pytest.raises(ckptlib.ChecksumMismatchError):
+                ckptlib.restore(prefix, into={"a": [first, np.zeros(2, np.float32)], "n": 0}, strict=strict, mmap=mmap)
+            assert not first.any()
+    with pytest.raises(ckptlib.ChecksumMismatchError):  # a partial target that takes the damaged tensor
+        ckptlib.restore(prefix, into={"a": [first, np.zeros(2, np.float32)]}, strict=False)
+    assert not first.any()
 
 
 # -- framework leaves through the generic API -----------------------------------------------
