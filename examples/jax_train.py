@@ -80,7 +80,7 @@ def main() -> None:
         state = train_one_epoch(state, x, y, epoch)
         path = manager.save(ckptlib.jax.state(state), checkpoint_number=epoch + 1)
         loss = float(loss_fn(state.params, state.apply_fn, x, y))
-        print(f"epoch {epoch + 1:3d}  loss {loss:.6f}  saved {path}")
+        print(f"epoch {epoch + 1:3d}  loss {loss:.6f}  saved {path}", flush=True)
 
     print(f"final loss {float(loss_fn(state.params, state.apply_fn, x, y))!r}")
 

@@ -71,7 +71,7 @@ def main() -> None:
         model.fit(x[order], y[order], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         epoch += 1
         path = manager.save(ckptlib.keras.state(model=model, optimizer=optimizer, epoch=epoch), checkpoint_number=epoch)
-        print(f"epoch {epoch:3d}  loss {mse(model, x, y):.6f}  saved {path}")
+        print(f"epoch {epoch:3d}  loss {mse(model, x, y):.6f}  saved {path}", flush=True)
 
     print(f"final loss {mse(model, x, y)!r}")
 

@@ -76,14 +76,17 @@ def bits(leaf: Any) -> bytes:
     return np.asarray(leaf).tobytes()
 
 
-def assert_same_tree(a: Any, b: Any) -> None:
-    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-    assert tree_a == tree_b
-    for x, y in zip(leaves_a, leaves_b):
-        assert type(x) is type(y) or (isinstance(x, jax.Array) and isinstance(y, jax.Array))
-        assert np.asarray(x).dtype == np.asarray(y).dtype and np.shape(x) == np.shape(y)
-        assert bits(x) == bits(y)
+def assert_same_tree(restored: Any, expected: Any) -> None:
+    """Same key paths; jax arrays of the same dtype, shape and bits; equal Python scalars."""
+    leaves = jax.tree_util.tree_flatten_with_path(restored)[0]
+    expected_leaves = jax.tree_util.tree_flatten_with_path(expected)[0]
+    assert [path for path, _ in leaves] == [path for path, _ in expected_leaves]
+    for (path, leaf), (_, want) in zip(leaves, expected_leaves):
+        if isinstance(leaf, (int, float)):
+            assert leaf == want, path
+        else:
+            assert isinstance(leaf, jax.Array), path
+            assert (leaf.dtype, leaf.shape, bits(leaf)) == (want.dtype, want.shape, bits(want)), path
 
 
 def test_names_are_the_key_paths(tmp_path: Path):
