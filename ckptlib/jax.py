@@ -10,6 +10,9 @@ The same three verbs as ``ckptlib.torch`` and ``ckptlib.keras``::
 Tensors are named by the pytree's key paths: ``step``, ``params/Dense_0/kernel``,
 ``opt_state/0/mu/params/Dense_0/kernel``. Fields that are not pytree nodes (a flax
 ``TrainState``'s ``apply_fn`` and ``tx``) are not saved; ``restore`` keeps the target's.
+Typed PRNG keys (``jax.random.key``) are saved as their key data (uint32) and restored as
+keys of the target's implementation. A ``flax.nnx`` model or optimizer goes through its
+state: ``state(nnx.state(model))``, then ``nnx.update(model, restore(path, nnx.state(model)))``.
 JAX is imported only when one of these functions runs.
 """
 
@@ -40,7 +43,7 @@ def state(tree: Any) -> dict[str, Any]:
         names = _names(path)
         if not names:
             raise InvalidStructureError(f"state() takes a pytree of arrays, got a single {type(tree).__name__}")
-        _insert(out, names, leaf)
+        _insert(out, names, _savable(leaf))
     return out
 
 
@@ -57,7 +60,7 @@ def restore(save_path: str | os.PathLike[str], target: Any, *, strict: bool = Tr
     tree_util = _tree_util()
     leaves_with_path, treedef = tree_util.tree_flatten_with_path(target)
     report = ckptlib.restore(save_path, into=state(target), strict=strict)
-    restored = [_lookup(report.tree, _names(path)) for path, _ in leaves_with_path]
+    restored = [_like(leaf, _lookup(report.tree, _names(path))) for path, leaf in leaves_with_path]
     return tree_util.tree_unflatten(treedef, restored)
 
 
@@ -71,6 +74,24 @@ def load(save_path: str | os.PathLike[str]) -> Any:
 
 def _tree_util() -> Any:
     return importlib.import_module("jax.tree_util")
+
+
+def _is_key(leaf: Any) -> bool:
+    """A typed PRNG key array (``jax.random.key``), which has no numpy form of its own."""
+    jax = importlib.import_module("jax")
+    return isinstance(leaf, jax.Array) and jax.numpy.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _savable(leaf: Any) -> Any:
+    return importlib.import_module("jax.random").key_data(leaf) if _is_key(leaf) else leaf
+
+
+def _like(target: Any, restored: Any) -> Any:
+    """The restored leaf in the target's form: key data wrapped back into a typed key."""
+    if not _is_key(target):
+        return restored
+    random = importlib.import_module("jax.random")
+    return random.wrap_key_data(restored, impl=random.key_impl(target))
 
 
 def _insert(tree: dict[str, Any], names: tuple[str, ...], leaf: Any) -> None:

@@ -215,3 +215,39 @@ def test_resumed_training_gives_the_same_losses(tmp_path: Path):
     resumed = ckptlib.jax.restore(str(tmp_path), new_state(seed=7))
     _, more = train(resumed, 4)
     assert losses + more == straight
+
+
+def test_typed_prng_keys_round_trip(tmp_path: Path):
+    tree = {"key": jax.random.key(42), "raw": jax.random.PRNGKey(7)}
+    ckptlib.save(ckptlib.jax.state(tree), str(tmp_path / "k"))
+    assert dict(ckptlib.list_variables(str(tmp_path / "k")))["key"] == [2]
+    restored = ckptlib.jax.restore(str(tmp_path / "k"), {"key": jax.random.key(0), "raw": jax.random.PRNGKey(0)})
+    assert jax.random.key_impl(restored["key"]) == jax.random.key_impl(tree["key"])
+    assert bits(jax.random.key_data(restored["key"])) == bits(jax.random.key_data(tree["key"]))
+    assert bits(restored["raw"]) == bits(tree["raw"])
+
+
+def test_flax_nnx_model_and_optimizer_round_trip(tmp_path: Path):
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.linear = nnx.Linear(4, 3, rngs=rngs)
+            self.norm = nnx.BatchNorm(3, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def build(seed: int) -> tuple[Any, Any]:
+        net = Net(nnx.Rngs(seed))
+        return net, nnx.Optimizer(net, optax.adamw(1e-2), wrt=nnx.Param)
+
+    net, optimizer = build(0)
+    tree = {"model": nnx.state(net), "optimizer": nnx.state(optimizer)}
+    ckptlib.save(ckptlib.jax.state(tree), str(tmp_path / "nnx"))
+    fresh, fresh_optimizer = build(1)
+    restored = ckptlib.jax.restore(
+        str(tmp_path / "nnx"), {"model": nnx.state(fresh), "optimizer": nnx.state(fresh_optimizer)}
+    )
+    nnx.update(fresh, restored["model"])
+    nnx.update(fresh_optimizer, restored["optimizer"])
+    assert bits(fresh.linear.kernel[...]) == bits(net.linear.kernel[...])
+    assert_same_tree(ckptlib.jax.state(nnx.state(fresh)), ckptlib.jax.state(nnx.state(net)))
