@@ -30,14 +30,17 @@ def state(*, model: Any = None, optimizer: Any = None, **extra: Any) -> dict[str
     """The savable tree: ``{"model": {path: variable}, "optimizer": {path: variable}, **extra}``.
 
     ``model`` contributes ``model.weights`` (trainable and not: batch-norm statistics too),
-    ``optimizer`` its ``variables`` (iteration count, learning rate, slots). Either may be
-    left out; ``extra`` holds anything else ``ckptlib.save`` takes (an epoch, a seed).
-    Raises ``InvalidStructureError`` when two variables share a path.
+    ``optimizer`` its ``variables`` (iteration count, learning rate, slots), built first for
+    ``model.trainable_variables`` if it was not built yet, so that a checkpoint saved before
+    training holds the slots too. Either may be left out; ``extra`` holds anything else
+    ``ckptlib.save`` takes (an epoch, a seed). Raises ``InvalidStructureError`` when two
+    variables share a path, or for an optimizer not built yet without its model.
     """
     tree: dict[str, Any] = {}
     if model is not None:
         tree["model"] = _by_path(model.weights, "model")
     if optimizer is not None:
+        _build(optimizer, model)
         tree["optimizer"] = _by_path(optimizer.variables, "optimizer")
     tree.update(extra)
     return tree
@@ -55,16 +58,12 @@ def restore(
     directory or file) and return the restored tree of ``state`` (``extra`` leaves replaced).
 
     An optimizer that has not been built yet is built for ``model.trainable_variables``
-    first, so that its slots exist. The checkpoint must hold a tensor of the same shape and
-    dtype for every variable and extra, and (``strict``) nothing else. All or nothing: every
-    tensor is read and verified, and every variable checked, before the first is assigned;
-    a damaged checkpoint (``CorruptCheckpointError``) or a mismatch (``RestoreMismatchError``
-    naming each path) leaves every variable as it was.
+    first (as in ``state``), so that its slots exist. The checkpoint must hold a tensor of
+    the same shape and dtype for every variable and extra, and (``strict``) nothing else.
+    All or nothing: every tensor is read and verified, and every variable checked, before
+    the first is assigned; a damaged checkpoint (``CorruptCheckpointError``) or a mismatch
+    (``RestoreMismatchError`` naming each path) leaves every variable as it was.
     """
-    if optimizer is not None and not optimizer.built:
-        if model is None:
-            raise InvalidStructureError("restore(optimizer=...) of an optimizer not built yet needs the model too")
-        optimizer.build(model.trainable_variables)
     report = ckptlib.restore(save_path, into=state(model=model, optimizer=optimizer, **extra), strict=strict)
     tree: dict[str, Any] = report.tree
     return tree
@@ -73,6 +72,14 @@ def restore(
 def load(save_path: str | os.PathLike[str]) -> Any:
     """The whole checkpoint as saved, with numpy arrays: no Keras or backend needed."""
     return ckptlib.restore(save_path)
+
+
+def _build(optimizer: Any, model: Any) -> None:
+    """Create an optimizer's slots (zeros) for the model, as its first training step would."""
+    if not optimizer.built:
+        if model is None:
+            raise InvalidStructureError("an optimizer not built yet needs the model too, to build it for its weights")
+        optimizer.build(model.trainable_variables)
 
 
 def _by_path(variables: Iterable[Any], part: str) -> dict[str, Any]:

@@ -91,6 +91,16 @@ def test_round_trip_into_a_fresh_model_and_unbuilt_optimizer(tmp_path: Path):
     assert int(keras.ops.convert_to_numpy(fresh.optimizer.iterations)) == 2 * len(X) // 16
 
 
+def test_a_checkpoint_saved_before_training_holds_the_optimizer_slots(tmp_path: Path):
+    model = new_model()
+    save(model, tmp_path / "ckpt-0")
+    assert "optimizer/adam/sequential_dense_kernel_velocity" in dict(ckptlib.list_variables(str(tmp_path)))
+    trained = new_model()
+    fit(trained, range(1))
+    ckptlib.keras.restore(str(tmp_path), model=trained, optimizer=trained.optimizer)
+    assert values(trained) == values(model)
+
+
 def test_load_gives_numpy_arrays(tmp_path: Path):
     model = new_model()
     save(model, tmp_path / "ckpt-0")
