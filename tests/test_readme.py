@@ -222,6 +222,14 @@ def test_readme_has_python_snippets():
     assert any(NEEDS_TF.search(b) for b in snippets) and any(not NEEDS_TF.search(b) for b in snippets)
 
 
+def test_every_framework_block_runs_here():
+    """Says (as a skip) which frameworks are missing here, whose README blocks the tours leave out."""
+    imported = {name for block in blocks("python") for name in FRAMEWORK.findall(block)}
+    missing = sorted(name for name in imported if importlib.util.find_spec(name) is None)
+    if missing:
+        pytest.skip(f"not installed, so their README blocks were not run: {', '.join(missing)}")
+
+
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory) -> Path:
     """The README's Python blocks that need no TensorFlow, in order, in one fresh directory."""
