@@ -35,7 +35,7 @@ def state(tree: Any) -> dict[str, Any]:
 
     Dict keys, attribute names (dataclasses, namedtuples, flax structs) and sequence
     indices each become one path component (as ``str``). Raises ``InvalidStructureError``
-    when two leaves would get the same name (e.g. dict keys ``0`` and ``"0"`` side by side).
+    when two parts of the pytree would get the same name, or for a single leaf.
     """
     leaves_with_path, _ = _tree_util().tree_flatten_with_path(tree)
     out: dict[str, Any] = {}
