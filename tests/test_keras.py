@@ -126,15 +126,20 @@ def test_damaged_checkpoint_assigns_nothing(tmp_path: Path):
     fit(model, range(1))
     prefix = tmp_path / "ckpt-1"
     save(model, prefix)
-    data = Path(f"{prefix}.data-00000-of-00001")
-    raw = bytearray(data.read_bytes())
-    raw[-4] ^= 0xFF  # in the last tensor: every earlier one would be assigned first if not checked
-    data.write_bytes(bytes(raw))
+    # the variable a restore assigns last: every other one would be assigned first if not checked
+    damaged = f"optimizer/{model.optimizer.variables[-1].path}"
+    with ckptlib.load_checkpoint(str(prefix)) as reader:
+        entry = reader.entry(damaged)
+    with open(f"{prefix}.data-00000-of-00001", "r+b") as data:
+        data.seek(entry.offset + entry.size // 2)
+        byte = data.read(1)[0]
+        data.seek(-1, os.SEEK_CUR)
+        data.write(bytes([byte ^ 0xFF]))
 
     target = new_model(seed=1)
     fit(target, range(1, 2))
     before = values(target)
-    with pytest.raises(ChecksumMismatchError):
+    with pytest.raises(ChecksumMismatchError, match=damaged):
         ckptlib.keras.restore(str(prefix), model=target, optimizer=target.optimizer)
     assert values(target) == before
 
