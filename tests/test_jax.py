@@ -13,10 +13,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 if "jax" not in sys.modules:  # two CPU devices, to restore onto a sharding that spans both
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-
-jax = pytest.importorskip("jax")
+    os.environ["XLA_FLAGS"] = f"{_XLA_FLAGS or ''} --xla_force_host_platform_device_count=2"
+try:
+    jax = pytest.importorskip("jax")
+    jax.devices()  # the backend reads XLA_FLAGS now, once: later subprocesses need not see it
+finally:
+    if _XLA_FLAGS is None:
+        os.environ.pop("XLA_FLAGS", None)
+    else:
+        os.environ["XLA_FLAGS"] = _XLA_FLAGS
 pytest.importorskip("flax")
 pytest.importorskip("optax")
 
