@@ -3,9 +3,10 @@
 * the two set-up commands at the top exist, point at things that exist (the example script, the
   ``test``/``tf`` extras), and ``.ci/run`` runs exactly the README's test command line;
 * the ```` ```python ```` blocks run in order in one namespace (like a tutorial) in a fresh
-  directory; blocks that ``import tensorflow`` run only where TensorFlow is installed, in a
-  separate process (this test process never imports it); ``print(...)  # <literal>`` comments
-  must match what is printed;
+  directory; blocks that ``import tensorflow`` (or ``keras``, whose default backend it is) run
+  only where TensorFlow is installed, in a separate process (this test process never imports
+  it), and blocks that import another framework (JAX, flax, optax, Keras, torch) only where it
+  is installed; ``print(...)  # <literal>`` comments must match what is printed;
 * paths that only exist on the reader's machine (``path/to/tf_run/ckpt-12``) are prepared
   from the golden TensorFlow checkpoints before the snippets run (see ``PREPARED``);
 * the README's ``ckptlib ...`` shell commands run after the tour, in its directory, and must
@@ -161,7 +162,14 @@ def test_ci_run_executes_that_command(tmp_path):
 # README path (a prefix) -> (golden case, its prefix there)
 PREPARED = {"path/to/tf_run/ckpt-12": ("tf2_slots", "ckpt-1")}
 
-NEEDS_TF = re.compile(r"^\s*(import tensorflow|from tensorflow)", re.M)
+NEEDS_TF = re.compile(r"^\s*(import tensorflow|from tensorflow|import keras|from keras)\b", re.M)
+FRAMEWORK = re.compile(r"^\s*(?:import|from)\s+(jax|flax|optax|keras|torch)\b", re.M)
+
+
+def runnable(block: str) -> bool:
+    """Whether every framework the block imports (TensorFlow aside) is installed here."""
+    return all(importlib.util.find_spec(name) is not None for name in FRAMEWORK.findall(block))
+
 
 # Appended to the tour: what the snippets promise, beyond not raising.
 TOUR_CHECKS = """
@@ -216,11 +224,19 @@ def test_readme_has_python_snippets():
     assert any(NEEDS_TF.search(b) for b in snippets) and any(not NEEDS_TF.search(b) for b in snippets)
 
 
+def test_every_framework_block_runs_here():
+    """Says (as a skip) which frameworks are missing here, whose README blocks the tours leave out."""
+    imported = {name for block in blocks("python") for name in FRAMEWORK.findall(block)}
+    missing = sorted(name for name in imported if importlib.util.find_spec(name) is None)
+    if missing:
+        pytest.skip(f"not installed, so their README blocks were not run: {', '.join(missing)}")
+
+
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory) -> Path:
     """The README's Python blocks that need no TensorFlow, in order, in one fresh directory."""
     directory = tmp_path_factory.mktemp("tour")
-    code = "\n\n".join(b for b in blocks("python") if not NEEDS_TF.search(b))
+    code = "\n\n".join(b for b in blocks("python") if not NEEDS_TF.search(b) and runnable(b))
     run_tour(directory, code)
     return directory
 
@@ -239,7 +255,7 @@ def test_python_tour_with_tensorflow(tmp_path):
         pytest.skip("the README has no TensorFlow snippets")
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("TensorFlow is not installed: the README's `import tensorflow` snippets were not run")
-    run_tour(tmp_path, "\n\n".join(snippets), timeout=600)
+    run_tour(tmp_path, "\n\n".join(b for b in snippets if runnable(b)), timeout=600)
 
 
 # ----------------------------------------------------------------------------------------
