@@ -102,8 +102,11 @@ def restore(
         if into is None:
             return _read_tree(reader)
         targets = dict(tree.target_leaves(into))
-        stored = set(reader.keys_list()) - {tree.STRUCTURE_KEY}
-        values = reader.read_all([name for name in targets if name in stored])
+        keys = reader.keys_list()
+        stored = set(keys) - {tree.STRUCTURE_KEY}
+        # the record is read too, though unused here: damage anywhere in what ckptlib wrote is reported
+        wanted = [name for name in targets if name in stored] + [tree.STRUCTURE_KEY] * (len(stored) < len(keys))
+        values = reader.read_all(wanted)
         report = _check(reader, targets, stored, strict, values)
         restored = tree.rebuild(into, lambda name, leaf: _assign(leaf, values[name]) if name in values else leaf)
         return dataclasses.replace(report, tree=restored)

@@ -362,3 +362,18 @@ def test_jax_arrays_are_replaced_with_their_dtype_and_sharding(tmp_path: Path) -
     assert bool((report.tree["w"] == state["w"]).all()) and int(report.tree["step"]) == 4
     with pytest.raises(ckptlib.DtypeMismatchError, match="w: target dtype float32"):
         ckptlib.restore(prefix, into={"w": jnp.zeros((2, 3)), "step": jnp.int32(0)})
+
+
+def test_damage_to_the_record_is_reported_by_every_restore(tmp_path: Path) -> None:
+    prefix = ckptlib.save({"a": np.ones(2, np.float32), "n": 3}, tmp_path / "m")
+    with ckptlib.load_checkpoint(prefix) as reader:
+        entry = reader.entry(STRUCTURE_KEY)
+    data = tmp_path / "m.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[entry.offset + entry.size - 2] ^= 0x01
+    data.write_bytes(bytes(raw))
+    target = {"a": np.zeros(2, np.float32), "n": 0}
+    for restore in (lambda: ckptlib.restore(prefix), lambda: ckptlib.restore(prefix, into=target, strict=False)):
+        with pytest.raises(ckptlib.ChecksumMismatchError, match=STRUCTURE_KEY):
+            restore()
+    assert not target["a"].any() and target["n"] == 0
