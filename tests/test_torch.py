@@ -151,7 +151,7 @@ def test_optimizer_state_owns_its_memory(tmp_path):
 
 def test_optimizer_state_follows_the_parameters_dtype(tmp_path):
     """As torch's own ``load_state_dict`` does: float state takes its parameter's dtype."""
-    model, optimizer = trained("adam")
+    _, optimizer = trained("adam")
     prefix = ckptlib.save(ckptlib.torch.state(optimizer=optimizer), str(tmp_path / "ck"))
     double = mlp().double()
     double_optimizer = OPTIMIZERS["adam"](double.parameters())
