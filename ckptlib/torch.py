@@ -88,7 +88,8 @@ def restore(
     strict: bool = True,
 ) -> dict[str, Any]:
     """Load a checkpoint written from ``state(...)`` into the live objects given; returns the
-    whole stored tree with torch tensors (read ``tree["step"]`` and extra values there).
+    whole stored tree with torch tensors (read ``tree["step"]`` and extra values there), its
+    loaded parts as the live objects now hold them, the rest in memory of its own.
 
     ``save_path`` is a prefix or a directory (its latest checkpoint). All or nothing: every
     tensor is read and its checksum verified, and every model tensor's shape and dtype,
@@ -123,7 +124,8 @@ def restore(
         raise _mismatch(problems, os.fspath(save_path))
     for load_part in loaders:
         load_part()
-    return dict(stored)
+    loaded = {key: live for key, live in wanted.items() if key in stored}
+    return _owning({**stored, **state(**loaded)})
 
 
 def load(save_path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
@@ -160,18 +162,32 @@ def _tensor(array: np.ndarray) -> torch.Tensor | np.ndarray:
 
 def _to_torch(tree: Any) -> Any:
     """``tree`` with every numpy array leaf a torch tensor; containers keep their types."""
-    if isinstance(tree, np.ndarray):
-        return _tensor(tree)
+    return _map_leaves(lambda leaf: _tensor(leaf) if isinstance(leaf, np.ndarray) else leaf, tree)
+
+
+def _owning(tree: Any) -> Any:
+    """``tree`` with every tensor that views a larger buffer (the checkpoint's whole read
+    buffer) copied, so that keeping it keeps only its own memory."""
+
+    def own(leaf: Any) -> Any:
+        if isinstance(leaf, torch.Tensor) and leaf.untyped_storage().nbytes() > leaf.nbytes:
+            return leaf.clone()
+        return leaf
+
+    return _map_leaves(own, tree)
+
+
+def _map_leaves(fn: Callable[[Any], Any], tree: Any) -> Any:
     if isinstance(tree, Mapping):
-        return type(tree)({key: _to_torch(value) for key, value in tree.items()})  # type: ignore[call-arg]
+        return type(tree)({key: _map_leaves(fn, value) for key, value in tree.items()})  # type: ignore[call-arg]
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a namedtuple
-        return type(tree)(*map(_to_torch, tree))
+        return type(tree)(*(_map_leaves(fn, value) for value in tree))
     if isinstance(tree, (list, tuple)):
-        return type(tree)(map(_to_torch, tree))
+        return type(tree)(_map_leaves(fn, value) for value in tree)
     if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        fields = {f.name: _to_torch(getattr(tree, f.name)) for f in dataclasses.fields(tree) if f.init}
+        fields = {f.name: _map_leaves(fn, getattr(tree, f.name)) for f in dataclasses.fields(tree) if f.init}
         return dataclasses.replace(tree, **fields)
-    return tree
+    return fn(tree)
 
 
 # -- the parts: check against the live object, then load ---------------------------------------
@@ -216,9 +232,13 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, stored: Any, strict: bool
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, stored: Mapping[str, Any], strict: bool) -> None:
-    # Where the parameters' device and dtype already match, torch keeps the tensors given;
-    # cloned, they hold only their own memory, not the whole checkpoint's read buffer.
-    optimizer.load_state_dict(_map_tensors(torch.Tensor.clone, stored))
+    optimizer.load_state_dict(dict(stored))
+    # Where a parameter's device and dtype match already, torch keeps the tensor given: a view
+    # of the buffer every tensor of the checkpoint was read into. A copy frees that buffer.
+    for entries in optimizer.state.values():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() > value.nbytes:
+                entries[key] = value.clone()
 
 
 def _check_scheduler(scheduler: Any, stored: Any, strict: bool) -> list[str]:
@@ -302,16 +322,6 @@ def _mismatch(problems: list[str], path: str) -> RestoreMismatchError:
         kind = DtypeMismatchError
     detail = "\n  ".join(problems)
     return kind(f"{len(problems)} value(s) do not fit:\n  {detail}", path=path)
-
-
-def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], tree: Any) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return fn(tree)
-    if isinstance(tree, Mapping):
-        return {key: _map_tensors(fn, value) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
-        return type(tree)(_map_tensors(fn, value) for value in tree)
-    return tree
 
 
 # -- random number generators ------------------------------------------------------------------

@@ -245,6 +245,53 @@ def test_restore_from_a_directory_takes_the_latest(tmp_path):
     assert_same(dict(fresh.state_dict()), dict(model.state_dict()))
 
 
+def tensors_in(tree):
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from tensors_in(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from tensors_in(value)
+
+
+def test_restore_returns_live_state_and_memory_of_its_own(tmp_path):
+    """The parts loaded come back as the live objects hold them; the rest (here the optimizer,
+    not asked for, and an extra tensor) as stored, in memory of its own, not views of the
+    buffer the whole checkpoint was read into."""
+    model, optimizer = trained()
+    tree = ckptlib.torch.state(model=model, optimizer=optimizer, step=2, rng=True, extra=torch.arange(3.0))
+    prefix = ckptlib.save(tree, str(tmp_path / "ck"))
+    fresh = mlp(seed=1)
+    restored = ckptlib.torch.restore(prefix, model=fresh, rng=True)
+    assert restored["model"]["0.weight"].data_ptr() == fresh[0].weight.data_ptr()
+    assert_same(restored["optimizer"], optimizer.state_dict())
+    assert_same(restored["extra"], torch.arange(3.0))
+    for tensor in tensors_in(restored):
+        assert tensor.untyped_storage().nbytes() == tensor.nbytes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_model_optimizer_and_rng(tmp_path):
+    """A model on the GPU: saved from the device, restored onto it (optimizer state too), and
+    the CUDA generator continues where it was saved."""
+    model = mlp().cuda()
+    optimizer = OPTIMIZERS["adam"](model.parameters())
+    model(torch.randn(16, 4, device="cuda")).pow(2).mean().backward()
+    optimizer.step()
+    prefix = ckptlib.save(ckptlib.torch.state(model=model, optimizer=optimizer, rng=True), str(tmp_path / "ck"))
+    expected = torch.rand(3, device="cuda")
+    fresh = mlp(seed=1).cuda()
+    fresh_optimizer = OPTIMIZERS["adam"](fresh.parameters())
+    ckptlib.torch.restore(prefix, model=fresh, optimizer=fresh_optimizer, rng=True)
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+    assert_same(dict(fresh.state_dict()), dict(model.state_dict()))
+    assert_same(fresh_optimizer.state_dict(), optimizer.state_dict())
+    for entries in fresh_optimizer.state.values():
+        assert entries["exp_avg"].device.type == "cuda"
+
+
 # -- all or nothing --------------------------------------------------------------------------
 def live_objects():
     model, optimizer = trained("adam", seed=4)
