@@ -300,6 +300,8 @@ def _tensor_fit(path: str, live: Any, stored: Any) -> list[str]:
     problems = _shape_fit(path, live.shape, stored.shape)
     if live.dtype != stored.dtype:
         problems.append(f"{path}: target dtype {_name(live.dtype)}, checkpoint has {_name(stored.dtype)}")
+    if any(stride == 0 and size > 1 for stride, size in zip(live.stride(), live.shape, strict=True)):
+        problems.append(f"{path}: the target's elements share memory (expanded): it cannot be written in place")
     return problems
 
 

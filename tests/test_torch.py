@@ -178,6 +178,41 @@ def test_scheduler_and_scaler_round_trip(tmp_path):
     assert other_scaler.get_scale() == 123.0
 
 
+SCHEDULERS = {
+    "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+    "plateau": lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1),  # best: inf
+    "one-cycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+    "lambda": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step),  # lr_lambdas: [None]
+    "warm-restarts": lambda opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3),
+    "sequential": lambda opt: torch.optim.lr_scheduler.SequentialLR(
+        opt,
+        [torch.optim.lr_scheduler.LinearLR(opt, 0.1, total_iters=2), torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)],
+        milestones=[2],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_lr_schedulers_round_trip(tmp_path, name):
+    """Each scheduler's state (infinities, None, nested schedulers' states) comes back equal,
+    and the resumed schedule gives the same learning rates."""
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = SCHEDULERS[name](optimizer)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step(1.0) if name == "plateau" else scheduler.step()
+    prefix = ckptlib.save(ckptlib.torch.state(optimizer=optimizer, scheduler=scheduler), str(tmp_path / "ck"))
+    other_optimizer = torch.optim.SGD(mlp().parameters(), lr=0.1)
+    other = SCHEDULERS[name](other_optimizer)
+    ckptlib.torch.restore(prefix, optimizer=other_optimizer, scheduler=other)
+    assert other.state_dict() == scheduler.state_dict()
+    for sched, opt in ((scheduler, optimizer), (other, other_optimizer)):
+        opt.step()
+        sched.step(1.0) if name == "plateau" else sched.step()
+    assert other_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+
+
 def test_rng_round_trip(tmp_path):
     """torch's, Python's and numpy's generators continue where the checkpoint left them
     (with the cached Gaussians of ``random.gauss`` and numpy's legacy normal)."""
@@ -350,6 +385,17 @@ def test_a_dtype_mismatch_changes_nothing(tmp_path):
     model[0].double()
     before = state_of(model, optimizer, scheduler)
     with pytest.raises(ckptlib.DtypeMismatchError, match=r"model/0\.weight: target dtype float64"):
+        ckptlib.torch.restore(prefix, model=model, optimizer=optimizer, scheduler=scheduler, rng=True)
+    assert_untouched(model, optimizer, scheduler, before)
+
+
+def test_a_target_that_cannot_be_written_changes_nothing(tmp_path):
+    """A buffer whose elements share memory (``expand``) is refused before anything is loaded."""
+    prefix = saved_elsewhere(tmp_path)
+    model, optimizer, scheduler = live_objects()
+    model[1].running_mean = torch.zeros(1).expand(8)
+    before = state_of(model, optimizer, scheduler)
+    with pytest.raises(ckptlib.RestoreMismatchError, match=r"model/1\.running_mean: the target's elements share"):
         ckptlib.torch.restore(prefix, model=model, optimizer=optimizer, scheduler=scheduler, rng=True)
     assert_untouched(model, optimizer, scheduler, before)
 
