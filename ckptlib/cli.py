@@ -21,6 +21,7 @@ import numpy as np
 
 import ckptlib
 from ckptlib.convert import export_arrays, import_arrays
+from ckptlib.tree import STRUCTURE_KEY
 
 _STEP = re.compile(r"-(\d+)$")
 
@@ -453,6 +454,8 @@ def _compare(x: np.ndarray, y: np.ndarray, atol: float) -> tuple[bool, float | N
 # TensorFlow 2's record of the object graph: one string tensor in every tf.train.Checkpoint,
 # structure rather than weights; .safetensors, which holds no strings, goes without it.
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# String entries that describe the checkpoint rather than hold a value: left out of safetensors files
+_METADATA = frozenset({OBJECT_GRAPH, STRUCTURE_KEY})
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -476,8 +479,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         strings = [name for name in names if dtype_names[name] == "string"]
         skipped = strings if args.skip_strings else []
         if dst.endswith(".safetensors") and not args.skip_strings:
-            skipped = [name for name in strings if name == OBJECT_GRAPH]
-            refused = [name for name in strings if name != OBJECT_GRAPH]
+            skipped = [name for name in strings if name in _METADATA]
+            refused = [name for name in strings if name not in _METADATA]
             if refused:
                 raise ckptlib.InvalidTensorError(
                     f"safetensors cannot hold string tensors ({len(refused)} here: {', '.join(refused)}); "

@@ -24,7 +24,7 @@ from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.save_lock import repair_if_idle, saving
 from ckptlib.state import DEFAULT_STATE_FILENAME
-from ckptlib.values import flatten
+from ckptlib.tree import tensors_of
 from ckptlib.writer import BundleWriter, recover_interrupted_saves
 
 logger = logging.getLogger("ckptlib")
@@ -137,7 +137,7 @@ class CheckpointManager:
                 if check_interval and step < self._last_checkpoint_step + self._checkpoint_interval:
                     return None
             self._last_checkpoint_step = step
-        tensors = flatten(state)
+        tensors = tensors_of(state)
         number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
         os.makedirs(self._directory or ".", exist_ok=True)

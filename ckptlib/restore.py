@@ -1,43 +1,38 @@
-"""Restore a checkpoint: into a new dict, or in place into an existing structure."""
+"""Restore a checkpoint: as a new tree, or into an existing one (in place where leaves allow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 import numpy as np
 
+from ckptlib import frameworks, tree
 from ckptlib.checkpoint import load_checkpoint
 from ckptlib.errors import (
     DtypeMismatchError,
     InvalidStructureError,
-    InvalidTensorError,
     ReadOnlyTargetError,
     RestoreMismatchError,
     ShapeMismatchError,
 )
-from ckptlib.format import dtypes
 from ckptlib.reader import CheckpointReader
 
 
 @dataclass(frozen=True)
 class RestoreReport:
     """What an in-place restore did. ``missing``: targets the checkpoint lacks;
-    ``unexpected``: stored tensors no target asked for."""
+    ``unexpected``: stored tensors no target asked for; ``tree``: the restored tree (the
+    target itself, or a copy of it where immutable leaves such as JAX arrays, Python
+    scalars or tuples had to be replaced)."""
 
     restored: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Target:
-    name: str
-    parent: MutableMapping[str, Any] | Mapping[str, Any]
-    key: str
-    leaf: Any
+    tree: Any = None
 
 
 @overload
@@ -48,11 +43,11 @@ def restore(
     strict: bool = True,
     verify_checksums: bool = True,
     mmap: bool = False,
-) -> dict[str, np.ndarray]: ...
+) -> Any: ...
 @overload
 def restore(
     save_path: str | os.PathLike[str],
-    into: Mapping[str, Any],
+    into: Any,
     *,
     strict: bool = True,
     verify_checksums: bool = True,
@@ -62,90 +57,93 @@ def restore(
 
 def restore(
     save_path: str | os.PathLike[str],
-    into: Mapping[str, Any] | None = None,
+    into: Any = None,
     *,
     strict: bool = True,
     verify_checksums: bool = True,
     mmap: bool = False,
-) -> dict[str, np.ndarray] | RestoreReport:
+) -> Any:
     """Read a checkpoint (prefix, directory or one of its files).
 
-    Without ``into``: returns ``{name: array}`` for every tensor. With ``into`` (a nested
-    mapping whose leaves are numpy arrays, objects with an in-place ``copy_`` such as torch
-    tensors, or plain values in a mutable mapping, which are replaced): every leaf is
-    filled in place from the tensor of the same ``/``-joined name, and a ``RestoreReport``
-    is returned.
+    Without ``into``: returns the saved tree, with its containers and Python types as they
+    were saved (``{0: ...}`` stays an int key, a tuple a tuple, ``3`` an int, ``"a"`` a str,
+    ``None`` None) and every array as a numpy array. A checkpoint without ckptlib's
+    structure record (TensorFlow's, or a flat dict of arrays) gives ``{name: array}``.
+
+    With ``into`` (a tree shaped like the saved one: dicts, lists, tuples, namedtuples,
+    dataclasses): every leaf is filled from the tensor of its path's name (``"a/0/b"``):
+    numpy arrays and torch tensors in place, TF and Keras variables by ``assign``; other
+    leaves (JAX arrays, Python scalars, strings) are replaced, in place in dicts and lists,
+    by rebuilding tuples and frozen dataclasses. Returns a ``RestoreReport`` whose ``tree``
+    is the restored tree.
 
     Every target is checked before anything is written. A shape or dtype mismatch, and in
     ``strict`` mode (the default) any target the checkpoint lacks or stored tensor no
     target takes, raises a ``RestoreMismatchError`` (``ShapeMismatchError``,
     ``DtypeMismatchError`` or ``ReadOnlyTargetError`` when those are the only problems)
-    listing every offending name with what was expected and found. ``into`` that is not a
-    mapping raises ``InvalidStructureError``.
+    listing every offending path with what was expected and found. ``into`` that is not a
+    container raises ``InvalidStructureError``.
 
     A restore is all or nothing: every tensor a target takes is read and its checksum
     verified, and every target checked, before the first target is written, so a damaged
     checkpoint (``ChecksumMismatchError``) or a mismatch leaves every target as it was.
 
-    Tensors are read into private memory (numeric ones returned without ``into`` are views
-    of one buffer, which any of them still held keeps whole); no file stays open. With
-    ``mmap=True`` they are copy-on-write views of the memory-mapped data files instead
-    (see ``load_checkpoint`` for what that risks).
+    Tensors are read into private memory (numeric ones are views of one buffer, which any
+    of them still held keeps whole); no file stays open. With ``mmap=True`` they are
+    copy-on-write views of the memory-mapped data files instead (see ``load_checkpoint``
+    for what that risks).
     """
-    if into is not None and not isinstance(into, Mapping):
+    if into is not None and not tree.is_container(into):
         raise InvalidStructureError(
-            f"restore(into=...) takes a mapping of names to arrays (a dict), got {type(into).__name__}"
+            "restore(into=...) takes a tree of targets (a dict, list, tuple, namedtuple or dataclass), "
+            f"got {type(into).__name__}"
         )
     with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
         if into is None:
-            return reader.read_all()
-        targets = list(_targets(into, ""))
-        stored = set(reader.keys_list())
-        values = reader.read_all([t.name for t in targets if t.name in stored])
-        report = _check(reader, targets, strict, values)
-        for target in targets:
-            if target.name in values:
-                _assign(target, values[target.name])
-        return report
+            return _read_tree(reader)
+        targets = dict(tree.target_leaves(into))
+        stored = set(reader.keys_list()) - {tree.STRUCTURE_KEY}
+        values = reader.read_all([name for name in targets if name in stored])
+        report = _check(reader, targets, stored, strict, values)
+        restored = tree.rebuild(into, lambda name, leaf: _assign(leaf, values[name]) if name in values else leaf)
+        return dataclasses.replace(report, tree=restored)
 
 
-def _targets(tree: Mapping[str, Any], prefix: str) -> list[_Target]:
-    out = []
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.extend(_targets(value, name + "/"))
-        else:
-            out.append(_Target(name, tree, key, value))
-    return out
+def _read_tree(reader: CheckpointReader) -> Any:
+    values = reader.read_all()
+    raw = values.pop(tree.STRUCTURE_KEY, None)
+    if raw is None:
+        return values
+    return tree.unflatten(tree.parse_record(raw, reader.prefix), values, reader.prefix)
 
 
 def _check(
-    reader: CheckpointReader, targets: list[_Target], strict: bool, values: Mapping[str, np.ndarray]
+    reader: CheckpointReader,
+    targets: Mapping[str, Any],
+    stored: set[str],
+    strict: bool,
+    values: Mapping[str, np.ndarray],
 ) -> RestoreReport:
     """Every problem with the targets at once, as one error; ``values`` (every stored
     tensor a target takes, already read) tell shapes and dtypes without an index lookup."""
-    stored = set(reader.keys_list())
-    wanted = {t.name for t in targets}
-    missing = sorted(wanted - stored)
+    wanted = set(targets)
+    missing = sorted(name for name in wanted - stored if targets[name] is not None)  # None: a placeholder
     unexpected = sorted(stored - wanted)
     shape_problems, dtype_problems, readonly_problems = [], [], []
-    for target in targets:
-        if target.name not in stored:
+    for name, leaf in targets.items():
+        if name not in stored:
             continue
-        shape, dtype = values[target.name].shape, values[target.name].dtype
-        target_shape, target_dtype = _describe(target.leaf)
-        if target_shape is not None and tuple(target_shape) != shape:
-            shape_problems.append(f"{target.name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")
+        shape, dtype = values[name].shape, values[name].dtype
+        spec = frameworks.target_spec(leaf)
+        if spec is None:
+            continue
+        target_shape, target_dtype = spec
+        if target_shape != shape:
+            shape_problems.append(f"{name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")
         if target_dtype is not None and target_dtype != dtype:
-            dtype_problems.append(f"{target.name}: target dtype {target_dtype}, checkpoint has {dtype}")
-        if isinstance(target.leaf, np.ndarray) and not target.leaf.flags.writeable:
-            readonly_problems.append(f"{target.name}: the target array is read-only")
-        if target_shape is None and not isinstance(target.parent, MutableMapping):
-            readonly_problems.append(
-                f"{target.name}: {type(target.leaf).__name__} in a {type(target.parent).__name__} "
-                "cannot be updated in place"
-            )
+            dtype_problems.append(f"{name}: target dtype {target_dtype}, checkpoint has {dtype}")
+        if isinstance(leaf, np.ndarray) and not leaf.flags.writeable:
+            readonly_problems.append(f"{name}: the target array is read-only")
     problems = shape_problems + dtype_problems + readonly_problems
     if strict:
         problems += [f"{name}: missing from the checkpoint" for name in missing]
@@ -163,35 +161,14 @@ def _check(
     return RestoreReport(sorted(wanted & stored), missing, unexpected)
 
 
-def _describe(leaf: Any) -> tuple[tuple[int, ...] | None, np.dtype | None]:
-    """Shape and numpy dtype of an in-place target; (None, None) for values replaced whole."""
-    if isinstance(leaf, np.ndarray):
-        return leaf.shape, leaf.dtype
-    if hasattr(leaf, "copy_") and hasattr(leaf, "shape"):
-        return tuple(leaf.shape), _framework_dtype(leaf)
-    return None, None
-
-
-def _framework_dtype(leaf: Any) -> np.dtype | None:
-    """numpy's name for a framework tensor's dtype (torch.float32 -> float32)."""
-    name = str(getattr(leaf, "dtype", "")).rsplit(".", 1)[-1]
-    if name == "bool":
-        return np.dtype(bool)
-    try:
-        return dtypes.by_name(name).numpy
-    except InvalidTensorError:
-        return None
-
-
-def _assign(target: _Target, value: np.ndarray) -> None:
-    leaf = target.leaf
-    if isinstance(leaf, np.ndarray):
-        np.copyto(leaf, value, casting="no")
-    elif hasattr(leaf, "copy_") and hasattr(leaf, "shape"):
-        _copy_into_framework_tensor(leaf, value)
-    else:
-        assert isinstance(target.parent, MutableMapping)
-        target.parent[target.key] = _like(leaf, value)
+def _assign(leaf: Any, value: np.ndarray) -> Any:
+    """Fill ``leaf`` with ``value`` and return it, or return the value to put in its place."""
+    if frameworks.is_in_place(leaf):
+        frameworks.fill(leaf, value)
+        return leaf
+    if frameworks.target_spec(leaf) is not None:
+        return frameworks.replacement(leaf, value)
+    return _like(leaf, value)
 
 
 def _like(leaf: Any, value: np.ndarray) -> Any:
@@ -206,18 +183,3 @@ def _like(leaf: Any, value: np.ndarray) -> Any:
     if isinstance(leaf, (bool, int, float, complex)):
         return type(leaf)(item)
     return value
-
-
-def _copy_into_framework_tensor(leaf: Any, value: np.ndarray) -> None:
-    module = type(leaf).__module__.split(".")[0]
-    if module == "torch":
-        import torch
-
-        if value.dtype.name == "bfloat16":
-            source = torch.from_numpy(value.view(np.int16)).view(torch.bfloat16)
-        else:
-            source = torch.from_numpy(np.ascontiguousarray(value))
-        with torch.no_grad():
-            leaf.copy_(source)
-    else:
-        leaf.copy_(value)

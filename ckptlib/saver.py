@@ -26,7 +26,7 @@ from ckptlib.errors import CheckpointNotFoundError
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.save_lock import saving
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
-from ckptlib.values import flatten
+from ckptlib.tree import tensors_of
 from ckptlib.writer import BundleWriter, index_filename, recover_interrupted_saves
 
 
@@ -120,7 +120,7 @@ class Saver:
         else:
             step = _as_step(global_step)
             prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
-        tensors = flatten(state)
+        tensors = tensors_of(state)
         os.makedirs(save_dir or ".", exist_ok=True)
         owns = _owner(save_dir, save_path)
         journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))

@@ -1,53 +1,21 @@
-"""What users hand to ``save``: nested mappings of array-likes, turned into named numpy arrays.
+"""One leaf of the state to save as a numpy array (``tree.py`` names the leaves).
 
-Nested mappings flatten with ``/`` (``{"dense": {"kernel": w}}`` -> ``dense/kernel``).
-Leaves may be numpy arrays, numpy or Python scalars, ``bytes``/``str`` (and arrays or
-lists of them: string tensors), or any object numpy can view through ``__array__`` or
-``__dlpack__`` (torch CPU tensors, JAX arrays, TF tensors). No framework is imported.
+Leaves may be numpy arrays, numpy or Python scalars, ``bytes``/``str`` (and numpy arrays of
+them: string tensors), torch tensors of any dtype, device or layout in memory, or any other
+object numpy can view through ``__array__`` or ``__dlpack__`` (JAX arrays, TF tensors and
+variables). No framework is imported that the value did not come from.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from ckptlib.errors import InvalidStructureError, InvalidTensorError
+from ckptlib.errors import InvalidTensorError
 from ckptlib.format import dtypes
-
-
-def flatten(tree: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
-    """Flatten nested mappings into ``{"a/b/c": leaf}``; refuses empty or colliding names,
-    and anything but a mapping (``InvalidStructureError``)."""
-    if not isinstance(tree, Mapping):
-        raise InvalidStructureError(
-            f"the state to save must be a mapping of names to values (a dict), got {type(tree).__name__}"
-        )
-    if set(map(type, tree.values())) <= {np.ndarray} and set(map(type, tree)) <= {str} and "" not in tree:
-        return dict(tree)  # already flat (the common case for large states): nothing can collide
-    out: dict[str, Any] = {}
-    for name, leaf in _walk(tree, "", sep):
-        if name in out:
-            raise InvalidTensorError(f"two values flatten to the same name {name!r}")
-        out[name] = leaf
-    return out
-
-
-def _walk(tree: Mapping[str, Any], prefix: str, sep: str) -> Iterator[tuple[str, Any]]:
-    for key, value in tree.items():
-        if not isinstance(key, str):
-            raise InvalidTensorError(f"tensor names must be str, got {type(key).__name__} {key!r}")
-        if key == "":
-            raise InvalidTensorError("tensor names must not be empty" + (f" (under {prefix!r})" if prefix else ""))
-        name = prefix + key
-        if isinstance(value, Mapping):
-            if not value:
-                continue
-            yield from _walk(value, name + sep, sep)
-        else:
-            yield name, value
+from ckptlib.frameworks import framework_of, torch_to_numpy
 
 
 def to_array(value: Any, name: str) -> np.ndarray:
@@ -57,6 +25,11 @@ def to_array(value: Any, name: str) -> np.ndarray:
         return _string_array(np.array(value, dtype=object), name)
     if isinstance(value, np.ndarray):
         array = value
+    elif framework_of(value) == "torch" and hasattr(value, "detach"):
+        try:
+            array = torch_to_numpy(value)
+        except InvalidTensorError as e:
+            raise e.with_context(tensor=name) from None
     elif hasattr(value, "__array__") or isinstance(value, (list, tuple, int, float, complex, bool, np.generic)):
         try:
             array = np.asarray(value)

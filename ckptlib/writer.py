@@ -52,7 +52,8 @@ from ckptlib.storage import (
     remove_quietly,
     write_temp,
 )
-from ckptlib.values import flatten, to_array
+from ckptlib.tree import tensors_of
+from ckptlib.values import to_array
 
 
 def data_filename(prefix: str, shard_id: int, num_shards: int) -> str:
@@ -582,5 +583,5 @@ def save(
     no tensors (an index holding only its header), as TensorFlow does.
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
-    writer.add_all(flatten(tensors))
+    writer.add_all(tensors_of(tensors))
     return writer.finish()

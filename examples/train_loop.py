@@ -63,14 +63,17 @@ def main() -> None:
 
     # Read the newest checkpoint back and check it holds exactly what we trained.
     final = ckptlib.latest_checkpoint(args.dir)
-    restored = ckptlib.restore(final)
-    assert np.array_equal(restored["dense/kernel"], state["dense"]["kernel"])
+    restored = ckptlib.restore(final)  # the same nested dict that was saved
+    assert np.array_equal(restored["dense"]["kernel"], state["dense"]["kernel"])
     print(f"kept: {[os.path.basename(p) for p in ckptlib.get_checkpoint_state(args.dir).all_model_checkpoint_paths]}")
     print("tensors in", final)
     for name, shape in ckptlib.list_variables(final):
         print(f"  {name:14s} {shape}")
     print(
-        "learned kernel:", np.round(restored["dense/kernel"].ravel(), 3), "bias:", np.round(restored["dense/bias"], 3)
+        "learned kernel:",
+        np.round(restored["dense"]["kernel"].ravel(), 3),
+        "bias:",
+        np.round(restored["dense"]["bias"], 3),
     )
 
 

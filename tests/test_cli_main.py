@@ -34,7 +34,11 @@ def strict_json(text: str) -> dict:
 @pytest.fixture
 def sample(tmp_path: Path) -> str:
     return ckptlib.save(
-        {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "nan": np.array([np.nan]), "names": [b"a", "b"]},
+        {
+            "w": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "nan": np.array([np.nan]),
+            "names": np.array([b"a", "b"], dtype=object),
+        },
         tmp_path / "model.ckpt",
     )
 

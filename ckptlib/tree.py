@@ -1,0 +1,398 @@
+"""Training-state trees <-> named tensors plus a structure record.
+
+A tree is nested containers (dicts with ``str`` or ``int`` keys, lists, tuples, namedtuples,
+dataclasses) whose leaves are arrays (numpy, torch, JAX, TF), numpy scalars, Python
+``bool``/``int``/``float``/``complex``/``str``/``bytes``, or ``None``. Every leaf but ``None``
+becomes one tensor named by its path, the components joined with ``/`` (ints in decimal)::
+
+    {"model": {"w": w}, "opt": {"state": {0: {"step": 3}}, "betas": (0.9, 0.99)}, "note": None}
+    tensors: model/w  opt/state/0/step  opt/betas/0  opt/betas/1
+
+The names alone cannot tell ``{0: x}`` from ``[x]``, ``3`` from ``np.int64(3)``, ``"a"`` from
+``b"a"``, nor keep ``None`` or an empty container, so the shape of the tree goes into one more
+string tensor, ``_CKPTLIB_STRUCTURE``: JSON (never pickle), which TensorFlow reads as any other
+string and otherwise ignores::
+
+    {"format": "ckptlib.structure", "version": 1, "root": NODE}
+    NODE: ["dict", [key, ...], [NODE, ...]]          keys as JSON str or int: types kept apart
+          ["list", [NODE, ...]]   ["tuple", [NODE, ...]]
+          ["namedtuple", "module:QualName", [field, ...], [NODE, ...]]
+          ["dataclass",  "module:QualName", [field, ...], [NODE, ...]]
+          "none" | "array" | "numpy" (a numpy scalar) | "bool" | "int" | "float" | "complex"
+                 | "str" | "bytes"                     (a leaf: the tensor named by its path)
+
+A flat dict of ``str`` names to arrays or numpy scalars (TensorFlow's own model, and the
+common large case) is written without the record, byte for byte as TensorFlow writes it; its
+numpy scalars come back as 0-d arrays, as they would from TensorFlow's files.
+
+Namedtuple and dataclass types come back only if their module is already imported (nothing
+is imported or run on behalf of a file); otherwise a namedtuple comes back as a namedtuple
+type made from the stored field names, and a dataclass as a dict with a warning.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import keyword
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from ckptlib.errors import CorruptCheckpointError, InvalidStructureError, InvalidTensorError
+
+STRUCTURE_KEY = "_CKPTLIB_STRUCTURE"
+FORMAT = "ckptlib.structure"
+VERSION = 1
+# Deeper trees are refused on save and on read: a cycle, or a hostile record.
+MAX_DEPTH = 200
+# A record larger than this is refused before it is parsed (about 40 bytes per leaf are typical).
+MAX_RECORD_BYTES = 256 << 20
+
+_SCALARS: dict[type, str] = {bool: "bool", int: "int", float: "float", complex: "complex", str: "str", bytes: "bytes"}
+_LEAF_KINDS = frozenset({"array", "numpy", *_SCALARS.values()})
+
+
+def tensors_of(tree: Any) -> dict[str, Any]:
+    """The tensors to write for ``tree``: ``{name: leaf}``, plus the structure record where
+    a restore needs it to give ``tree``'s shape and types back. Raises
+    ``InvalidStructureError`` for a tree that is not a container and ``InvalidTensorError``
+    for names that are empty or collide (both naming the path)."""
+    if isinstance(tree, Mapping) and _is_flat(tree):
+        return dict(tree)  # the common large case: nothing to record, nothing can collide
+    if not _is_container(tree):
+        raise InvalidStructureError(
+            "the state to save must be a container of values (a dict, list, tuple, namedtuple or "
+            f"dataclass), got {type(tree).__name__}"
+        )
+    tensors: dict[str, Any] = {}
+    root = _encode(tree, "", tensors, 0)
+    if STRUCTURE_KEY in tensors:
+        raise InvalidTensorError(f"the name {STRUCTURE_KEY!r} is reserved for ckptlib's structure record")
+    if not _needs_record(root):
+        return tensors
+    record = json.dumps({"format": FORMAT, "version": VERSION, "root": root}, separators=(",", ":"))
+    tensors[STRUCTURE_KEY] = np.array(record.encode("utf-8"), dtype=object)
+    return tensors
+
+
+def _is_flat(tree: Mapping[Any, Any]) -> bool:
+    return set(map(type, tree.values())) <= {np.ndarray} and set(map(type, tree)) <= {str} and "" not in tree
+
+
+def _needs_record(root: Any) -> bool:
+    """Whether the tree is more than TensorFlow's own model, a dict of str names to arrays
+    (numpy scalars count as 0-d arrays there, so that such a dict is written byte for byte
+    as TensorFlow writes it, and its scalars come back as 0-d arrays, as from TensorFlow's)."""
+    if root[0] != "dict" or not all(isinstance(k, str) for k in root[1]):
+        return True
+    return not all(n in ("array", "numpy") for n in root[2])
+
+
+def _encode(node: Any, name: str, tensors: dict[str, Any], depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise InvalidStructureError(f"the state is nested more than {MAX_DEPTH} levels deep (a cycle?) at {name!r}")
+    if node is None:
+        return "none"
+    if isinstance(node, Mapping):
+        keys = list(node)
+        for key in keys:
+            _check_key(key, name)
+        return ["dict", keys, [_encode(node[k], _join(name, k), tensors, depth + 1) for k in keys]]
+    if isinstance(node, (list, tuple)) or _is_dataclass(node):
+        values = [_encode(v, _join(name, i), tensors, depth + 1) for i, v in enumerate(_items(node))]
+        if _is_namedtuple(type(node)):
+            return ["namedtuple", _qualified(type(node)), list(type(node)._fields), values]
+        if _is_dataclass(node):
+            return ["dataclass", _qualified(type(node)), [f.name for f in dataclasses.fields(node)], values]
+        return ["list" if isinstance(node, list) else "tuple", values]
+    if name in tensors:
+        raise InvalidTensorError(f"two values flatten to the same name {name!r}")
+    tensors[name] = node
+    if type(node) in _SCALARS:
+        return _SCALARS[type(node)]
+    return "numpy" if isinstance(node, np.generic) else "array"
+
+
+def _check_key(key: Any, where: str) -> None:
+    if not isinstance(key, (str, int)) or isinstance(key, bool):
+        raise InvalidTensorError(
+            f"dict keys must be str or int, got {type(key).__name__} {key!r}" + (f" under {where!r}" if where else "")
+        )
+    if key == "":
+        raise InvalidTensorError("tensor names must not be empty" + (f" (under {where!r})" if where else ""))
+
+
+def _join(name: str, key: str | int) -> str:
+    return f"{name}/{key}" if name else str(key)
+
+
+def _items(node: Any) -> list[Any]:
+    if _is_dataclass(node):
+        return [getattr(node, f.name) for f in dataclasses.fields(node)]
+    return list(node)
+
+
+def _is_dataclass(node: Any) -> bool:
+    return dataclasses.is_dataclass(node) and not isinstance(node, type)
+
+
+def _is_namedtuple(cls: type) -> bool:
+    return issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple)
+
+
+def _is_container(node: Any) -> bool:
+    return isinstance(node, (Mapping, list, tuple)) or _is_dataclass(node)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# ---- reading: the record and the tensors back into the tree ----
+
+
+def parse_record(raw: Any, where: str) -> Any:
+    """The root node of a structure record (the string tensor's value), validated for
+    shape, not yet against the tensors. Raises ``CorruptCheckpointError``."""
+
+    def corrupt(why: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"damaged structure record: {why}", path=where, tensor=STRUCTURE_KEY)
+
+    if not isinstance(raw, np.ndarray) or raw.shape != () or not isinstance(raw.item(), bytes):
+        raise corrupt("not a single string")
+    data = raw.item()
+    if len(data) > MAX_RECORD_BYTES:
+        raise corrupt(f"{len(data)} bytes, more than the {MAX_RECORD_BYTES} allowed")
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise corrupt(f"not JSON ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or "root" not in record:
+        raise corrupt("not a ckptlib structure record")
+    if record.get("version") != VERSION:
+        raise corrupt(f"version {record.get('version')!r}; this ckptlib reads version {VERSION}")
+    return record["root"]
+
+
+def unflatten(root: Any, values: Mapping[str, np.ndarray], where: str) -> Any:
+    """The tree the record's ``root`` describes, its leaves taken from ``values`` (every
+    tensor, by name). Raises ``CorruptCheckpointError`` when record and tensors disagree."""
+    built = _Builder(values, where)
+    tree = built.node(root, "", 0)
+    extra = sorted(set(values) - built.used)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        warnings.warn(
+            f"{where}: {len(extra)} tensor(s) are not in the checkpoint's structure record and were left "
+            f"out of the restored tree: {shown} (load_checkpoint() reads every tensor by name)",
+            stacklevel=3,
+        )
+    return tree
+
+
+class _Builder:
+    def __init__(self, values: Mapping[str, np.ndarray], where: str):
+        self.values = values
+        self.where = where
+        self.used: set[str] = set()
+
+    def corrupt(self, why: str, name: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"damaged structure record: {why}", path=self.where, tensor=name or None)
+
+    def node(self, node: Any, name: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise self.corrupt(f"nested more than {MAX_DEPTH} levels deep", name)
+        if isinstance(node, str):
+            return None if node == "none" else self.leaf(node, name)
+        if not isinstance(node, list) or not node or not isinstance(node[0], str):
+            raise self.corrupt(f"unknown node {str(node)[:80]}", name)
+        kind, *parts = node
+        if kind == "dict" and len(parts) == 2:
+            keys, children = self.sequence(parts[0], name), self.sequence(parts[1], name)
+            if len(keys) != len(children) or len(set(map(repr, keys))) != len(keys):
+                raise self.corrupt("dict keys do not match its values", name)
+            for key in keys:
+                if not isinstance(key, (str, int)) or isinstance(key, bool) or key == "":
+                    raise self.corrupt(f"bad dict key {key!r}", name)
+            return {k: self.node(c, _join(name, k), depth + 1) for k, c in zip(keys, children, strict=True)}
+        if kind in ("list", "tuple") and len(parts) == 1:
+            items = [self.node(c, _join(name, i), depth + 1) for i, c in enumerate(self.sequence(parts[0], name))]
+            return items if kind == "list" else tuple(items)
+        if kind in ("namedtuple", "dataclass") and len(parts) == 3:
+            qualified, fields, children = parts[0], self.sequence(parts[1], name), self.sequence(parts[2], name)
+            if not isinstance(qualified, str) or len(fields) != len(children):
+                raise self.corrupt(f"bad {kind}", name)
+            if not all(isinstance(f, str) and f.isidentifier() and not keyword.iskeyword(f) for f in fields):
+                raise self.corrupt(f"bad {kind} field names", name)
+            items = [self.node(c, _join(name, i), depth + 1) for i, c in enumerate(children)]
+            make = _namedtuple if kind == "namedtuple" else _dataclass
+            return make(qualified, tuple(fields), items)
+        raise self.corrupt(f"unknown node {kind!r}", name)
+
+    def sequence(self, items: Any, name: str) -> list[Any]:
+        if not isinstance(items, list):
+            raise self.corrupt("a list was expected", name)
+        return items
+
+    def leaf(self, kind: str, name: str) -> Any:
+        if kind not in _LEAF_KINDS:
+            raise self.corrupt(f"unknown leaf kind {kind!r}", name)
+        if name not in self.values:
+            raise self.corrupt("the record names a tensor the checkpoint lacks", name)
+        if name in self.used:
+            raise self.corrupt("two leaves of the record name the same tensor", name)
+        self.used.add(name)
+        value = self.values[name]
+        if kind == "array":
+            return value
+        if value.shape != () or not _fits(kind, value.dtype):
+            raise self.corrupt(f"a {kind} leaf, but the tensor is {value.dtype} of shape {list(value.shape)}", name)
+        item: Any = value[()]
+        if kind == "numpy":
+            return item
+        if kind == "str":
+            try:
+                return item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise self.corrupt("a str leaf that is not UTF-8", name) from None
+        return _PYTHON[kind](item)
+
+
+_PYTHON: dict[str, Callable[[Any], Any]] = {"bool": bool, "int": int, "float": float, "complex": complex}
+_PYTHON["bytes"] = bytes
+
+
+def _fits(kind: str, dtype: np.dtype) -> bool:
+    if kind == "numpy":
+        return dtype.kind != "O"
+    if kind in ("str", "bytes"):
+        return dtype.kind == "O"
+    return dtype.kind in {"bool": "b", "int": "iu", "float": "f", "complex": "c"}[kind]
+
+
+def _find_class(qualified: str) -> type | None:
+    """The class named ``module:QualName`` if its module is already imported. Looks only in
+    namespaces' dicts: no import, no module ``__getattr__``, no code from the file runs."""
+    module_name, _, qualname = qualified.partition(":")
+    namespace: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        if namespace is None:
+            return None
+        try:
+            namespace = vars(namespace).get(part)
+        except TypeError:
+            return None
+    return namespace if isinstance(namespace, type) else None
+
+
+def _namedtuple(qualified: str, fields: tuple[str, ...], items: list[Any]) -> Any:
+    cls = _find_class(qualified)
+    if cls is None or not _is_namedtuple(cls) or getattr(cls, "_fields", None) != fields:
+        cls = _made_namedtuple(qualified.rpartition(".")[2].rpartition(":")[2], fields)
+    return cls(*items)
+
+
+@functools.lru_cache(maxsize=256)
+def _made_namedtuple(typename: str, fields: tuple[str, ...]) -> type:
+    if not typename.isidentifier() or keyword.iskeyword(typename):
+        typename = "Restored"
+    return collections.namedtuple(typename, fields)  # type: ignore[misc]
+
+
+def _dataclass(qualified: str, fields: tuple[str, ...], items: list[Any]) -> Any:
+    cls = _find_class(qualified)
+    values = dict(zip(fields, items, strict=True))
+    if cls is None or not dataclasses.is_dataclass(cls) or tuple(f.name for f in dataclasses.fields(cls)) != fields:
+        warnings.warn(
+            f"dataclass {qualified} is not imported (or has other fields now): restored as a dict",
+            stacklevel=5,
+        )
+        return values
+    if all(f.init for f in dataclasses.fields(cls)):
+        return cls(**values)
+    made = cls.__new__(cls)
+    for field, value in values.items():
+        object.__setattr__(made, field, value)  # frozen dataclasses too
+    return made
+
+
+# ---- restore targets: the leaves of a tree to fill, and the tree rebuilt around new leaves ----
+
+
+def target_leaves(tree: Any) -> Iterator[tuple[str, Any]]:
+    """``(name, leaf)`` for every leaf of a restore target, named as ``tensors_of`` names
+    them; ``None`` leaves included (placeholders, filled if the checkpoint has a tensor there)."""
+    yield from _target_leaves(tree, "", 0)
+
+
+def _target_leaves(node: Any, name: str, depth: int) -> Iterator[tuple[str, Any]]:
+    if depth > MAX_DEPTH:
+        raise InvalidStructureError(f"the restore target is nested more than {MAX_DEPTH} levels deep at {name!r}")
+    if isinstance(node, Mapping):
+        for key, child in node.items():
+            yield from _target_leaves(child, _join(name, key), depth + 1)
+    elif isinstance(node, (list, tuple)) or _is_dataclass(node):
+        for i, child in enumerate(_items(node)):
+            yield from _target_leaves(child, _join(name, i), depth + 1)
+    else:
+        yield name, node
+
+
+def is_container(node: Any) -> bool:
+    """Whether ``node`` can be the root of a tree to save or restore into."""
+    return _is_container(node)
+
+
+def rebuild(tree: Any, replace: Callable[[str, Any], Any]) -> Any:
+    """``tree`` with each leaf swapped for ``replace(name, leaf)`` where that differs:
+    dicts, lists and mutable dataclasses are updated in place, tuples, namedtuples, frozen
+    dataclasses and read-only mappings are rebuilt (or returned as they were, if unchanged)."""
+    return _rebuild(tree, "", replace)
+
+
+def _rebuild(node: Any, name: str, replace: Callable[[str, Any], Any]) -> Any:
+    if isinstance(node, Mapping):
+        new = {k: _rebuild(v, _join(name, k), replace) for k, v in node.items()}
+        return _update(node, new)
+    if isinstance(node, (list, tuple)) or _is_dataclass(node):
+        old = _items(node)
+        new_items = [_rebuild(v, _join(name, i), replace) for i, v in enumerate(old)]
+        if all(a is b for a, b in zip(old, new_items, strict=True)):
+            return node
+        if isinstance(node, list):
+            node[:] = new_items
+            return node
+        if isinstance(node, tuple):
+            return type(node)(*new_items) if _is_namedtuple(type(node)) else type(node)(new_items)
+        changed = {f.name: v for f, v in zip(dataclasses.fields(node), new_items, strict=True)}
+        target = node if not type(node).__dataclass_params__.frozen else _shallow_copy(node)  # type: ignore[attr-defined]
+        for field, value in changed.items():
+            object.__setattr__(target, field, value)
+        return target
+    return replace(name, node)
+
+
+def _update(node: Mapping[Any, Any], new: dict[Any, Any]) -> Any:
+    if all(node[k] is v for k, v in new.items()):
+        return node
+    if isinstance(node, MutableMapping):
+        node.update(new)
+        return node
+    try:
+        return type(node)(new)  # type: ignore[call-arg]
+    except TypeError:
+        return new
+
+
+def _shallow_copy(node: Any) -> Any:
+    cls: Any = type(node)
+    made = cls.__new__(cls)
+    for field in dataclasses.fields(node):
+        object.__setattr__(made, field.name, getattr(node, field.name))
+    return made
