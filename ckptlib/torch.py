@@ -17,7 +17,6 @@ by this module, which ``import ckptlib`` does not import.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import random
@@ -25,12 +24,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 import torch
 
 import ckptlib
-from ckptlib.errors import DtypeMismatchError, RestoreMismatchError, ShapeMismatchError
+from ckptlib.errors import DtypeMismatchError, InvalidTensorError, RestoreMismatchError, ShapeMismatchError
+from ckptlib.frameworks import torch_from_numpy
+from ckptlib.tree import rebuild
 
 __all__ = ["load", "restore", "state"]
 
@@ -124,8 +124,8 @@ def restore(
         raise _mismatch(problems, os.fspath(save_path))
     for load_part in loaders:
         load_part()
-    loaded = {key: live for key, live in wanted.items() if key in stored}
-    return _owning({**stored, **state(**loaded)})
+    live = state(**{key: obj for key, obj in wanted.items() if key in stored})
+    return {key: live[key] if key in live else _owning(value) for key, value in stored.items()}
 
 
 def load(save_path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
@@ -140,54 +140,29 @@ def load(save_path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
 
 
 # -- numpy -> torch ----------------------------------------------------------------------------
-# numpy dtypes torch.from_numpy lacks but torch has under the same name (from ml_dtypes)
-_VIEWED = {
-    np.dtype(getattr(ml_dtypes, name)): getattr(torch, name)
-    for name in ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu")
-    if hasattr(ml_dtypes, name) and hasattr(torch, name)
-}
-_SAME_SIZE_INT = {1: np.uint8, 2: np.int16}
-
-
 def _tensor(array: np.ndarray) -> torch.Tensor | np.ndarray:
     """A torch tensor sharing ``array``'s memory, or ``array`` itself where torch has no dtype."""
-    if array.dtype in _VIEWED:
-        bits = array.view(_SAME_SIZE_INT[array.dtype.itemsize])
-        return torch.from_numpy(bits).view(_VIEWED[array.dtype])
     try:
-        return torch.from_numpy(array)
-    except TypeError:  # object (string) arrays, int4 and other dtypes torch lacks
+        return torch_from_numpy(array)
+    except (InvalidTensorError, TypeError):  # strings, int4 and other dtypes torch lacks
         return array
 
 
 def _to_torch(tree: Any) -> Any:
-    """``tree`` with every numpy array leaf a torch tensor; containers keep their types."""
-    return _map_leaves(lambda leaf: _tensor(leaf) if isinstance(leaf, np.ndarray) else leaf, tree)
+    """``tree`` (fresh from ``ckptlib.restore``) with every numpy array leaf a torch tensor."""
+    return rebuild(tree, lambda _, leaf: _tensor(leaf) if isinstance(leaf, np.ndarray) else leaf)
 
 
 def _owning(tree: Any) -> Any:
     """``tree`` with every tensor that views a larger buffer (the checkpoint's whole read
     buffer) copied, so that keeping it keeps only its own memory."""
 
-    def own(leaf: Any) -> Any:
+    def own(_: str, leaf: Any) -> Any:
         if isinstance(leaf, torch.Tensor) and leaf.untyped_storage().nbytes() > leaf.nbytes:
             return leaf.clone()
         return leaf
 
-    return _map_leaves(own, tree)
-
-
-def _map_leaves(fn: Callable[[Any], Any], tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return type(tree)({key: _map_leaves(fn, value) for key, value in tree.items()})  # type: ignore[call-arg]
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a namedtuple
-        return type(tree)(*(_map_leaves(fn, value) for value in tree))
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_map_leaves(fn, value) for value in tree)
-    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
-        fields = {f.name: _map_leaves(fn, getattr(tree, f.name)) for f in dataclasses.fields(tree) if f.init}
-        return dataclasses.replace(tree, **fields)
-    return fn(tree)
+    return rebuild(tree, own)
 
 
 # -- the parts: check against the live object, then load ---------------------------------------
