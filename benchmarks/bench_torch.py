@@ -60,8 +60,10 @@ def fsync_file(path: str) -> None:
 
 
 def fresh(nbytes: int, *paths: str) -> Callable[[], None]:
-    """Untimed, before each save: delete what it will write, flush dirty pages, and touch as
-    much memory as it will fill (see ``bench.py``: freed memory is slow to touch again here)."""
+    """Untimed, before each operation: delete what a save will write, flush dirty pages, and
+    touch as much memory as the operation fills (see ``bench.py``: this VM hands freed memory
+    back to its host, and touching it again is slow and erratic; loads allocate as much as
+    saves fill in the page cache)."""
 
     def prepare() -> None:
         for path in paths:
@@ -95,17 +97,28 @@ def bench_torch(work: str, repeat: int, safetensors_on: bool) -> dict[str, float
     bench.add("ckptlib save, no fsync", lambda: ckptlib.save(tree, nosync, sync=False), fresh(nbytes, nosync))
     bench.add("torch.save", lambda: torch_save(False), fresh(nbytes, pt))
     bench.add("torch.save + fsync", lambda: torch_save(True), fresh(nbytes, pt))
-    bench.add("ckptlib restore into state_dict", lambda: ckptlib.restore(prefix, into={"model": target.state_dict()}))
-    bench.add("ckptlib.torch.restore(model=)", lambda: ckptlib.torch.restore(prefix, model=target))
+    warm = fresh(nbytes)
+    into = {"model": target.state_dict()}
+    bench.add("ckptlib restore into state_dict", lambda: ckptlib.restore(prefix, into=into), warm)
+    bench.add("ckptlib.torch.restore(model=)", lambda: ckptlib.torch.restore(prefix, model=target), warm)
+    bench.add("ckptlib restore into state_dict, mmap=True", lambda: ckptlib.restore(prefix, into=into, mmap=True), warm)
     bench.add(
-        "ckptlib.torch.load + load_state_dict", lambda: target.load_state_dict(ckptlib.torch.load(prefix)["model"])
+        "ckptlib.torch.restore(model=, mmap=True)",
+        lambda: ckptlib.torch.restore(prefix, model=target, mmap=True),
+        warm,
+    )
+    bench.add(
+        "ckptlib.torch.load + load_state_dict",
+        lambda: target.load_state_dict(ckptlib.torch.load(prefix)["model"]),
+        warm,
     )
     bench.add(
         "ckptlib restore into, no checksums",
-        lambda: ckptlib.restore(prefix, into={"model": target.state_dict()}, verify_checksums=False),
+        lambda: ckptlib.restore(prefix, into=into, verify_checksums=False),
+        warm,
     )
-    bench.add("torch.load(mmap=True) + load_state_dict", lambda: torch_load(True))
-    bench.add("torch.load + load_state_dict", lambda: torch_load(False))
+    bench.add("torch.load(mmap=True) + load_state_dict", lambda: torch_load(True), warm)
+    bench.add("torch.load + load_state_dict", lambda: torch_load(False), warm)
     st = try_import("safetensors.torch") if safetensors_on else None
     if st is not None:
         stp = os.path.join(work, "model.safetensors")
@@ -117,7 +130,7 @@ def bench_torch(work: str, repeat: int, safetensors_on: bool) -> dict[str, float
 
         bench.add("safetensors save_file", lambda: st_save(False), fresh(nbytes, stp))
         bench.add("safetensors save_file + fsync", lambda: st_save(True), fresh(nbytes, stp))
-        bench.add("safetensors load_file + load_state_dict", lambda: target.load_state_dict(st.load_file(stp)))
+        bench.add("safetensors load_file + load_state_dict", lambda: target.load_state_dict(st.load_file(stp)), warm)
     return bench.run()
 
 
@@ -126,6 +139,7 @@ TARGETS = [
     ("save (fsync) vs torch.save + fsync", "ckptlib save", "torch.save + fsync", 1.0),
     ("save (fsync) vs safetensors (no fsync; within 1.2x => >= 0.83)", "ckptlib save", "safetensors save_file", 0.83),
     ("save (fsync) vs safetensors + fsync (>= 0.83)", "ckptlib save", "safetensors save_file + fsync", 0.83),
+    ("save, no fsync, vs safetensors (>= 0.83)", "ckptlib save, no fsync", "safetensors save_file", 0.83),
     (
         "restore into vs torch.load(mmap) + load_state_dict",
         "ckptlib restore into state_dict",
@@ -143,6 +157,24 @@ TARGETS = [
         "ckptlib.torch.restore(model=)",
         "safetensors load_file + load_state_dict",
         0.83,
+    ),
+    (
+        "restore into, mmap=True, vs safetensors (>= 0.83)",
+        "ckptlib restore into state_dict, mmap=True",
+        "safetensors load_file + load_state_dict",
+        0.83,
+    ),
+    (
+        "ckptlib.torch.restore, mmap=True, vs safetensors (>= 0.83)",
+        "ckptlib.torch.restore(model=, mmap=True)",
+        "safetensors load_file + load_state_dict",
+        0.83,
+    ),
+    (
+        "restore into, mmap=True, vs torch.load(mmap) + load_state_dict",
+        "ckptlib restore into state_dict, mmap=True",
+        "torch.load(mmap=True) + load_state_dict",
+        1.0,
     ),
     (
         "ckptlib.torch.load + load_state_dict vs safetensors (>= 0.83)",

@@ -30,7 +30,7 @@ import torch
 import ckptlib
 from ckptlib.errors import DtypeMismatchError, InvalidTensorError, RestoreMismatchError, ShapeMismatchError
 from ckptlib.frameworks import torch_from_numpy
-from ckptlib.tree import rebuild
+from ckptlib.tree import rebuild, target_leaves
 
 __all__ = ["load", "restore", "state"]
 
@@ -86,6 +86,7 @@ def restore(
     scaler: Any = None,
     rng: bool = False,
     strict: bool = True,
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint written from ``state(...)`` into the live objects given; returns the
     whole stored tree with torch tensors (read ``tree["step"]`` and extra values there), its
@@ -102,11 +103,16 @@ def restore(
     object given must be in the checkpoint; with ``strict=False`` missing and unexpected
     model keys are left alone and objects the checkpoint lacks are skipped.
 
+    ``mmap=True`` reads through copy-on-write views of the memory-mapped data files instead of
+    a private buffer (one copy of every byte fewer, about twice as fast); nothing returned or
+    loaded keeps them, but while the call runs, a data file truncated by another process
+    kills this one with SIGBUS (ckptlib's savers never truncate a checkpoint's files).
+
     Raises ``ckptlib.RestoreMismatchError`` (``ShapeMismatchError``, ``DtypeMismatchError``)
     naming every misfit by its path in the tree (``model/fc.weight``), and the errors of
     ``ckptlib.restore`` (``CheckpointNotFoundError``, ``ChecksumMismatchError``, ...).
     """
-    stored = _to_torch(ckptlib.restore(save_path))
+    stored = _to_torch(ckptlib.restore(save_path, mmap=mmap))
     if not isinstance(stored, Mapping):
         raise RestoreMismatchError("the checkpoint does not hold a state(...) tree", path=os.fspath(save_path))
     given = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "rng": rng or None}
@@ -154,12 +160,14 @@ def _to_torch(tree: Any) -> Any:
 
 
 def _owning(tree: Any) -> Any:
-    """``tree`` with every tensor that views a larger buffer (the checkpoint's whole read
-    buffer) copied, so that keeping it keeps only its own memory."""
+    """``tree`` with every array leaf copied: fresh from ``ckptlib.restore``, each views the
+    buffer the whole checkpoint was read into, and would keep all of it."""
 
     def own(_: str, leaf: Any) -> Any:
-        if isinstance(leaf, torch.Tensor) and leaf.untyped_storage().nbytes() > leaf.nbytes:
+        if isinstance(leaf, torch.Tensor):
             return leaf.clone()
+        if isinstance(leaf, np.ndarray):
+            return leaf.copy()
         return leaf
 
     return rebuild(tree, own)
@@ -209,10 +217,11 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, stored: Any, strict: bool
 def _load_optimizer(optimizer: torch.optim.Optimizer, stored: Mapping[str, Any], strict: bool) -> None:
     optimizer.load_state_dict(dict(stored))
     # Where a parameter's device and dtype match already, torch keeps the tensor given: a view
-    # of the buffer every tensor of the checkpoint was read into. A copy frees that buffer.
+    # of the buffer the whole checkpoint was read into. A copy lets that buffer go.
+    given = {id(leaf) for _, leaf in target_leaves(stored["state"])}
     for entries in optimizer.state.values():
         for key, value in entries.items():
-            if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() > value.nbytes:
+            if id(value) in given:
                 entries[key] = value.clone()
 
 
