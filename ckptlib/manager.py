@@ -8,7 +8,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
@@ -122,9 +122,7 @@ class CheckpointManager:
         """Managed checkpoints, oldest first (preserved ones are not listed)."""
         return list(self._managed)
 
-    def save(
-        self, state: Mapping[str, Any], checkpoint_number: int | None = None, check_interval: bool = True
-    ) -> str | None:
+    def save(self, state: Any, checkpoint_number: int | None = None, check_interval: bool = True) -> str | None:
         """Save ``state`` as the next checkpoint; returns its prefix, or None when
         ``checkpoint_interval`` says it is too early. An empty ``state`` saves a checkpoint
         of no tensors, as ``tf.train.CheckpointManager`` does."""
@@ -174,9 +172,7 @@ class CheckpointManager:
         recover_interrupted_saves(self._directory, self._owner, own_files)
         finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
 
-    def restore_or_initialize(
-        self, into: Mapping[str, Any] | None = None, init_fn: Callable[[], Any] | None = None
-    ) -> str | None:
+    def restore_or_initialize(self, into: Any = None, init_fn: Callable[[], Any] | None = None) -> str | None:
         """Restore the newest intact checkpoint into ``into`` and return its prefix; with
         none, call ``init_fn`` (if given) and return None.
 
@@ -210,7 +206,7 @@ class CheckpointManager:
             init_fn()
         return None
 
-    def restore(self, into: Mapping[str, Any], save_path: str | None = None) -> RestoreReport:
+    def restore(self, into: Any, save_path: str | None = None) -> RestoreReport:
         """Fill ``into`` from ``save_path`` (default: the latest checkpoint); strict."""
         path = save_path or self.latest_checkpoint
         if path is None:

@@ -96,13 +96,13 @@ class Saver:
 
     def save(
         self,
-        state: Mapping[str, Any],
+        state: Any,
         save_path: str | os.PathLike[str],
         global_step: Any = None,
         latest_filename: str | None = None,
         write_state: bool = True,
     ) -> str:
-        """Save ``state`` (nested mapping of arrays) and return the checkpoint's prefix.
+        """Save ``state`` (a tree: see ``ckptlib.save``) and return the checkpoint's prefix.
 
         ``global_step`` (an int or 0-d integer array/tensor) is appended as ``-<step>``.
         The checkpoint is complete on disk before the state file names it; old checkpoints
@@ -177,7 +177,7 @@ class Saver:
         # Interrupted from here on, the journal still notes them: a later save deletes them.
         finish_deletions(save_dir, latest_filename, journal, owns, also=doomed)
 
-    def restore(self, state: Mapping[str, Any], save_path: str | os.PathLike[str] | None) -> RestoreReport:
+    def restore(self, state: Any, save_path: str | os.PathLike[str] | None) -> RestoreReport:
         """Fill ``state`` in place from ``save_path`` (TF's argument order); strict."""
         if save_path is None:
             raise ValueError("Can't load save_path when it is None.")

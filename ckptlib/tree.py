@@ -3,7 +3,8 @@
 A tree is nested containers (dicts with ``str`` or ``int`` keys, lists, tuples, namedtuples,
 dataclasses) whose leaves are arrays (numpy, torch, JAX, TF), numpy scalars, Python
 ``bool``/``int``/``float``/``complex``/``str``/``bytes``, or ``None``. Every leaf but ``None``
-becomes one tensor named by its path, the components joined with ``/`` (ints in decimal)::
+becomes one tensor named by its path, the components joined with ``/`` (ints and list indices
+in decimal, namedtuple and dataclass fields by name)::
 
     {"model": {"w": w}, "opt": {"state": {0: {"step": 3}}, "betas": (0.9, 0.99)}, "note": None}
     tensors: model/w  opt/state/0/step  opt/betas/0  opt/betas/1
@@ -105,7 +106,7 @@ def _encode(node: Any, name: str, tensors: dict[str, Any], depth: int) -> Any:
             _check_key(key, name)
         return ["dict", keys, [_encode(node[k], _join(name, k), tensors, depth + 1) for k in keys]]
     if isinstance(node, (list, tuple)) or _is_dataclass(node):
-        values = [_encode(v, _join(name, i), tensors, depth + 1) for i, v in enumerate(_items(node))]
+        values = [_encode(v, _join(name, k), tensors, depth + 1) for k, v in _children(node)]
         if _is_namedtuple(type(node)):
             return ["namedtuple", _qualified(type(node)), list(type(node)._fields), values]
         if _is_dataclass(node):
@@ -136,6 +137,16 @@ def _items(node: Any) -> list[Any]:
     if _is_dataclass(node):
         return [getattr(node, f.name) for f in dataclasses.fields(node)]
     return list(node)
+
+
+def _children(node: Any) -> list[tuple[str | int, Any]]:
+    """A sequence's children with their path components: field names for namedtuples and
+    dataclasses (``opt_state/mu``), indices for lists and tuples."""
+    if _is_dataclass(node):
+        return [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+    if _is_namedtuple(type(node)):
+        return list(zip(type(node)._fields, node, strict=True))
+    return list(enumerate(node))
 
 
 def _is_dataclass(node: Any) -> bool:
@@ -230,7 +241,7 @@ class _Builder:
                 raise self.corrupt(f"bad {kind}", name)
             if not all(isinstance(f, str) and f.isidentifier() and not keyword.iskeyword(f) for f in fields):
                 raise self.corrupt(f"bad {kind} field names", name)
-            items = [self.node(c, _join(name, i), depth + 1) for i, c in enumerate(children)]
+            items = [self.node(c, _join(name, f), depth + 1) for f, c in zip(fields, children, strict=True)]
             make = _namedtuple if kind == "namedtuple" else _dataclass
             return make(qualified, tuple(fields), items)
         raise self.corrupt(f"unknown node {kind!r}", name)
@@ -302,7 +313,10 @@ def _namedtuple(qualified: str, fields: tuple[str, ...], items: list[Any]) -> An
 def _made_namedtuple(typename: str, fields: tuple[str, ...]) -> type:
     if not typename.isidentifier() or keyword.iskeyword(typename):
         typename = "Restored"
-    return collections.namedtuple(typename, fields)  # type: ignore[misc]
+    try:
+        return collections.namedtuple(typename, fields)  # type: ignore[misc]
+    except ValueError as e:  # field names namedtuple refuses (a leading underscore, a repeat)
+        raise CorruptCheckpointError(f"damaged structure record: namedtuple {typename}: {e}") from None
 
 
 def _dataclass(qualified: str, fields: tuple[str, ...], items: list[Any]) -> Any:
@@ -338,8 +352,8 @@ def _target_leaves(node: Any, name: str, depth: int) -> Iterator[tuple[str, Any]
         for key, child in node.items():
             yield from _target_leaves(child, _join(name, key), depth + 1)
     elif isinstance(node, (list, tuple)) or _is_dataclass(node):
-        for i, child in enumerate(_items(node)):
-            yield from _target_leaves(child, _join(name, i), depth + 1)
+        for key, child in _children(node):
+            yield from _target_leaves(child, _join(name, key), depth + 1)
     else:
         yield name, node
 
@@ -362,7 +376,7 @@ def _rebuild(node: Any, name: str, replace: Callable[[str, Any], Any]) -> Any:
         return _update(node, new)
     if isinstance(node, (list, tuple)) or _is_dataclass(node):
         old = _items(node)
-        new_items = [_rebuild(v, _join(name, i), replace) for i, v in enumerate(old)]
+        new_items = [_rebuild(v, _join(name, k), replace) for k, v in _children(node)]
         if all(a is b for a, b in zip(old, new_items, strict=True)):
             return node
         if isinstance(node, list):

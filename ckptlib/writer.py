@@ -569,13 +569,14 @@ def _num_shards(index_path: str) -> int | None:
 
 
 def save(
-    tensors: Mapping[str, Any],
+    tree: Any,
     prefix: str | os.PathLike[str],
     *,
     num_shards: int = 1,
     sync: bool = True,
 ) -> str:
-    """Write ``tensors`` (a possibly nested mapping, flattened with ``/``) as a bundle at ``prefix``.
+    """Write ``tree`` (a training state: nested dicts, lists, tuples, namedtuples or dataclasses
+    of arrays, scalars, strings and None; see ``ckptlib.tree``) as a bundle at ``prefix``.
 
     Returns the prefix. Readable by ``tf.train.load_checkpoint(prefix)`` and by
     ``tf.compat.v1.train.Saver.restore``. Raises ``InvalidTensorError`` for values that
@@ -583,5 +584,5 @@ def save(
     no tensors (an index holding only its header), as TensorFlow does.
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
-    writer.add_all(tensors_of(tensors))
+    writer.add_all(tensors_of(tree))
     return writer.finish()

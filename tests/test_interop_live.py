@@ -919,3 +919,59 @@ def test_save_v2_and_ckptlib_write_identical_files_odd_keys(tmp_path: Path) -> N
     reader = tf.train.load_checkpoint(str(tmp_path / "ck" / "ckpt"))
     for name, _, value in items:
         assert_bitwise(reader.get_tensor(name), np.asarray(value), name[:20])
+
+
+# ---------------------------------------------------------------------------------------------
+# training-state trees: the structure record is one more string tensor TensorFlow reads
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tensorflow_reads_a_tree_checkpoint_tensor_for_tensor(tmp_path: Path) -> None:
+    state = {
+        "model": {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.zeros(3)}},
+        "optimizer": {"state": {0: {"step": 3, "m": np.ones(3, ml_dtypes.bfloat16)}}, "betas": (0.9, 0.999)},
+        "note": "héllo",
+        "none": None,
+    }
+    prefix = ckptlib.save(state, tmp_path / "tree")
+    with ckptlib.load_checkpoint(prefix) as reader:
+        ours = reader.read_all()
+    tf_reader = tf.train.load_checkpoint(prefix)
+    assert sorted(tf_reader.get_variable_to_shape_map()) == sorted(ours)
+    for name, value in ours.items():
+        theirs = tf_reader.get_tensor(name)
+        if value.dtype == object:
+            assert np.asarray(theirs, dtype=object).tolist() == value.tolist(), name
+        else:
+            assert np.asarray(theirs).dtype == value.dtype and np.asarray(theirs).tobytes() == value.tobytes(), name
+    assert tf_reader.get_tensor("optimizer/state/0/step") == 3
+    assert tf_reader.get_tensor("note") == "héllo".encode()
+    # and TF1's Saver restores the variables it knows by name, ignoring the record
+    with tf.Graph().as_default():
+        kernel = tf.compat.v1.get_variable("model/dense/kernel", shape=(2, 3), dtype=tf.float32)
+        step = tf.compat.v1.get_variable("optimizer/state/0/step", shape=(), dtype=tf.int64)
+        saver = tf.compat.v1.train.Saver([kernel, step])
+        with tf.compat.v1.Session() as session:
+            saver.restore(session, prefix)
+            assert session.run(kernel).tolist() == state["model"]["dense"]["kernel"].tolist()
+            assert session.run(step) == 3
+
+
+def test_restore_assigns_tf_and_keras_variables(tmp_path: Path) -> None:
+    import keras
+
+    prefix = ckptlib.save({"v": np.arange(4, dtype=np.float32), "k": np.ones((2, 2), np.float32)}, tmp_path / "m")
+    variable = tf.Variable(np.zeros(4, np.float32))
+    keras_variable = keras.Variable(np.zeros((2, 2), np.float32))
+    report = ckptlib.restore(prefix, into={"v": variable, "k": keras_variable})
+    assert report.tree["v"] is variable and variable.numpy().tolist() == [0, 1, 2, 3]
+    assert np.asarray(keras_variable).tolist() == [[1, 1], [1, 1]]
+    wrong = tf.Variable(np.zeros(4, np.float64))
+    with pytest.raises(ckptlib.DtypeMismatchError, match="v: target dtype float64, checkpoint has float32"):
+        ckptlib.restore(prefix, into={"v": wrong, "k": keras_variable})
+    assert not wrong.numpy().any()
+    # TF tensors and variables are saved as they are
+    again = ckptlib.save({"t": tf.constant([1.5, 2.5], dtype=tf.bfloat16), "v": variable}, tmp_path / "n")
+    back = ckptlib.restore(again)
+    assert back["t"].dtype == ml_dtypes.bfloat16 and back["t"].astype(np.float32).tolist() == [1.5, 2.5]
+    assert back["v"].tolist() == [0, 1, 2, 3]

@@ -101,6 +101,8 @@ def test_setup_commands_exist():
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     for extra in extras.group(1).split(","):
         assert re.search(rf"^{extra} = \[", pyproject, re.M), f"README installs extra {extra!r}; pyproject lacks it"
+    if len(steps[1]) > 4:  # pinned versions: "-c FILE", a file of the project
+        assert steps[1][4] == "-c" and (ROOT / steps[1][5]).is_file() and len(steps[1]) == 6, steps[1]
     assert steps[-1] == [".venv/bin/python", "-m", "pytest"], steps
 
 
