@@ -40,21 +40,25 @@ def torch_to_numpy(tensor: Any) -> np.ndarray:
     tensor holds at the time of the write. bfloat16 and float8 come out as ml_dtypes arrays.
     """
     tensor = tensor.detach()
-    if tensor.device.type != "cpu":
-        tensor = tensor.cpu()
+    if tensor.device.type == "meta":
+        raise InvalidTensorError("a torch tensor on the meta device has no values to save")
     if str(tensor.layout) != "torch.strided" or tensor.is_quantized:
         raise InvalidTensorError(f"cannot save a torch tensor with layout {tensor.layout} (only dense tensors)")
-    tensor = tensor.resolve_conj().resolve_neg().contiguous()
     name = str(tensor.dtype).rpartition(".")[2]
-    if name in _TORCH_ML_DTYPES:
-        import torch
-
-        bits = tensor.view(getattr(torch, _TORCH_ML_DTYPES[name])).numpy()
-        return bits.view(dtypes.by_name(name).numpy)
     try:
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        tensor = tensor.resolve_conj().resolve_neg().contiguous()
+        if name in _TORCH_ML_DTYPES:
+            import torch
+
+            bits = tensor.view(getattr(torch, _TORCH_ML_DTYPES[name])).numpy()
+            return bits.view(dtypes.by_name(name).numpy)
         return tensor.numpy()
-    except (TypeError, RuntimeError) as e:
-        raise InvalidTensorError(f"cannot save a torch tensor of dtype {tensor.dtype}: {e}") from None
+    except (TypeError, RuntimeError, NotImplementedError) as e:
+        if "ScalarType" in str(e) or "dtype" in str(e):
+            raise InvalidTensorError(f"TensorFlow checkpoints have no dtype for torch.{name} ({e})") from None
+        raise InvalidTensorError(f"cannot read the values of a torch tensor on {tensor.device}: {e}") from None
 
 
 def torch_from_numpy(array: np.ndarray) -> Any:
@@ -107,6 +111,20 @@ def _numpy_dtype(dtype: Any) -> np.dtype | None:
         return dtypes.by_name(name).numpy
     except InvalidTensorError:
         return None
+
+
+def cannot_fill(leaf: Any) -> str | None:
+    """Why an in-place target cannot take new values (read-only, or elements sharing memory),
+    or None; asked of every target before the first is written."""
+    if isinstance(leaf, np.ndarray):
+        return None if leaf.flags.writeable else "the target array is read-only"
+    if framework_of(leaf) == "torch" and hasattr(leaf, "stride") and _expanded(leaf):
+        return "the target tensor's elements share memory (an expanded tensor): it cannot be filled in place"
+    return None
+
+
+def _expanded(tensor: Any) -> bool:
+    return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True))
 
 
 def is_in_place(leaf: Any) -> bool:

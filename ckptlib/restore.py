@@ -145,8 +145,9 @@ def _check(
             shape_problems.append(f"{name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")
         if target_dtype is not None and target_dtype != dtype:
             dtype_problems.append(f"{name}: target dtype {target_dtype}, checkpoint has {dtype}")
-        if isinstance(leaf, np.ndarray) and not leaf.flags.writeable:
-            readonly_problems.append(f"{name}: the target array is read-only")
+        why = frameworks.cannot_fill(leaf)
+        if why is not None:
+            readonly_problems.append(f"{name}: {why}")
     problems = shape_problems + dtype_problems + readonly_problems
     if strict:
         problems += [f"{name}: missing from the checkpoint" for name in missing]

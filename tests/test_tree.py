@@ -377,3 +377,16 @@ def test_damage_to_the_record_is_reported_by_every_restore(tmp_path: Path) -> No
         with pytest.raises(ckptlib.ChecksumMismatchError, match=STRUCTURE_KEY):
             restore()
     assert not target["a"].any() and target["n"] == 0
+
+
+def test_torch_targets_and_values_that_cannot_work_are_refused_first(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    prefix = ckptlib.save({"a": torch.ones(2), "w": torch.ones(2, 3)}, tmp_path / "m")
+    target = {"a": torch.zeros(2), "w": torch.zeros(3).expand(2, 3)}
+    with pytest.raises(ckptlib.ReadOnlyTargetError, match="w: the target tensor's elements share memory"):
+        ckptlib.restore(prefix, into=target)
+    assert not target["a"].any()
+    with pytest.raises(ckptlib.InvalidTensorError, match=r"'opt/x'.*meta device"):
+        ckptlib.save({"opt": {"x": torch.empty(3, device="meta")}}, tmp_path / "n")
+    with pytest.raises(ckptlib.InvalidTensorError, match=r"'e'.*no dtype for torch.float8_e8m0fnu"):
+        ckptlib.save({"e": torch.ones(2).to(torch.float8_e8m0fnu)}, tmp_path / "n")
