@@ -90,7 +90,11 @@ def target_spec(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None] | None:
         return None
     if framework_of(leaf) is None and not _writable_in_place(leaf):
         return None
-    return tuple(int(d) for d in leaf.shape), _numpy_dtype(leaf.dtype)
+    try:
+        shape = tuple(-1 if d is None else int(d) for d in leaf.shape)
+    except (TypeError, ValueError):  # a TensorFlow shape of unknown rank
+        shape = (-1,)
+    return shape, _numpy_dtype(leaf.dtype)
 
 
 def _writable_in_place(leaf: Any) -> bool:
@@ -118,13 +122,25 @@ def cannot_fill(leaf: Any) -> str | None:
     or None; asked of every target before the first is written."""
     if isinstance(leaf, np.ndarray):
         return None if leaf.flags.writeable else "the target array is read-only"
-    if framework_of(leaf) == "torch" and hasattr(leaf, "stride") and _expanded(leaf):
-        return "the target tensor's elements share memory (an expanded tensor): it cannot be filled in place"
+    if framework_of(leaf) == "torch" and hasattr(leaf, "stride"):
+        if leaf.device.type == "meta":
+            return "the target tensor is on the meta device (it has no memory to fill)"
+        if leaf.is_inference():
+            return "the target is an inference tensor (made under torch.inference_mode), which cannot change"
+        if _overlapping(leaf.shape, leaf.stride()):
+            return "the target tensor's elements share memory (an expanded view): it cannot be filled in place"
     return None
 
 
-def _expanded(tensor: Any) -> bool:
-    return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True))
+def _overlapping(shape: Any, strides: Any) -> bool:
+    """Whether a strided layout may put two elements at one place (an expanded tensor, or
+    ``as_strided`` views): each dimension, by increasing stride, must step past all before it."""
+    extent = 0
+    for stride, size in sorted((abs(st), n) for st, n in zip(strides, shape, strict=True) if n > 1):
+        if stride <= extent:
+            return True
+        extent += stride * (size - 1)
+    return False
 
 
 def is_in_place(leaf: Any) -> bool:

@@ -101,14 +101,21 @@ def restore(
     with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
         if into is None:
             return _read_tree(reader)
-        targets = dict(tree.target_leaves(into))
+        targets = tree.target_leaves(into)
         keys = reader.keys_list()
         stored = set(keys) - {tree.STRUCTURE_KEY}
-        # the record is read too, though unused here: damage anywhere in what ckptlib wrote is reported
-        wanted = [name for name in targets if name in stored] + [tree.STRUCTURE_KEY] * (len(stored) < len(keys))
-        values = reader.read_all(wanted)
-        report = _check(reader, targets, stored, strict, values)
-        restored = tree.rebuild(into, lambda name, leaf: _assign(leaf, values[name]) if name in values else leaf)
+        has_record = len(stored) < len(keys)
+        # the record is read even where no placeholder needs it: damage to it is reported as anywhere else
+        values = reader.read_all([name for name in targets if name in stored] + [tree.STRUCTURE_KEY] * has_record)
+        kinds = {}
+        if has_record:
+            record = tree.parse_record(values[tree.STRUCTURE_KEY], reader.prefix, len(stored))
+            kinds = tree.leaf_kinds(record, stored, reader.prefix)
+        report, replacements = _check(reader, targets, stored, strict, values, kinds)
+        for name, leaf in targets.items():
+            if name in values and name not in replacements:
+                frameworks.fill(leaf, values[name])
+        restored = tree.rebuild(into, lambda name, leaf: replacements.get(name, leaf))
         return dataclasses.replace(report, tree=restored)
 
 
@@ -117,7 +124,7 @@ def _read_tree(reader: CheckpointReader) -> Any:
     raw = values.pop(tree.STRUCTURE_KEY, None)
     if raw is None:
         return values
-    return tree.unflatten(tree.parse_record(raw, reader.prefix), values, reader.prefix)
+    return tree.unflatten(tree.parse_record(raw, reader.prefix, len(values)), values, reader.prefix)
 
 
 def _check(
@@ -126,64 +133,103 @@ def _check(
     stored: set[str],
     strict: bool,
     values: Mapping[str, np.ndarray],
-) -> RestoreReport:
-    """Every problem with the targets at once, as one error; ``values`` (every stored
-    tensor a target takes, already read) tell shapes and dtypes without an index lookup."""
+    kinds: Mapping[str, str],
+) -> tuple[RestoreReport, dict[str, Any]]:
+    """Every problem with the targets at once, as one error, found before anything is
+    written; else the report and the new value of every target that is replaced rather than
+    filled in place (made here, so that making one cannot fail halfway through the writes).
+    ``kinds`` are the structure record's leaf kinds, which give ``None`` placeholders their types."""
     wanted = set(targets)
     missing = sorted(name for name in wanted - stored if targets[name] is not None)  # None: a placeholder
     unexpected = sorted(stored - wanted)
-    shape_problems, dtype_problems, readonly_problems = [], [], []
+    problems: dict[str, list[str]] = {"shape": [], "dtype": [], "readonly": []}
+    replacements: dict[str, Any] = {}
     for name, leaf in targets.items():
         if name not in stored:
             continue
-        shape, dtype = values[name].shape, values[name].dtype
-        spec = frameworks.target_spec(leaf)
-        if spec is None:
+        value = values[name]
+        if frameworks.target_spec(leaf) is not None:
+            for problem, message in _array_target_problems(name, leaf, value):
+                problems[problem].append(message)
+            if not frameworks.is_in_place(leaf):
+                replacements[name] = leaf  # made below, once every target has passed
             continue
-        target_shape, target_dtype = spec
-        if target_shape != shape:
-            shape_problems.append(f"{name}: target shape {list(target_shape)}, checkpoint has {list(shape)}")
-        if target_dtype is not None and target_dtype != dtype:
-            dtype_problems.append(f"{name}: target dtype {target_dtype}, checkpoint has {dtype}")
-        why = frameworks.cannot_fill(leaf)
-        if why is not None:
-            readonly_problems.append(f"{name}: {why}")
-    problems = shape_problems + dtype_problems + readonly_problems
+        try:
+            replacements[name] = _scalar_replacement(name, leaf, value, kinds.get(name), reader.prefix)
+        except _Unfit as e:
+            problems[e.kind].append(e.message)
+    found = problems["shape"] + problems["dtype"] + problems["readonly"]
     if strict:
-        problems += [f"{name}: missing from the checkpoint" for name in missing]
-        problems += [f"{name}: in the checkpoint but not in the restore target" for name in unexpected]
-    if problems:
+        found += [f"{name}: missing from the checkpoint" for name in missing]
+        found += [f"{name}: in the checkpoint but not in the restore target" for name in unexpected]
+    if found:
+        detail = "\n  ".join(found)
+        if found == problems["readonly"]:
+            raise ReadOnlyTargetError(f"{len(found)} target(s) cannot be written:\n  {detail}", path=reader.prefix)
         kind: type[RestoreMismatchError] = RestoreMismatchError
-        if problems == shape_problems:
+        if found == problems["shape"]:
             kind = ShapeMismatchError
-        elif problems == dtype_problems:
+        elif found == problems["dtype"]:
             kind = DtypeMismatchError
-        detail = "\n  ".join(problems)
-        if problems == readonly_problems:
-            raise ReadOnlyTargetError(f"{len(problems)} target(s) cannot be written:\n  {detail}", path=reader.prefix)
-        raise kind(f"{len(problems)} tensor(s) do not fit:\n  {detail}", path=reader.prefix)
-    return RestoreReport(sorted(wanted & stored), missing, unexpected)
+        raise kind(f"{len(found)} tensor(s) do not fit:\n  {detail}", path=reader.prefix)
+    for name, leaf in replacements.items():
+        if leaf is targets[name] and frameworks.target_spec(leaf) is not None:
+            replacements[name] = frameworks.replacement(leaf, values[name])
+    return RestoreReport(sorted(wanted & stored), missing, unexpected), replacements
 
 
-def _assign(leaf: Any, value: np.ndarray) -> Any:
-    """Fill ``leaf`` with ``value`` and return it, or return the value to put in its place."""
-    if frameworks.is_in_place(leaf):
-        frameworks.fill(leaf, value)
-        return leaf
-    if frameworks.target_spec(leaf) is not None:
-        return frameworks.replacement(leaf, value)
-    return _like(leaf, value)
+class _Unfit(Exception):
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        self.message = message
 
 
-def _like(leaf: Any, value: np.ndarray) -> Any:
-    """A replacement for an immutable leaf, of the leaf's own Python type where sensible."""
-    if value.ndim != 0:
-        return value
+def _array_target_problems(name: str, leaf: Any, value: np.ndarray) -> list[tuple[str, str]]:
+    """``(kind, message)`` for each way ``value`` cannot go into the array-like ``leaf``."""
+    spec = frameworks.target_spec(leaf)
+    assert spec is not None
+    shape, dtype = spec
+    found = []
+    if shape != value.shape:
+        found.append(("shape", f"{name}: target shape {list(shape)}, checkpoint has {list(value.shape)}"))
+    if dtype is None and frameworks.framework_of(leaf) is not None:
+        found.append(("dtype", f"{name}: target dtype {leaf.dtype} has no TensorFlow equivalent"))
+    elif dtype is not None and dtype != value.dtype:
+        found.append(("dtype", f"{name}: target dtype {dtype}, checkpoint has {value.dtype}"))
+    why = frameworks.cannot_fill(leaf)
+    if why is not None:
+        found.append(("readonly", f"{name}: {why}"))
+    return found
+
+
+# Which stored dtypes (numpy kinds) each Python scalar target takes: never a narrowing (2.7 into an int)
+_SCALAR_KINDS = {bool: "b", int: "iu", float: "iuf", complex: "iufc"}
+
+
+def _scalar_replacement(name: str, leaf: Any, value: np.ndarray, kind: str | None, where: str) -> Any:
+    """The new value for a target replaced whole: a Python or numpy scalar, a string, or a
+    ``None`` placeholder (typed by the structure record's ``kind`` where there is one)."""
+    if leaf is None:
+        return value if kind is None else tree.leaf_value(kind, value, name, where)
+    if isinstance(leaf, (str, bytes, np.generic, bool, int, float, complex)) and value.shape != ():
+        raise _Unfit("shape", f"{name}: target is a {type(leaf).__name__}, checkpoint has shape {list(value.shape)}")
+    if isinstance(leaf, (str, bytes)):
+        if value.dtype != object:
+            raise _Unfit("dtype", f"{name}: target is a {type(leaf).__name__}, checkpoint has {value.dtype}")
+        item = value.item()
+        if isinstance(leaf, bytes):
+            return item
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Unfit("dtype", f"{name}: target is a str, checkpoint has bytes that are not UTF-8") from None
     if isinstance(leaf, np.generic):
+        if value.dtype != leaf.dtype:
+            raise _Unfit("dtype", f"{name}: target dtype {leaf.dtype}, checkpoint has {value.dtype}")
         return value[()]
-    item = value.item()
-    if isinstance(item, bytes):
-        return item.decode("utf-8") if isinstance(leaf, str) else item
-    if isinstance(leaf, (bool, int, float, complex)):
-        return type(leaf)(item)
-    return value
+    for python_type, accepted in _SCALAR_KINDS.items():
+        if isinstance(leaf, python_type):
+            if value.dtype.kind not in accepted:
+                raise _Unfit("dtype", f"{name}: target is a {python_type.__name__}, checkpoint has {value.dtype}")
+            return python_type(value.item())
+    return value  # any other object: a placeholder, replaced by the array

@@ -218,7 +218,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, stored: Mapping[str, Any],
     optimizer.load_state_dict(dict(stored))
     # Where a parameter's device and dtype match already, torch keeps the tensor given: a view
     # of the buffer the whole checkpoint was read into. A copy lets that buffer go.
-    given = {id(leaf) for _, leaf in target_leaves(stored["state"])}
+    given = {id(leaf) for leaf in target_leaves(stored["state"]).values()}
     for entries in optimizer.state.values():
         for key, value in entries.items():
             if id(value) in given:

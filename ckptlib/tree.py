@@ -40,7 +40,7 @@ import json
 import keyword
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,12 @@ VERSION = 1
 MAX_DEPTH = 200
 # A record larger than this is refused before it is parsed (about 40 bytes per leaf are typical).
 MAX_RECORD_BYTES = 256 << 20
+# ... and than this beside a given number of tensors (leaves without one, None and empty
+# containers, take a few bytes each; a real record is a small fraction of this)
+_RECORD_BASE = 1 << 20
+_RECORD_PER_TENSOR = 512
+# Distinct namedtuple types one restore may make up for classes that are not imported
+_MAX_MADE_TYPES = 1000
 
 _SCALARS: dict[type, str] = {bool: "bool", int: "int", float: "float", complex: "complex", str: "str", bytes: "bytes"}
 _LEAF_KINDS = frozenset({"array", "numpy", *_SCALARS.values()})
@@ -65,6 +71,8 @@ def tensors_of(tree: Any) -> dict[str, Any]:
     ``InvalidStructureError`` for a tree that is not a container and ``InvalidTensorError``
     for names that are empty or collide (both naming the path)."""
     if isinstance(tree, Mapping) and _is_flat(tree):
+        if STRUCTURE_KEY in tree:
+            raise InvalidTensorError(f"the name {STRUCTURE_KEY!r} is reserved for ckptlib's structure record")
         return dict(tree)  # the common large case: nothing to record, nothing can collide
     if not _is_container(tree):
         raise InvalidStructureError(
@@ -115,9 +123,19 @@ def _encode(node: Any, name: str, tensors: dict[str, Any], depth: int) -> Any:
     if name in tensors:
         raise InvalidTensorError(f"two values flatten to the same name {name!r}")
     tensors[name] = node
-    if type(node) in _SCALARS:
-        return _SCALARS[type(node)]
-    return "numpy" if isinstance(node, np.generic) else "array"
+    return _leaf_kind(node)
+
+
+def _leaf_kind(node: Any) -> str:
+    """The record's kind for a leaf. Order matters: ``np.str_`` is a str and ``np.float64`` a
+    float, but the first is stored as a string and the second is a numpy scalar."""
+    if isinstance(node, str):
+        return "str"
+    if isinstance(node, bytes):
+        return "bytes"
+    if isinstance(node, np.generic):
+        return "numpy"
+    return next((kind for cls, kind in _SCALARS.items() if isinstance(node, cls)), "array")
 
 
 def _check_key(key: Any, where: str) -> None:
@@ -127,6 +145,8 @@ def _check_key(key: Any, where: str) -> None:
         )
     if key == "":
         raise InvalidTensorError("tensor names must not be empty" + (f" (under {where!r})" if where else ""))
+    if isinstance(key, int) and not -(2**63) <= key < 2**63:
+        raise InvalidTensorError("int dict keys must fit in 64 bits" + (f" (under {where!r})" if where else ""))
 
 
 def _join(name: str, key: str | int) -> str:
@@ -168,9 +188,10 @@ def _qualified(cls: type) -> str:
 # ---- reading: the record and the tensors back into the tree ----
 
 
-def parse_record(raw: Any, where: str) -> Any:
+def parse_record(raw: Any, where: str, tensors: int | None = None) -> Any:
     """The root node of a structure record (the string tensor's value), validated for
-    shape, not yet against the tensors. Raises ``CorruptCheckpointError``."""
+    shape, not yet against the tensors. ``tensors``, the number of tensors beside it, bounds
+    its size (parsing JSON takes many times its size in memory). Raises ``CorruptCheckpointError``."""
 
     def corrupt(why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"damaged structure record: {why}", path=where, tensor=STRUCTURE_KEY)
@@ -178,8 +199,9 @@ def parse_record(raw: Any, where: str) -> Any:
     if not isinstance(raw, np.ndarray) or raw.shape != () or not isinstance(raw.item(), bytes):
         raise corrupt("not a single string")
     data = raw.item()
-    if len(data) > MAX_RECORD_BYTES:
-        raise corrupt(f"{len(data)} bytes, more than the {MAX_RECORD_BYTES} allowed")
+    limit = MAX_RECORD_BYTES if tensors is None else min(MAX_RECORD_BYTES, _RECORD_BASE + _RECORD_PER_TENSOR * tensors)
+    if len(data) > limit:
+        raise corrupt(f"{len(data)} bytes, more than the {limit} allowed beside {tensors} tensors")
     try:
         record = json.loads(data)
     except (ValueError, RecursionError) as e:
@@ -212,6 +234,9 @@ class _Builder:
         self.values = values
         self.where = where
         self.used: set[str] = set()
+        self.kinds: dict[str, str] | None = None  # collect leaf kinds instead of building ...
+        self.stored: Collection[str] = ()  # ... of these tensors
+        self.made_types = 0
 
     def corrupt(self, why: str, name: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"damaged structure record: {why}", path=self.where, tensor=name or None)
@@ -241,9 +266,23 @@ class _Builder:
                 raise self.corrupt(f"bad {kind}", name)
             if not all(isinstance(f, str) and f.isidentifier() and not keyword.iskeyword(f) for f in fields):
                 raise self.corrupt(f"bad {kind} field names", name)
+            if len(set(fields)) != len(fields):
+                raise self.corrupt(f"repeated {kind} field names", name)
             items = [self.node(c, _join(name, f), depth + 1) for f, c in zip(fields, children, strict=True)]
-            make = _namedtuple if kind == "namedtuple" else _dataclass
-            return make(qualified, tuple(fields), items)
+            if self.kinds is not None:
+                return None
+            if kind == "dataclass":
+                return _dataclass(qualified, tuple(fields), items)
+            cls = _find_class(qualified)
+            if cls is None or not _is_namedtuple(cls) or getattr(cls, "_fields", None) != tuple(fields):
+                self.made_types += 1
+                if self.made_types > _MAX_MADE_TYPES:
+                    raise self.corrupt(f"more than {_MAX_MADE_TYPES} namedtuple types not imported here", name)
+                try:
+                    cls = _made_namedtuple(qualified.rpartition(".")[2].rpartition(":")[2], tuple(fields))
+                except ValueError as e:  # names namedtuple refuses (a leading underscore)
+                    raise self.corrupt(f"namedtuple {qualified}: {e}", name) from None
+            return tuple.__new__(cls, items)  # not cls(...): no code of the class runs
         raise self.corrupt(f"unknown node {kind!r}", name)
 
     def sequence(self, items: Any, name: str) -> list[Any]:
@@ -254,25 +293,48 @@ class _Builder:
     def leaf(self, kind: str, name: str) -> Any:
         if kind not in _LEAF_KINDS:
             raise self.corrupt(f"unknown leaf kind {kind!r}", name)
-        if name not in self.values:
-            raise self.corrupt("the record names a tensor the checkpoint lacks", name)
         if name in self.used:
             raise self.corrupt("two leaves of the record name the same tensor", name)
         self.used.add(name)
-        value = self.values[name]
-        if kind == "array":
-            return value
-        if value.shape != () or not _fits(kind, value.dtype):
-            raise self.corrupt(f"a {kind} leaf, but the tensor is {value.dtype} of shape {list(value.shape)}", name)
-        item: Any = value[()]
-        if kind == "numpy":
-            return item
-        if kind == "str":
-            try:
-                return item.decode("utf-8")
-            except UnicodeDecodeError:
-                raise self.corrupt("a str leaf that is not UTF-8", name) from None
-        return _PYTHON[kind](item)
+        if self.kinds is not None:
+            if name not in self.stored:
+                raise self.corrupt("the record names a tensor the checkpoint lacks", name)
+            self.kinds[name] = kind
+            return None
+        if name not in self.values:
+            raise self.corrupt("the record names a tensor the checkpoint lacks", name)
+        return leaf_value(kind, self.values[name], name, self.where)
+
+
+def leaf_value(kind: str, value: np.ndarray, name: str, where: str) -> Any:
+    """The leaf a record's ``kind`` says ``value`` (the tensor ``name``) stands for."""
+    if kind == "array":
+        return value
+    if value.shape != () or not _fits(kind, value.dtype):
+        raise CorruptCheckpointError(
+            f"damaged structure record: a {kind} leaf, but the tensor is {value.dtype} of shape {list(value.shape)}",
+            path=where,
+            tensor=name,
+        )
+    item: Any = value[()]
+    if kind == "numpy":
+        return item
+    if kind == "str":
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptCheckpointError("a str leaf that is not UTF-8", path=where, tensor=name) from None
+    return _PYTHON[kind](item)
+
+
+def leaf_kinds(root: Any, stored: Collection[str], where: str) -> dict[str, str]:
+    """``{tensor name: leaf kind}`` for every leaf of a record's ``root``, validated as
+    ``unflatten`` does but for whether each tensor's dtype fits its kind (``leaf_value`` checks that)."""
+    builder = _Builder({}, where)
+    builder.kinds = {}
+    builder.stored = stored
+    builder.node(root, "", 0)
+    return builder.kinds
 
 
 _PYTHON: dict[str, Callable[[Any], Any]] = {"bool": bool, "int": int, "float": float, "complex": complex}
@@ -302,21 +364,11 @@ def _find_class(qualified: str) -> type | None:
     return namespace if isinstance(namespace, type) else None
 
 
-def _namedtuple(qualified: str, fields: tuple[str, ...], items: list[Any]) -> Any:
-    cls = _find_class(qualified)
-    if cls is None or not _is_namedtuple(cls) or getattr(cls, "_fields", None) != fields:
-        cls = _made_namedtuple(qualified.rpartition(".")[2].rpartition(":")[2], fields)
-    return cls(*items)
-
-
 @functools.lru_cache(maxsize=256)
 def _made_namedtuple(typename: str, fields: tuple[str, ...]) -> type:
     if not typename.isidentifier() or keyword.iskeyword(typename):
         typename = "Restored"
-    try:
-        return collections.namedtuple(typename, fields)  # type: ignore[misc]
-    except ValueError as e:  # field names namedtuple refuses (a leading underscore, a repeat)
-        raise CorruptCheckpointError(f"damaged structure record: namedtuple {typename}: {e}") from None
+    return collections.namedtuple(typename, fields)  # type: ignore[misc]
 
 
 def _dataclass(qualified: str, fields: tuple[str, ...], items: list[Any]) -> Any:
@@ -328,21 +380,29 @@ def _dataclass(qualified: str, fields: tuple[str, ...], items: list[Any]) -> Any
             stacklevel=5,
         )
         return values
-    if all(f.init for f in dataclasses.fields(cls)):
-        return cls(**values)
-    made = cls.__new__(cls)
+    try:
+        made = object.__new__(cls)  # not cls(...): neither __init__ nor __post_init__ runs
+    except TypeError:
+        warnings.warn(f"dataclass {qualified} cannot be made without its constructor: restored as a dict", stacklevel=5)
+        return values
     for field, value in values.items():
-        object.__setattr__(made, field, value)  # frozen dataclasses too
+        object.__setattr__(made, field, value)  # frozen and slotted dataclasses too
     return made
 
 
 # ---- restore targets: the leaves of a tree to fill, and the tree rebuilt around new leaves ----
 
 
-def target_leaves(tree: Any) -> Iterator[tuple[str, Any]]:
-    """``(name, leaf)`` for every leaf of a restore target, named as ``tensors_of`` names
-    them; ``None`` leaves included (placeholders, filled if the checkpoint has a tensor there)."""
-    yield from _target_leaves(tree, "", 0)
+def target_leaves(tree: Any) -> dict[str, Any]:
+    """``{name: leaf}`` for every leaf of a restore target, named as ``tensors_of`` names
+    them; ``None`` leaves included (placeholders, filled if the checkpoint has a tensor
+    there). Two leaves of one name raise ``InvalidStructureError``."""
+    leaves: dict[str, Any] = {}
+    for name, leaf in _target_leaves(tree, "", 0):
+        if name in leaves:
+            raise InvalidStructureError(f"two targets of the restore have the same name {name!r}")
+        leaves[name] = leaf
+    return leaves
 
 
 def _target_leaves(node: Any, name: str, depth: int) -> Iterator[tuple[str, Any]]:
@@ -383,7 +443,7 @@ def _rebuild(node: Any, name: str, replace: Callable[[str, Any], Any]) -> Any:
             node[:] = new_items
             return node
         if isinstance(node, tuple):
-            return type(node)(*new_items) if _is_namedtuple(type(node)) else type(node)(new_items)
+            return tuple.__new__(type(node), new_items)  # a namedtuple or other subclass, constructor unrun
         changed = {f.name: v for f, v in zip(dataclasses.fields(node), new_items, strict=True)}
         target = node if not type(node).__dataclass_params__.frozen else _shallow_copy(node)  # type: ignore[attr-defined]
         for field, value in changed.items():

@@ -68,7 +68,12 @@ def _string_array(array: np.ndarray, name: str) -> np.ndarray:
     flat_out = out.reshape(-1)
     for i, item in enumerate(flat_in):
         if isinstance(item, str):
-            flat_out[i] = item.encode("utf-8")
+            try:
+                flat_out[i] = item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidTensorError(
+                    f"a str that UTF-8 cannot encode ({e.reason}: {item!r})", tensor=name
+                ) from None
         elif isinstance(item, (bytes, bytearray, memoryview, np.bytes_)):
             flat_out[i] = bytes(item)
         else:
