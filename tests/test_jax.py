@@ -261,3 +261,56 @@ def test_flax_nnx_model_and_optimizer_round_trip(tmp_path: Path):
     nnx.update(fresh_optimizer, restored["optimizer"])
     assert bits(fresh.linear.kernel[...]) == bits(net.linear.kernel[...])
     assert_same_tree(ckptlib.jax.state(nnx.state(fresh)), ckptlib.jax.state(nnx.state(net)))
+
+
+def test_restore_never_writes_into_numpy_leaves(tmp_path: Path):
+    saved = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float32(7), "n": 3}
+    ckptlib.save(saved, str(tmp_path / "np"))
+    read_only = np.zeros(2, np.int32)
+    read_only.flags.writeable = False
+    target = {"w": np.zeros((2, 3), np.float32), "s": np.float32(0), "n": 0}
+    restored = ckptlib.jax.restore(str(tmp_path / "np"), target)
+    assert not target["w"].any() and target["s"] == 0 and target["n"] == 0
+    assert isinstance(restored["w"], jax.Array) and restored["w"].dtype == jnp.float32
+    assert isinstance(restored["s"], jax.Array) and restored["s"].shape == () and float(restored["s"]) == 7
+    assert bits(restored["w"]) == bits(saved["w"]) and restored["n"] == 3
+    # a read-only numpy leaf is no obstacle, and one the checkpoint lacks comes back as a jax copy
+    partial = ckptlib.jax.restore(str(tmp_path / "np"), {"w": target["w"], "extra": read_only}, strict=False)
+    assert isinstance(partial["extra"], jax.Array) and bits(partial["extra"]) == bits(read_only)
+    assert isinstance(partial["w"], jax.Array) and not target["w"].any()
+    with pytest.raises(DtypeMismatchError, match="w"):
+        ckptlib.jax.restore(str(tmp_path / "np"), {**target, "w": np.zeros((2, 3), np.float16)})
+
+
+def test_load_keeps_string_tensors_as_numpy(tmp_path: Path):
+    ckptlib.save({"names": np.array([b"a", b"bc"], dtype=object), "w": np.ones(2, np.float32)}, str(tmp_path / "s"))
+    tree = ckptlib.jax.load(str(tmp_path / "s"))
+    assert isinstance(tree["names"], np.ndarray) and tree["names"].tolist() == [b"a", b"bc"]
+    assert isinstance(tree["w"], jax.Array)
+    # a checkpoint TensorFlow wrote: its object graph is a string tensor
+    tf_tree = ckptlib.jax.load(str(Path(__file__).parent / "data" / "golden" / "tf2_keras" / "ckpt-1"))
+    graph = tf_tree["_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert isinstance(graph, np.ndarray) and isinstance(graph.item(), bytes)
+
+
+def test_64_bit_values_are_never_narrowed(tmp_path: Path):
+    big = np.array([2**40, -(2**40)], dtype=np.int64)
+    precise = np.array([0.1, 1e300])
+    ckptlib.save({"big": big, "precise": precise, "small": np.int32(5)}, str(tmp_path / "x"))
+    assert not jax.config.jax_enable_x64  # JAX's default, under which it narrows 64-bit arrays
+    tree = ckptlib.jax.load(str(tmp_path / "x"))
+    assert isinstance(tree["big"], np.ndarray) and tree["big"].dtype == np.int64 and (tree["big"] == big).all()
+    assert isinstance(tree["precise"], np.ndarray) and bits(tree["precise"]) == bits(precise)
+    assert isinstance(tree["small"], jax.Array)
+    target = {"big": np.zeros(2, np.int64), "precise": np.zeros(2), "small": np.int32(0)}
+    restored = ckptlib.jax.restore(str(tmp_path / "x"), target)
+    assert isinstance(restored["big"], np.ndarray) and (restored["big"] == big).all()
+    assert bits(restored["precise"]) == bits(precise) and restored["precise"] is not target["precise"]
+    assert not target["big"].any() and not target["precise"].any()
+    with jax.enable_x64(True):
+        tree = ckptlib.jax.load(str(tmp_path / "x"))
+        assert isinstance(tree["big"], jax.Array) and tree["big"].dtype == jnp.int64
+        assert bits(tree["big"]) == bits(big) and bits(tree["precise"]) == bits(precise)
+        restored = ckptlib.jax.restore(str(tmp_path / "x"), target)
+        assert isinstance(restored["big"], jax.Array) and bits(restored["big"]) == bits(big)
+        assert not target["big"].any()
