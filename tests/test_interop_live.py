@@ -975,3 +975,13 @@ def test_restore_assigns_tf_and_keras_variables(tmp_path: Path) -> None:
     back = ckptlib.restore(again)
     assert back["t"].dtype == ml_dtypes.bfloat16 and back["t"].astype(np.float32).tolist() == [1.5, 2.5]
     assert back["v"].tolist() == [0, 1, 2, 3]
+
+
+def test_a_variable_of_unknown_shape_is_a_mismatch_not_a_crash(tmp_path: Path) -> None:
+    prefix = ckptlib.save({"v": np.arange(3, dtype=np.float32), "w": np.ones(2, np.float32)}, tmp_path / "m")
+    w = tf.Variable(np.zeros(2, np.float32))
+    for shape in (tf.TensorShape(None), tf.TensorShape([None])):
+        v = tf.Variable(np.zeros(3, np.float32), shape=shape)
+        with pytest.raises(ckptlib.ShapeMismatchError, match=r"v: target shape \[-1\], checkpoint has \[3\]"):
+            ckptlib.restore(prefix, into={"v": v, "w": w})
+        assert not w.numpy().any()
