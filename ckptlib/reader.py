@@ -49,7 +49,9 @@ from ckptlib.format.crc import crc32c, unmask, unmask_all
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
+from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.gc_pause import gc_paused
+from ckptlib.object_graph_view import ObjectGraph
 from ckptlib.span_checks import check_spans
 from ckptlib.storage import LocalFile
 from ckptlib.writer import data_filename, index_filename
@@ -115,6 +117,21 @@ class CheckpointReader(Mapping[str, np.ndarray]):
     @abstractmethod
     def get_tensor(self, name: str) -> np.ndarray:
         """Read one tensor (strings as an object array of ``bytes``), checksums verified."""
+
+    @functools.cached_property
+    def object_graph(self) -> ObjectGraph | None:
+        """The TF2 object graph (``tf.train.Checkpoint``'s ``_CHECKPOINTABLE_OBJECT_GRAPH``):
+        every object path to each tensor, and which tensors are optimizer slots; None for a
+        checkpoint without one. Read on first use; a damaged graph raises ``CorruptCheckpointError``."""
+        keys = self.keys_list()
+        if OBJECT_GRAPH_KEY not in keys:
+            return None
+        value = self.get_tensor(OBJECT_GRAPH_KEY)
+        if value.shape != () or not isinstance(value.item(), bytes):
+            raise CorruptCheckpointError(
+                "damaged object graph: not a string scalar", path=self.prefix, tensor=OBJECT_GRAPH_KEY
+            )
+        return ObjectGraph.parse(value.item(), set(keys), self.prefix)
 
     @too_large_if_out_of_memory
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[CheckpointError]:

@@ -18,7 +18,10 @@ from ckptlib.errors import (
     ReadOnlyTargetError,
     RestoreMismatchError,
     ShapeMismatchError,
+    UnsupportedFeatureError,
 )
+from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
+from ckptlib.object_graph_view import path_text
 from ckptlib.reader import CheckpointReader
 
 
@@ -43,6 +46,7 @@ def restore(
     strict: bool = True,
     verify_checksums: bool = True,
     mmap: bool = False,
+    object_paths: bool = False,
 ) -> Any: ...
 @overload
 def restore(
@@ -52,6 +56,7 @@ def restore(
     strict: bool = True,
     verify_checksums: bool = True,
     mmap: bool = False,
+    object_paths: bool = False,
 ) -> RestoreReport: ...
 
 
@@ -62,6 +67,7 @@ def restore(
     strict: bool = True,
     verify_checksums: bool = True,
     mmap: bool = False,
+    object_paths: bool = False,
 ) -> Any:
     """Read a checkpoint (prefix, directory or one of its files).
 
@@ -69,6 +75,17 @@ def restore(
     were saved (``{0: ...}`` stays an int key, a tuple a tuple, ``3`` an int, ``"a"`` a str,
     ``None`` None) and every array as a numpy array. A checkpoint without ckptlib's
     structure record (TensorFlow's, or a flat dict of arrays) gives ``{name: array}``.
+
+    ``object_paths=True`` (TF2 ``tf.train.Checkpoint`` files only): returns nested dicts
+    keyed by object path instead of by key, TF's escaping and ``.ATTRIBUTES/VARIABLE_VALUE``
+    undone: ``{"model": {"dense": {"kernel": array}}, "optimizer": {...}, "save_counter": array}``.
+    A tensor several paths reach is placed once, at the path that names it in
+    ``reader.object_graph`` (a name beats a list position, so a Keras 3 weight sits under
+    ``model``, not ``optimizer/_trainable_variables``); an optimizer slot at its optimizer's
+    path, the slot's name, then its variable's path (``optimizer/m/model/dense/kernel``); a
+    non-variable attribute one level below its object, under the attribute's name. A
+    checkpoint without an object graph, or one where two tensors would share a place, raises
+    ``UnsupportedFeatureError``; ``into`` with it raises ``InvalidStructureError``.
 
     With ``into`` (a tree shaped like the saved one: dicts, lists, tuples, namedtuples,
     dataclasses): every leaf is filled from the tensor of its path's name (``"a/0/b"``):
@@ -98,7 +115,11 @@ def restore(
             "restore(into=...) takes a tree of targets (a dict, list, tuple, namedtuple or dataclass), "
             f"got {type(into).__name__}"
         )
+    if into is not None and object_paths:
+        raise InvalidStructureError("restore(object_paths=True) returns a new tree; it takes no into=")
     with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
+        if object_paths:
+            return _read_object_tree(reader)
         if into is None:
             return _read_tree(reader)
         targets = tree.target_leaves(into)
@@ -125,6 +146,31 @@ def _read_tree(reader: CheckpointReader) -> Any:
     if raw is None:
         return values
     return tree.unflatten(tree.parse_record(raw, reader.prefix, len(values)), values, reader.prefix)
+
+
+def _read_object_tree(reader: CheckpointReader) -> dict[str, Any]:
+    graph = reader.object_graph
+    if graph is None:
+        raise UnsupportedFeatureError(
+            "restore(object_paths=True) needs a TF2 object graph (tf.train.Checkpoint); this checkpoint has none",
+            path=reader.prefix,
+        )
+    values = reader.read_all([key for key in reader.keys_list() if key != OBJECT_GRAPH_KEY])
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        place = graph.tree_path(key)
+        node: Any = out
+        for part in place[:-1]:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if not place or not isinstance(node, dict) or place[-1] in node:
+            raise UnsupportedFeatureError(
+                f"tensor {key!r} shares its object path ({path_text(place)!r}) with another tensor; "
+                "restore without object_paths=True",
+                path=reader.prefix,
+                tensor=key,
+            )
+        node[place[-1]] = value
+    return out
 
 
 def _check(
