@@ -33,6 +33,7 @@ from ckptlib.errors import (
 from ckptlib.format.slices import TensorSlice
 from ckptlib.manager import CheckpointManager
 from ckptlib.merge import merge_bundles
+from ckptlib.object_graph_view import ObjectGraph
 from ckptlib.reader import CheckpointReader
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.saver import Saver
@@ -54,6 +55,7 @@ __all__ = [
     "DtypeMismatchError",
     "InvalidStructureError",
     "InvalidTensorError",
+    "ObjectGraph",
     "ReadOnlyTargetError",
     "RestoreMismatchError",
     "RestoreReport",

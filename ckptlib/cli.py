@@ -21,6 +21,7 @@ import numpy as np
 
 import ckptlib
 from ckptlib.convert import export_arrays, import_arrays
+from ckptlib.object_graph_view import ObjectGraph, path_text
 from ckptlib.tree import STRUCTURE_KEY
 
 _STEP = re.compile(r"-(\d+)$")
@@ -181,6 +182,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise ckptlib.TensorNotFoundError("no such tensor", path=reader.prefix, tensor=args.tensor)
         selected = [args.tensor] if args.tensor is not None else names
         want_values = args.all or args.tensor is not None
+        graph = reader.object_graph
         width = max([len(name) for name in selected] + [4])
         header = f"{'NAME':{width}}  {'DTYPE':18}  {'SHAPE':18}  {'SIZE':>10}  SHARD\n"
         if args.json:  # the document around the rows, written as _emit_json would
@@ -200,9 +202,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             value = array if want_values else None
             sys.stdout.write(header if i == 0 else ",\n" if args.json else "")
             if args.json:
-                sys.stdout.write(_json_text(_inspect_row(info, stats, value), indent=4))
+                row = _inspect_row(info, stats, value)
+                if graph is not None:
+                    row.update(_graph_fields(graph, name))
+                sys.stdout.write(_json_text(row, indent=4))
             else:
-                _print_inspect_row(info, width, stats, value)
+                _print_inspect_row(info, width, stats, value, graph)
         if args.json:
             sys.stdout.write(("\n  ]" if selected else opening + "[]") + f"{between}{total}{closing}\n")
             return 0
@@ -239,13 +244,40 @@ def _inspect_row(info: ckptlib.reader.TensorInfo, stats: dict[str, Any] | None, 
     return row
 
 
+def _graph_fields(graph: ObjectGraph, name: str) -> dict[str, Any]:
+    """A TF2 checkpoint's row extras: the object path naming the tensor, every path reaching
+    it (TF's escaped spelling), and for a slot its name, variable and optimizer."""
+    tensor = graph.tensors.get(name)
+    if tensor is None:
+        return {"object_path": None, "object_paths": [], "slot": None}
+    slot = tensor.slot
+    return {
+        "object_path": path_text(tensor.path) if tensor.path else None,
+        "object_paths": [path_text(p) for p in tensor.paths],
+        "slot": None
+        if slot is None
+        else {"name": slot.name, "variable": path_text(slot.variable), "optimizer": path_text(slot.optimizer)},
+    }
+
+
 def _print_inspect_row(
-    info: ckptlib.reader.TensorInfo, width: int, stats: dict[str, Any] | None, value: np.ndarray | None
+    info: ckptlib.reader.TensorInfo,
+    width: int,
+    stats: dict[str, Any] | None,
+    value: np.ndarray | None,
+    graph: ObjectGraph | None = None,
 ) -> None:
     shard = "-" if info.shard is None else str(info.shard)
     if info.num_slices:
         shard += f" ({info.num_slices} slices)"
     print(f"{info.name:{width}}  {info.dtype:18}  {list(info.shape)!s:18}  {_human(info.nbytes):>10}  {shard}")
+    fields = _graph_fields(graph, info.name) if graph is not None else {}
+    if fields.get("object_path"):
+        others = [p for p in fields["object_paths"] if p != fields["object_path"]]
+        print(f"    object path: {fields['object_path']}" + (f"  (also {', '.join(others)})" if others else ""))
+    if fields.get("slot"):
+        slot = fields["slot"]
+        print(f"    slot {slot['name']!r} of {slot['variable'] or '?'} for optimizer {slot['optimizer'] or '?'}")
     if stats:
         print("    " + "  ".join(f"{k}={_short(v)}" for k, v in stats.items()))
     if value is not None:

@@ -25,6 +25,7 @@ from ckptlib.format.object_graph import (
     ATTRIBUTES,
     OBJECT_GRAPH_KEY,
     VARIABLE_VALUE,
+    TrackableObjectGraph,
     decode_graph,
     escape_local_name,
     unescape_local_name,
@@ -154,9 +155,9 @@ def key_path(key: str) -> Path:
     return tuple(out)
 
 
-def _all_paths(graph: object, where: str | None) -> dict[int, list[Path]]:
+def _all_paths(graph: TrackableObjectGraph, where: str | None) -> dict[int, list[Path]]:
     """Every node's paths from node 0, breadth first (so shortest first), bounded as the module says."""
-    nodes = graph.nodes  # type: ignore[attr-defined]
+    nodes = graph.nodes
     if not nodes:
         return {}
     found: dict[int, list[Path]] = {0: [()]}

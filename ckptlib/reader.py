@@ -46,10 +46,10 @@ from ckptlib.format.bundle import (
     name_to_key,
 )
 from ckptlib.format.crc import crc32c, unmask, unmask_all
+from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
-from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.gc_pause import gc_paused
 from ckptlib.object_graph_view import ObjectGraph
 from ckptlib.span_checks import check_spans

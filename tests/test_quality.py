@@ -49,6 +49,7 @@ def test_public_api_is_pinned() -> None:
             "DtypeMismatchError",
             "InvalidStructureError",
             "InvalidTensorError",
+            "ObjectGraph",
             "ReadOnlyTargetError",
             "RestoreMismatchError",
             "RestoreReport",
