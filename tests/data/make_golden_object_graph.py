@@ -9,12 +9,14 @@ arguments to regenerate only those. ``tests/test_object_graph_read.py`` reads th
 ckptlib and does not need TensorFlow.
 
 Each ``golden/<case>/`` holds what ``tf.train.Checkpoint.save`` wrote (prefix ``ckpt-1``, the
-``checkpoint`` state file) and ``expected_paths.json``: ``prefix``, ``tensorflow`` (version),
-and ``tensors``: for every tensor key the graph names, ``paths`` (every object path that reaches
-the variable, each a list of unescaped edge names, sorted) and ``slot`` (None, or ``name``,
-``variable`` and ``optimizer`` paths). The paths come from walking the live Python objects
-(``_trackable_children``, as TF's own graph view does) from the ``tf.train.Checkpoint`` root,
-not from the file; a variable is tied to its key by the one path of it whose key is stored.
+``checkpoint`` state file), make_golden.py's ``expected.json`` / ``expected.npz`` (so
+``tests/test_golden.py`` checks their values like every other case) and ``expected_paths.json``:
+``prefix``, ``tensorflow`` (version), and ``tensors``: for every tensor key the graph names,
+``paths`` (every object path that reaches the variable, each a list of unescaped edge names,
+sorted) and ``slot`` (None, or ``name``, ``variable`` and ``optimizer`` paths). The paths come
+from walking the live Python objects (``_trackable_children``, as TF's own graph view does) from
+the ``tf.train.Checkpoint`` root, not from the file; a variable is tied to its key by the one
+path of it whose key is stored.
 
 Cases: graph_sequential (Keras 3 ``Sequential`` + Keras Adam after one step: the weights sit under
 ``model`` and in the optimizer's ``_trainable_variables``), graph_functional (a Keras 3 functional
@@ -36,6 +38,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_golden  # its expected.json / expected.npz, which every golden case has
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(HERE, "golden")
@@ -63,10 +68,12 @@ def live_paths(root) -> dict[int, tuple[object, list[tuple[str, ...]]]]:
     return found
 
 
-def record(case: str, root: tf.train.Checkpoint, optimizers: list = ()) -> None:
-    """Save ``root`` and write ``expected_paths.json`` from the live objects."""
+def record(case: str, root: tf.train.Checkpoint, description: str, optimizers: list = ()) -> None:
+    """Save ``root``; write make_golden's ``expected.json`` / ``expected.npz`` and
+    ``expected_paths.json`` from the live objects."""
     case_dir = os.path.join(GOLDEN, case)
     prefix = root.save(os.path.join(case_dir, "ckpt"))
+    make_golden.record(case, os.path.basename(prefix), description=description)
     stored = set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
     tensors: dict[str, dict] = {}
     key_by_object: dict[int, str] = {}
@@ -130,7 +137,11 @@ def case_graph_sequential() -> None:
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="relu"), keras.layers.Dense(1)])
     optimizer = keras.optimizers.Adam(0.01)
     train_one_step(model, optimizer, 3, 1)
-    record("graph_sequential", tf.train.Checkpoint(model=model, optimizer=optimizer))
+    record(
+        "graph_sequential",
+        tf.train.Checkpoint(model=model, optimizer=optimizer),
+        "Keras 3 Sequential + Keras Adam, one step: weights under model and optimizer/_trainable_variables",
+    )
 
 
 def case_graph_functional() -> None:
@@ -143,7 +154,11 @@ def case_graph_functional() -> None:
     model = keras.Model(inputs, outputs)
     optimizer = keras.optimizers.Adam(0.01)
     train_one_step(model, optimizer, 3, 1)
-    record("graph_functional", tf.train.Checkpoint(model=model, optimizer=optimizer))
+    record(
+        "graph_functional",
+        tf.train.Checkpoint(model=model, optimizer=optimizer),
+        "Keras 3 functional model, two branches + Keras Adam, one step",
+    )
 
 
 def case_graph_module() -> None:
@@ -153,7 +168,11 @@ def case_graph_module() -> None:
     root.layers = [tf.Variable(np.ones((2, 2), np.float32)), {"w": tf.Variable([1.5, -2.0]), "b": shared}]
     root.config = {"scale": tf.Variable(0.5), "nested": {"steps": tf.Variable(7, dtype=tf.int64)}}
     root.alias = shared
-    record("graph_module", tf.train.Checkpoint(net=root, step=tf.Variable(3, dtype=tf.int64)))
+    record(
+        "graph_module",
+        tf.train.Checkpoint(net=root, step=tf.Variable(3, dtype=tf.int64)),
+        "tf.Module with dict and list children, one variable held twice",
+    )
 
 
 def case_graph_escapes() -> None:
@@ -164,7 +183,7 @@ def case_graph_escapes() -> None:
     inner = tf.Module()
     setattr(inner, "p/q", tf.Variable(6.0))
     root.inner = inner
-    record("graph_escapes", tf.train.Checkpoint(net=root))
+    record("graph_escapes", tf.train.Checkpoint(net=root), "edge names with . and / (dict keys, attribute names)")
 
 
 def case_graph_slots() -> None:
@@ -177,7 +196,12 @@ def case_graph_slots() -> None:
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean((tf.matmul(x, variables[0]) + variables[1]) ** 2)
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-    record("graph_slots", tf.train.Checkpoint(model=net, optimizer=optimizer), [optimizer])
+    record(
+        "graph_slots",
+        tf.train.Checkpoint(model=net, optimizer=optimizer),
+        "tf.Module + tf.compat.v1.train.AdamOptimizer: .OPTIMIZER_SLOT slot variables",
+        [optimizer],
+    )
 
 
 CASES = {
