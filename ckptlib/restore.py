@@ -155,7 +155,8 @@ def _read_object_tree(reader: CheckpointReader) -> dict[str, Any]:
             "restore(object_paths=True) needs a TF2 object graph (tf.train.Checkpoint); this checkpoint has none",
             path=reader.prefix,
         )
-    values = reader.read_all([key for key in reader.keys_list() if key != OBJECT_GRAPH_KEY])
+    # the graph itself, and ckptlib's structure record where a ckptlib save wrote both, are no tensors of the tree
+    values = reader.read_all([key for key in reader.keys_list() if key not in (OBJECT_GRAPH_KEY, tree.STRUCTURE_KEY)])
     out: dict[str, Any] = {}
     for key, value in values.items():
         place = graph.tree_path(key)
