@@ -56,7 +56,7 @@ def graph_of_keys(keys: Iterable[str]) -> bytes:
         for depth in range(1, len(path) + 1):
             children.setdefault(path[:depth], {})
             children[path[: depth - 1]].setdefault(path[depth - 1], path[:depth])
-    order = [()]
+    order: list[tuple[str, ...]] = [()]
     for path in order:  # grows as it goes: breadth first
         order.extend(children[path].values())
     ids = {path: i for i, path in enumerate(order)}

@@ -109,8 +109,7 @@ def _object_graph_tensors(tree: Any, save_counter: int) -> dict[str, Any]:
         raise InvalidTensorError(f"{SAVE_COUNTER!r} at the root of an object graph must be a leaf, TF's counter")
     if SAVE_COUNTER_KEY not in tensors:  # else the tree's own save_counter is TF's counter
         tensors[SAVE_COUNTER_KEY] = np.array(save_counter, dtype=np.int64)
-    if OBJECT_GRAPH_KEY in tensors or STRUCTURE_KEY in tensors:
-        raise InvalidTensorError(f"the names {OBJECT_GRAPH_KEY!r} and {STRUCTURE_KEY!r} are reserved")
+    # every name so far ends in /.ATTRIBUTES/VARIABLE_VALUE: nothing can take these two
     tensors[OBJECT_GRAPH_KEY] = np.array(graph_of_keys(tensors), dtype=object)
     tensors[STRUCTURE_KEY] = _record(OBJECT_GRAPH_VERSION, ["object_graph", root])
     return tensors
@@ -330,7 +329,9 @@ class _Builder:
                     raise self.corrupt(f"bad dict key {key!r}", name)
             return {k: self.node(c, self.names.join(name, k), depth + 1) for k, c in zip(keys, children, strict=True)}
         if kind in ("list", "tuple") and len(parts) == 1:
-            items = [self.node(c, self.names.join(name, i), depth + 1) for i, c in enumerate(self.sequence(parts[0], name))]
+            items = [
+                self.node(c, self.names.join(name, i), depth + 1) for i, c in enumerate(self.sequence(parts[0], name))
+            ]
             return items if kind == "list" else tuple(items)
         if kind in ("namedtuple", "dataclass") and len(parts) == 3:
             qualified, fields, children = parts[0], self.sequence(parts[1], name), self.sequence(parts[2], name)
