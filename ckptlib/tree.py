@@ -26,6 +26,13 @@ A flat dict of ``str`` names to arrays or numpy scalars (TensorFlow's own model,
 common large case) is written without the record, byte for byte as TensorFlow writes it; its
 numpy scalars come back as 0-d arrays, as they would from TensorFlow's files.
 
+Saved with an object graph (``object_graph=True``, see ``ckptlib.object_tree``), each leaf's
+tensor is named by its TF2 object-graph key instead: components escaped (``.`` -> ``..``,
+``/`` -> ``.S``, ints in decimal) and ``/.ATTRIBUTES/VARIABLE_VALUE`` appended. The record
+says so by its version, 2, and its root, ``["object_graph", NODE]``; the graph entry and
+``save_counter`` written beside the leaves are not of the tree. Restore targets are named the
+same way (``target_leaves(tree, object_graph=True)``) for such a record.
+
 Namedtuple and dataclass types come back only if their module is already imported (nothing
 is imported or run on behalf of a file); otherwise a namedtuple comes back as a namedtuple
 type made from the stored field names, and a dataclass as a dict with a warning.
