@@ -88,8 +88,10 @@ def tensors_of(tree: Any, *, object_graph: bool = False, save_counter: int = 1) 
     With ``object_graph``, each leaf is named by its TF2 object-graph key instead
     (``a/b/.ATTRIBUTES/VARIABLE_VALUE``, see ``ckptlib.object_tree``), a root without a
     ``save_counter`` gets one holding ``save_counter``, and the record (always written then)
-    and the ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry are added."""
-    if object_graph:
+    and the ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry are added. A mapping that has that entry
+    already (a TF2 checkpoint read by name, maybe edited) carries its own graph: it is written
+    by name, as it is, with ``object_graph`` or without."""
+    if object_graph and not (isinstance(tree, Mapping) and OBJECT_GRAPH_KEY in tree):
         return _object_graph_tensors(tree, save_counter)
     if isinstance(tree, Mapping) and _is_flat(tree):
         if STRUCTURE_KEY in tree:

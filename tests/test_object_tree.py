@@ -147,9 +147,10 @@ def test_refused_trees(tmp_path):
 
 def test_reserved_names_are_plain_children(tmp_path):
     """Names ckptlib and TF reserve for whole entries are ordinary edge names in an object graph."""
-    tree = {OBJECT_GRAPH_KEY: np.ones(1), STRUCTURE_KEY: "x"}
+    tree = {"a": {OBJECT_GRAPH_KEY: np.ones(1)}, STRUCTURE_KEY: "x"}
     prefix = ckptlib.save(tree, tmp_path / "ckpt", object_graph=True)
-    assert f"{OBJECT_GRAPH_KEY}/.ATTRIBUTES/VARIABLE_VALUE" in _keys(prefix)
+    assert f"a/{OBJECT_GRAPH_KEY}/.ATTRIBUTES/VARIABLE_VALUE" in _keys(prefix)
+    assert f"{STRUCTURE_KEY}/.ATTRIBUTES/VARIABLE_VALUE" in _keys(prefix)
     assert ckptlib.restore(prefix) == tree
 
 
@@ -199,3 +200,13 @@ def test_golden_tf2_written_back_unchanged(tmp_path):
         assert after.keys_list() == before.keys_list()
         assert after.get_tensor(OBJECT_GRAPH_KEY).item() == before.get_tensor(OBJECT_GRAPH_KEY).item()
         assert after.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 5
+
+
+def test_state_with_its_own_graph_is_written_by_name(tmp_path):
+    """A TF2 checkpoint read by name goes through ``CheckpointManager`` (object graphs on) as it is."""
+    with ckptlib.load_checkpoint(GOLDEN / "tf2_keras" / "ckpt-1") as reader:
+        flat = reader.read_all()
+        keys = reader.keys_list()
+    prefix = ckptlib.CheckpointManager(tmp_path, max_to_keep=1).save(flat)
+    assert prefix is not None and sorted(_keys(prefix)) == sorted(keys)
+    assert ckptlib.save(flat, tmp_path / "direct", object_graph=True) and _keys(str(tmp_path / "direct")) == set(keys)
