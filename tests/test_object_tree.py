@@ -210,3 +210,28 @@ def test_state_with_its_own_graph_is_written_by_name(tmp_path):
     prefix = ckptlib.CheckpointManager(tmp_path, max_to_keep=1).save(flat)
     assert prefix is not None and sorted(_keys(prefix)) == sorted(keys)
     assert ckptlib.save(flat, tmp_path / "direct", object_graph=True) and _keys(str(tmp_path / "direct")) == set(keys)
+
+
+def _record(version: int, root: object) -> bytes:
+    return json.dumps({"format": "ckptlib.structure", "version": version, "root": root}).encode()
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (_record(2, ["dict", ["a"], ["array"]]), "no object graph root"),
+        (_record(1, ["object_graph", ["dict", ["a"], ["array"]]]), "another object graph root"),
+        (_record(2, ["object_graph", ["object_graph", ["dict", ["a"], ["array"]]]]), "unknown node"),
+        (_record(2, ["object_graph", ["dict", ["b"], ["array"]]]), "lacks"),
+    ],
+)
+def test_a_damaged_object_graph_record_is_a_corrupt_checkpoint(tmp_path, record, message):
+    writer = ckptlib.BundleWriter(tmp_path / "m")
+    writer.add_all({"a/.ATTRIBUTES/VARIABLE_VALUE": np.ones(2), STRUCTURE_KEY: np.array(record, dtype=object)})
+    writer.finish()
+    with pytest.raises(ckptlib.CorruptCheckpointError, match=message):
+        ckptlib.restore(tmp_path / "m")
+    target = np.zeros(2)
+    with pytest.raises(ckptlib.CorruptCheckpointError, match=message):
+        ckptlib.restore(tmp_path / "m", into={"a": target})
+    assert not target.any()
