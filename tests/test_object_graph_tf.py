@@ -243,3 +243,18 @@ def test_edit_golden_keras_checkpoint(tmp_path):
     tf.train.Checkpoint(model=model, optimizer=optimizer).restore(str(tmp_path / "edited")).assert_consumed()
     kernel = model.layers[0].kernel.numpy()
     assert any(kernel.tobytes() == v.tobytes() for v in edited.values())
+
+
+def test_tuples_and_namedtuples_restore(tmp_path):
+    """Namedtuple children are named by field (as TF's tuple wrapper names them), tuple children by index."""
+    import collections
+
+    pair = collections.namedtuple("pair", "mu nu")
+    tree = {"m": {"moments": pair(np.ones(2), np.full(2, 2.0)), "t": (np.arange(3.0),)}}
+    prefix = ckptlib.save(tree, tmp_path / "ckpt", object_graph=True)
+    module = tf.Module()
+    module.moments = pair(tf.Variable(np.zeros(2)), tf.Variable(np.zeros(2)))
+    module.t = (tf.Variable(np.zeros(3)),)
+    tf.train.Checkpoint(m=module).restore(prefix).assert_consumed()
+    assert module.moments.nu.numpy().tolist() == [2, 2] and module.t[0].numpy().tolist() == [0, 1, 2]
+    assert ckptlib.restore(prefix)["m"]["moments"].nu.tolist() == [2, 2]
