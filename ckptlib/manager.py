@@ -45,6 +45,12 @@ class CheckpointManager:
     Differences: values come from the ``state`` mapping passed to ``save`` (there is no
     checkpoint object), and numbering continues from the newest listed checkpoint after a
     restart, where TensorFlow would restart at 1 unless its counter was restored.
+
+    Like TensorFlow's, each checkpoint holds an object graph (``object_graph=True``, see
+    ``ckptlib.object_tree``), so ``tf.train.Checkpoint(**mirror)`` restores it and
+    ``tf.train.CheckpointManager`` manages the directory; its ``save_counter`` is the number
+    of saves, which is the checkpoint number unless ``checkpoint_number`` was given.
+    ``object_graph=False`` writes the state's tensors by path alone, as TF1's ``Saver`` does.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class CheckpointManager:
         *,
         num_shards: int = 1,
         sync: bool = True,
+        object_graph: bool = True,
     ):
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
@@ -75,6 +82,7 @@ class CheckpointManager:
         self._last_checkpoint_step: int | None = None
         self._num_shards = num_shards
         self._sync = sync
+        self._object_graph = object_graph
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
         self._owner = owner(self._directory, self._pattern)
         self._managed: OrderedDict[str, float] = OrderedDict()
@@ -135,7 +143,7 @@ class CheckpointManager:
                 if check_interval and step < self._last_checkpoint_step + self._checkpoint_interval:
                     return None
             self._last_checkpoint_step = step
-        tensors = tensors_of(state)
+        tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
         number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
         os.makedirs(self._directory or ".", exist_ok=True)

@@ -122,21 +122,24 @@ def restore(
             return _read_object_tree(reader)
         if into is None:
             return _read_tree(reader)
-        targets = tree.target_leaves(into)
         keys = reader.keys_list()
         stored = set(keys) - {tree.STRUCTURE_KEY}
-        has_record = len(stored) < len(keys)
-        # the record is read even where no placeholder needs it: damage to it is reported as anywhere else
-        values = reader.read_all([name for name in targets if name in stored] + [tree.STRUCTURE_KEY] * has_record)
         kinds = {}
-        if has_record:
-            record = tree.parse_record(values[tree.STRUCTURE_KEY], reader.prefix, len(stored))
+        object_graph = False
+        if len(stored) < len(keys):
+            # read even where no placeholder needs it: damage to it is reported as anywhere else
+            raw = reader.read_all([tree.STRUCTURE_KEY])[tree.STRUCTURE_KEY]
+            record = tree.parse_record(raw, reader.prefix, len(stored))
             kinds = tree.leaf_kinds(record, stored, reader.prefix)
+            object_graph = tree.names_objects(record)  # leaves named by object-graph keys
+            stored -= tree.added_tensors(record, kinds)
+        targets = tree.target_leaves(into, object_graph=object_graph)
+        values = reader.read_all([name for name in targets if name in stored])
         report, replacements = _check(reader, targets, stored, strict, values, kinds)
         for name, leaf in targets.items():
             if name in values and name not in replacements:
                 frameworks.fill(leaf, values[name])
-        restored = tree.rebuild(into, lambda name, leaf: replacements.get(name, leaf))
+        restored = tree.rebuild(into, lambda name, leaf: replacements.get(name, leaf), object_graph=object_graph)
         return dataclasses.replace(report, tree=restored)
 
 

@@ -50,6 +50,10 @@ class Saver:
     Sharding: ``num_shards`` data files, or as many as ``max_shard_bytes`` needs
     (``sharded=True`` alone: one per CPU, at most one per tensor). Files are fsynced before
     they become visible unless ``sync=False``.
+
+    ``object_graph=True`` also writes each state as a TF2 object graph (see
+    ``ckptlib.object_tree``), with ``save_counter`` the ``global_step`` or, without one, the
+    number of saves this saver has made.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class Saver:
         save_relative_paths: bool = True,
         recover: bool = True,
         sync: bool = True,
+        object_graph: bool = False,
     ):
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -84,6 +89,8 @@ class Saver:
         self._relative = save_relative_paths
         self._recover = recover
         self._sync = sync
+        self._object_graph = object_graph
+        self._saves = 0
         self._track = _Track()
         self._tracks: dict[str, _Track] = {}  # by state file
         self._recovered: set[str] = set()
@@ -113,14 +120,15 @@ class Saver:
         latest_filename = latest_filename or DEFAULT_STATE_FILENAME
         save_dir = os.path.dirname(save_path)
         state_file_path(save_dir, latest_filename)  # validates latest_filename
+        counter = self._saves + 1
         if global_step is None:
             if os.path.basename(save_path) == latest_filename:
                 raise ValueError(f"'latest_filename' collides with 'save_path': {latest_filename!r}")
             prefix = save_path
         else:
-            step = _as_step(global_step)
+            step = counter = _as_step(global_step)
             prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
-        tensors = tensors_of(state)
+        tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
         os.makedirs(save_dir or ".", exist_ok=True)
         owns = _owner(save_dir, save_path)
         journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
@@ -142,6 +150,7 @@ class Saver:
             )
             writer.add_all(tensors)
             writer.finish()
+            self._saves += 1
             if write_state:
                 self._commit(prefix, save_dir, latest_filename, save_path, journal)
         return prefix

@@ -26,6 +26,13 @@ A flat dict of ``str`` names to arrays or numpy scalars (TensorFlow's own model,
 common large case) is written without the record, byte for byte as TensorFlow writes it; its
 numpy scalars come back as 0-d arrays, as they would from TensorFlow's files.
 
+Saved with an object graph (``object_graph=True``, see ``ckptlib.object_tree``), each leaf's
+tensor is named by its TF2 object-graph key instead: components escaped (``.`` -> ``..``,
+``/`` -> ``.S``, ints in decimal) and ``/.ATTRIBUTES/VARIABLE_VALUE`` appended. The record
+says so by its version, 2, and its root, ``["object_graph", NODE]``; the graph entry and
+``save_counter`` written beside the leaves are not of the tree. Restore targets are named the
+same way (``target_leaves(tree, object_graph=True)``) for such a record.
+
 Namedtuple and dataclass types come back only if their module is already imported (nothing
 is imported or run on behalf of a file); otherwise a namedtuple comes back as a namedtuple
 type made from the stored field names, and a dataclass as a dict with a warning.
@@ -46,10 +53,17 @@ from typing import Any
 import numpy as np
 
 from ckptlib.errors import CorruptCheckpointError, InvalidStructureError, InvalidTensorError
+from ckptlib.format.object_graph import ATTRIBUTES, OBJECT_GRAPH_KEY, VARIABLE_VALUE, escape_local_name
 
 STRUCTURE_KEY = "_CKPTLIB_STRUCTURE"
 FORMAT = "ckptlib.structure"
 VERSION = 1
+# Records of trees saved with an object graph (``["object_graph", NODE]`` roots) are version 2:
+# older readers refuse them plainly rather than miss every tensor.
+OBJECT_GRAPH_VERSION = 2
+# The int64 scalar TF's ``tf.train.Checkpoint`` keeps beside its objects (a child of the root)
+SAVE_COUNTER = "save_counter"
+SAVE_COUNTER_KEY = f"{SAVE_COUNTER}/{ATTRIBUTES}/{VARIABLE_VALUE}"
 # Deeper trees are refused on save and on read: a cycle, or a hostile record.
 MAX_DEPTH = 200
 # A record larger than this is refused before it is parsed (about 40 bytes per leaf are typical).
@@ -65,29 +79,82 @@ _SCALARS: dict[type, str] = {bool: "bool", int: "int", float: "float", complex: 
 _LEAF_KINDS = frozenset({"array", "numpy", *_SCALARS.values()})
 
 
-def tensors_of(tree: Any) -> dict[str, Any]:
+def tensors_of(tree: Any, *, object_graph: bool = False, save_counter: int = 1) -> dict[str, Any]:
     """The tensors to write for ``tree``: ``{name: leaf}``, plus the structure record where
     a restore needs it to give ``tree``'s shape and types back. Raises
     ``InvalidStructureError`` for a tree that is not a container and ``InvalidTensorError``
-    for names that are empty or collide (both naming the path)."""
+    for names that are empty or collide (both naming the path).
+
+    With ``object_graph``, each leaf is named by its TF2 object-graph key instead
+    (``a/b/.ATTRIBUTES/VARIABLE_VALUE``, see ``ckptlib.object_tree``), a root without a
+    ``save_counter`` gets one holding ``save_counter``, and the record (always written then)
+    and the ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry are added. A mapping that has that entry
+    already (a TF2 checkpoint read by name, maybe edited) carries its own graph: it is written
+    by name, as it is, with ``object_graph`` or without."""
+    if object_graph and not (isinstance(tree, Mapping) and OBJECT_GRAPH_KEY in tree):
+        return _object_graph_tensors(tree, save_counter)
     if isinstance(tree, Mapping) and _is_flat(tree):
         if STRUCTURE_KEY in tree:
             raise InvalidTensorError(f"the name {STRUCTURE_KEY!r} is reserved for ckptlib's structure record")
         return dict(tree)  # the common large case: nothing to record, nothing can collide
+    _check_root(tree)
+    tensors: dict[str, Any] = {}
+    root = _encode(tree, "", tensors, 0, _PLAIN)
+    if STRUCTURE_KEY in tensors:
+        raise InvalidTensorError(f"the name {STRUCTURE_KEY!r} is reserved for ckptlib's structure record")
+    if not _needs_record(root):
+        return tensors
+    tensors[STRUCTURE_KEY] = _record(VERSION, root)
+    return tensors
+
+
+def _object_graph_tensors(tree: Any, save_counter: int) -> dict[str, Any]:
+    from ckptlib.object_tree import graph_of_keys  # object_tree imports this module
+
+    _check_root(tree)
+    tensors: dict[str, Any] = {}
+    root = _encode(tree, "", tensors, 0, _OBJECT)
+    if any(k.startswith(f"{SAVE_COUNTER}/") and k != SAVE_COUNTER_KEY for k in tensors):
+        raise InvalidTensorError(f"{SAVE_COUNTER!r} at the root of an object graph must be a leaf, TF's counter")
+    if SAVE_COUNTER_KEY not in tensors:  # else the tree's own save_counter is TF's counter
+        tensors[SAVE_COUNTER_KEY] = np.array(save_counter, dtype=np.int64)
+    # every name so far ends in /.ATTRIBUTES/VARIABLE_VALUE: nothing can take these two
+    tensors[OBJECT_GRAPH_KEY] = np.array(graph_of_keys(tensors), dtype=object)
+    tensors[STRUCTURE_KEY] = _record(OBJECT_GRAPH_VERSION, ["object_graph", root])
+    return tensors
+
+
+def _record(version: int, root: Any) -> np.ndarray:
+    record = json.dumps({"format": FORMAT, "version": version, "root": root}, separators=(",", ":"))
+    return np.array(record.encode("utf-8"), dtype=object)
+
+
+def _check_root(tree: Any) -> None:
     if not _is_container(tree):
         raise InvalidStructureError(
             "the state to save must be a container of values (a dict, list, tuple, namedtuple or "
             f"dataclass), got {type(tree).__name__}"
         )
-    tensors: dict[str, Any] = {}
-    root = _encode(tree, "", tensors, 0)
-    if STRUCTURE_KEY in tensors:
-        raise InvalidTensorError(f"the name {STRUCTURE_KEY!r} is reserved for ckptlib's structure record")
-    if not _needs_record(root):
-        return tensors
-    record = json.dumps({"format": FORMAT, "version": VERSION, "root": root}, separators=(",", ":"))
-    tensors[STRUCTURE_KEY] = np.array(record.encode("utf-8"), dtype=object)
-    return tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class _Names:
+    """How a leaf's path becomes its tensor's name: components joined with ``/`` as they
+    are (plain), or escaped and followed by ``/.ATTRIBUTES/VARIABLE_VALUE`` (object graph)."""
+
+    escape: Callable[[str], str]
+    suffix: str
+
+    def join(self, name: str, key: str | int) -> str:
+        part = self.escape(str(key))
+        return f"{name}/{part}" if name else part
+
+    def tensor(self, name: str) -> str:
+        return name + self.suffix
+
+
+_PLAIN = _Names(str, "")
+_OBJECT = _Names(escape_local_name, f"/{ATTRIBUTES}/{VARIABLE_VALUE}")
 
 
 def _is_flat(tree: Mapping[Any, Any]) -> bool:
@@ -103,7 +170,7 @@ def _needs_record(root: Any) -> bool:
     return not all(n in ("array", "numpy") for n in root[2])
 
 
-def _encode(node: Any, name: str, tensors: dict[str, Any], depth: int) -> Any:
+def _encode(node: Any, name: str, tensors: dict[str, Any], depth: int, names: _Names) -> Any:
     if depth > MAX_DEPTH:
         raise InvalidStructureError(f"the state is nested more than {MAX_DEPTH} levels deep (a cycle?) at {name!r}")
     if node is None:
@@ -112,17 +179,20 @@ def _encode(node: Any, name: str, tensors: dict[str, Any], depth: int) -> Any:
         keys = list(node)
         for key in keys:
             _check_key(key, name)
-        return ["dict", keys, [_encode(node[k], _join(name, k), tensors, depth + 1) for k in keys]]
+        if names is _OBJECT and len(set(map(str, keys))) != len(keys):
+            raise InvalidTensorError(f"keys {keys!r} under {name!r} name the same object (object graph names are str)")
+        return ["dict", keys, [_encode(node[k], names.join(name, k), tensors, depth + 1, names) for k in keys]]
     if isinstance(node, (list, tuple)) or _is_dataclass(node):
-        values = [_encode(v, _join(name, k), tensors, depth + 1) for k, v in _children(node)]
+        values = [_encode(v, names.join(name, k), tensors, depth + 1, names) for k, v in _children(node)]
         if _is_namedtuple(type(node)):
             return ["namedtuple", _qualified(type(node)), list(type(node)._fields), values]
         if _is_dataclass(node):
             return ["dataclass", _qualified(type(node)), [f.name for f in dataclasses.fields(node)], values]
         return ["list" if isinstance(node, list) else "tuple", values]
-    if name in tensors:
-        raise InvalidTensorError(f"two values flatten to the same name {name!r}")
-    tensors[name] = node
+    key = names.tensor(name)
+    if key in tensors:
+        raise InvalidTensorError(f"two values flatten to the same name {key!r}")
+    tensors[key] = node
     return _leaf_kind(node)
 
 
@@ -147,10 +217,6 @@ def _check_key(key: Any, where: str) -> None:
         raise InvalidTensorError("tensor names must not be empty" + (f" (under {where!r})" if where else ""))
     if isinstance(key, int) and not -(2**63) <= key < 2**63:
         raise InvalidTensorError("int dict keys must fit in 64 bits" + (f" (under {where!r})" if where else ""))
-
-
-def _join(name: str, key: str | int) -> str:
-    return f"{name}/{key}" if name else str(key)
 
 
 def _items(node: Any) -> list[Any]:
@@ -208,9 +274,13 @@ def parse_record(raw: Any, where: str, tensors: int | None = None) -> Any:
         raise corrupt(f"not JSON ({e})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or "root" not in record:
         raise corrupt("not a ckptlib structure record")
-    if record.get("version") != VERSION:
-        raise corrupt(f"version {record.get('version')!r}; this ckptlib reads version {VERSION}")
-    return record["root"]
+    version = record.get("version")
+    if version not in (VERSION, OBJECT_GRAPH_VERSION):
+        raise corrupt(f"version {version!r}; this ckptlib reads versions {VERSION} and {OBJECT_GRAPH_VERSION}")
+    root = record["root"]
+    if (version == OBJECT_GRAPH_VERSION) != (isinstance(root, list) and root[:1] == ["object_graph"]):
+        raise corrupt(f"a version {version} record with {'another' if version == VERSION else 'no'} object graph root")
+    return root
 
 
 def unflatten(root: Any, values: Mapping[str, np.ndarray], where: str) -> Any:
@@ -237,6 +307,8 @@ class _Builder:
         self.kinds: dict[str, str] | None = None  # collect leaf kinds instead of building ...
         self.stored: Collection[str] = ()  # ... of these tensors
         self.made_types = 0
+        self.names = _PLAIN
+        self.added: set[str] = set()  # tensors a ckptlib object graph added beside the leaves
 
     def corrupt(self, why: str, name: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"damaged structure record: {why}", path=self.where, tensor=name or None)
@@ -249,6 +321,14 @@ class _Builder:
         if not isinstance(node, list) or not node or not isinstance(node[0], str):
             raise self.corrupt(f"unknown node {str(node)[:80]}", name)
         kind, *parts = node
+        if kind == "object_graph" and len(parts) == 1 and depth == 0 and self.names is _PLAIN:
+            self.names = _OBJECT  # leaves are named by their object-graph keys
+            tree = self.node(parts[0], name, 1)
+            self.used.add(OBJECT_GRAPH_KEY)  # written beside the tree's leaves, not of the tree
+            if SAVE_COUNTER_KEY not in self.used:
+                self.used.add(SAVE_COUNTER_KEY)
+                self.added.add(SAVE_COUNTER_KEY)
+            return tree
         if kind == "dict" and len(parts) == 2:
             keys, children = self.sequence(parts[0], name), self.sequence(parts[1], name)
             if len(keys) != len(children) or len(set(map(repr, keys))) != len(keys):
@@ -256,9 +336,11 @@ class _Builder:
             for key in keys:
                 if not isinstance(key, (str, int)) or isinstance(key, bool) or key == "":
                     raise self.corrupt(f"bad dict key {key!r}", name)
-            return {k: self.node(c, _join(name, k), depth + 1) for k, c in zip(keys, children, strict=True)}
+            return {k: self.node(c, self.names.join(name, k), depth + 1) for k, c in zip(keys, children, strict=True)}
         if kind in ("list", "tuple") and len(parts) == 1:
-            items = [self.node(c, _join(name, i), depth + 1) for i, c in enumerate(self.sequence(parts[0], name))]
+            items = [
+                self.node(c, self.names.join(name, i), depth + 1) for i, c in enumerate(self.sequence(parts[0], name))
+            ]
             return items if kind == "list" else tuple(items)
         if kind in ("namedtuple", "dataclass") and len(parts) == 3:
             qualified, fields, children = parts[0], self.sequence(parts[1], name), self.sequence(parts[2], name)
@@ -268,7 +350,7 @@ class _Builder:
                 raise self.corrupt(f"bad {kind} field names", name)
             if len(set(fields)) != len(fields):
                 raise self.corrupt(f"repeated {kind} field names", name)
-            items = [self.node(c, _join(name, f), depth + 1) for f, c in zip(fields, children, strict=True)]
+            items = [self.node(c, self.names.join(name, f), depth + 1) for f, c in zip(fields, children, strict=True)]
             if self.kinds is not None:
                 return None
             if kind == "dataclass":
@@ -291,6 +373,7 @@ class _Builder:
         return items
 
     def leaf(self, kind: str, name: str) -> Any:
+        name = self.names.tensor(name)
         if kind not in _LEAF_KINDS:
             raise self.corrupt(f"unknown leaf kind {kind!r}", name)
         if name in self.used:
@@ -335,6 +418,21 @@ def leaf_kinds(root: Any, stored: Collection[str], where: str) -> dict[str, str]
     builder.stored = stored
     builder.node(root, "", 0)
     return builder.kinds
+
+
+def names_objects(root: Any) -> bool:
+    """Whether a record's ``root`` names its leaves by object-graph keys (saved with
+    ``object_graph=True``): ``target_leaves`` and ``rebuild`` must then be told so."""
+    return isinstance(root, list) and root[:1] == ["object_graph"]
+
+
+def added_tensors(root: Any, kinds: Collection[str]) -> set[str]:
+    """The tensors ckptlib wrote beside the leaves of a record's ``root`` (the object graph
+    and TF's save counter, unless the tree had its own): none of a restore target's business.
+    ``kinds``: ``leaf_kinds`` of the record."""
+    if not names_objects(root):
+        return set()
+    return {OBJECT_GRAPH_KEY} | ({SAVE_COUNTER_KEY} - set(kinds))
 
 
 _PYTHON: dict[str, Callable[[Any], Any]] = {"bool": bool, "int": int, "float": float, "complex": complex}
@@ -393,27 +491,30 @@ def _dataclass(qualified: str, fields: tuple[str, ...], items: list[Any]) -> Any
 # ---- restore targets: the leaves of a tree to fill, and the tree rebuilt around new leaves ----
 
 
-def target_leaves(tree: Any) -> dict[str, Any]:
+def target_leaves(tree: Any, *, object_graph: bool = False) -> dict[str, Any]:
     """``{name: leaf}`` for every leaf of a restore target, named as ``tensors_of`` names
-    them; ``None`` leaves included (placeholders, filled if the checkpoint has a tensor
-    there). Two leaves of one name raise ``InvalidStructureError``."""
+    them (by object-graph key with ``object_graph``); ``None`` leaves included (placeholders,
+    filled if the checkpoint has a tensor there). Two leaves of one name raise
+    ``InvalidStructureError``."""
+    names = _OBJECT if object_graph else _PLAIN
     leaves: dict[str, Any] = {}
-    for name, leaf in _target_leaves(tree, "", 0):
+    for path, leaf in _target_leaves(tree, "", 0, names):
+        name = names.tensor(path)
         if name in leaves:
             raise InvalidStructureError(f"two targets of the restore have the same name {name!r}")
         leaves[name] = leaf
     return leaves
 
 
-def _target_leaves(node: Any, name: str, depth: int) -> Iterator[tuple[str, Any]]:
+def _target_leaves(node: Any, name: str, depth: int, names: _Names) -> Iterator[tuple[str, Any]]:
     if depth > MAX_DEPTH:
         raise InvalidStructureError(f"the restore target is nested more than {MAX_DEPTH} levels deep at {name!r}")
     if isinstance(node, Mapping):
         for key, child in node.items():
-            yield from _target_leaves(child, _join(name, key), depth + 1)
+            yield from _target_leaves(child, names.join(name, key), depth + 1, names)
     elif isinstance(node, (list, tuple)) or _is_dataclass(node):
         for key, child in _children(node):
-            yield from _target_leaves(child, _join(name, key), depth + 1)
+            yield from _target_leaves(child, names.join(name, key), depth + 1, names)
     else:
         yield name, node
 
@@ -423,20 +524,20 @@ def is_container(node: Any) -> bool:
     return _is_container(node)
 
 
-def rebuild(tree: Any, replace: Callable[[str, Any], Any]) -> Any:
+def rebuild(tree: Any, replace: Callable[[str, Any], Any], *, object_graph: bool = False) -> Any:
     """``tree`` with each leaf swapped for ``replace(name, leaf)`` where that differs:
     dicts, lists and mutable dataclasses are updated in place, tuples, namedtuples, frozen
     dataclasses and read-only mappings are rebuilt (or returned as they were, if unchanged)."""
-    return _rebuild(tree, "", replace)
+    return _rebuild(tree, "", replace, _OBJECT if object_graph else _PLAIN)
 
 
-def _rebuild(node: Any, name: str, replace: Callable[[str, Any], Any]) -> Any:
+def _rebuild(node: Any, name: str, replace: Callable[[str, Any], Any], names: _Names) -> Any:
     if isinstance(node, Mapping):
-        new = {k: _rebuild(v, _join(name, k), replace) for k, v in node.items()}
+        new = {k: _rebuild(v, names.join(name, k), replace, names) for k, v in node.items()}
         return _update(node, new)
     if isinstance(node, (list, tuple)) or _is_dataclass(node):
         old = _items(node)
-        new_items = [_rebuild(v, _join(name, k), replace) for k, v in _children(node)]
+        new_items = [_rebuild(v, names.join(name, k), replace, names) for k, v in _children(node)]
         if all(a is b for a, b in zip(old, new_items, strict=True)):
             return node
         if isinstance(node, list):
@@ -449,7 +550,7 @@ def _rebuild(node: Any, name: str, replace: Callable[[str, Any], Any]) -> Any:
         for field, value in changed.items():
             object.__setattr__(target, field, value)
         return target
-    return replace(name, node)
+    return replace(names.tensor(name), node)
 
 
 def _update(node: Mapping[Any, Any], new: dict[Any, Any]) -> Any:

@@ -574,6 +574,7 @@ def save(
     *,
     num_shards: int = 1,
     sync: bool = True,
+    object_graph: bool = False,
 ) -> str:
     """Write ``tree`` (a training state: nested dicts, lists, tuples, namedtuples or dataclasses
     of arrays, scalars, strings and None; see ``ckptlib.tree``) as a bundle at ``prefix``.
@@ -582,7 +583,11 @@ def save(
     ``tf.compat.v1.train.Saver.restore``. Raises ``InvalidTensorError`` for values that
     cannot be stored, before any file is written. An empty mapping writes a checkpoint of
     no tensors (an index holding only its header), as TensorFlow does.
+
+    With ``object_graph=True`` the tree is also written as a TF2 object graph (see
+    ``ckptlib.object_tree``): ``tf.train.Checkpoint(**mirror).restore(prefix)`` restores a
+    mirror of the tree, with ``save_counter`` 1, as after one ``tf.train.Checkpoint.save``.
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
-    writer.add_all(tensors_of(tree))
+    writer.add_all(tensors_of(tree, object_graph=object_graph))
     return writer.finish()

@@ -86,20 +86,25 @@ def test_a_state_that_is_not_a_container_is_a_type_error(tmp_path: Path, state: 
 
 # -- an empty state: one rule everywhere ----------------------------------------------------
 def test_an_empty_state_saves_a_checkpoint_of_no_tensors_everywhere(tmp_path: Path) -> None:
-    """``save``, ``Saver.save`` and ``CheckpointManager.save`` all write an index holding only
-    its header (as TensorFlow does for an empty ``tf.train.Checkpoint``), and it restores as {}."""
+    """``save``, ``Saver.save`` and ``CheckpointManager.save(object_graph=False)`` all write an
+    index holding only its header; with its object graph (the default), the manager writes what
+    TensorFlow writes for an empty ``tf.train.Checkpoint`` (the graph and ``save_counter``) and
+    ckptlib's record. Every one restores as {}."""
     prefixes = [
         ckptlib.save({}, tmp_path / "plain"),
         ckptlib.Saver().save({}, str(tmp_path / "saver" / "model.ckpt"), global_step=1),
-        ckptlib.CheckpointManager(tmp_path / "manager", max_to_keep=2).save({}),
+        ckptlib.CheckpointManager(tmp_path / "manager", max_to_keep=2, object_graph=False).save({}),
+        ckptlib.CheckpointManager(tmp_path / "graph", max_to_keep=2).save({}),
     ]
     assert ckptlib.latest_checkpoint(tmp_path / "saver") == prefixes[1]
     assert ckptlib.latest_checkpoint(tmp_path / "manager") == prefixes[2]
-    for prefix in prefixes:
+    assert ckptlib.latest_checkpoint(tmp_path / "graph") == prefixes[3]
+    graph_keys = ["_CHECKPOINTABLE_OBJECT_GRAPH", "_CKPTLIB_STRUCTURE", "save_counter/.ATTRIBUTES/VARIABLE_VALUE"]
+    for prefix, keys in zip(prefixes, [[], [], [], graph_keys], strict=True):
         assert prefix is not None and ckptlib.restore(prefix) == {}
         assert ckptlib.restore(prefix, into={}).restored == []
         with ckptlib.load_checkpoint(prefix) as reader:
-            assert reader.keys_list() == [] and reader.verify() == []
+            assert reader.keys_list() == keys and reader.verify() == []
 
 
 # -- a full disk names the file ------------------------------------------------------------

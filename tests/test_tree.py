@@ -154,6 +154,16 @@ def test_any_tree_round_trips_with_its_types_and_bits(tmp_path: Path, tree: Any)
     same(tree, restored)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=trees().filter(lambda t: isinstance(t, (dict, list, tuple, TrainState))))
+def test_any_tree_round_trips_through_an_object_graph(tmp_path: Path, tree: Any) -> None:
+    """Named by object-graph keys (escaped, under ``.ATTRIBUTES``), a tree still comes back
+    exactly, flat dicts of arrays included (the record is always written then)."""
+    prefix = tmp_path / "m"
+    ckptlib.save(tree, prefix, sync=False, object_graph=True)
+    same(tree, ckptlib.restore(prefix))
+
+
 def _deep(depth: int) -> Any:
     node: Any = "none"
     for _ in range(depth):
