@@ -33,19 +33,23 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.trackable.trackable_utils import extract_local_name
 
 import ckptlib
 from ckptlib.errors import (
+    CheckpointNotFoundError,
     DtypeMismatchError,
     InvalidStructureError,
     RestoreMismatchError,
     ShapeMismatchError,
     UnsupportedFeatureError,
 )
-from ckptlib.format.object_graph import ATTRIBUTES, OBJECT_GRAPH_KEY
+from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.tree import STRUCTURE_KEY
 
 __all__ = ["load", "restore", "state"]
+
+_ALIGN = 64  # bytes: TensorFlow's allocator alignment, which its CPU kernels may assume
 
 
 def state(checkpoint: Any, *, count: bool = True) -> dict[str, Any]:
@@ -75,9 +79,9 @@ def state(checkpoint: Any, *, count: bool = True) -> dict[str, Any]:
     return flat
 
 
-def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool = True) -> dict[str, Any]:
+def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool = True) -> str:
     """Assign every object of ``checkpoint`` (its ``save_counter`` too) from a checkpoint
-    written by ``state`` or by TensorFlow, and return the stored ``{key: numpy array}``.
+    written by ``state`` or by TensorFlow; returns the prefix restored.
 
     ``save_path`` is a prefix or a directory (its latest checkpoint); ``checkpoint`` as in
     ``state``. Objects are matched by the checkpoint keys TF gives them now, as TF's own
@@ -90,13 +94,23 @@ def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool 
     the object graph); ``strict=False`` leaves objects the checkpoint lacks as they are and
     ignores tensors no object takes.
 
+    The tensors are read into private memory, which numeric variables then take over
+    without a copy where it is aligned as TensorFlow needs (64 bytes), as they take over the
+    tensors TF's own restore reads.
+
     Raises ``RestoreMismatchError`` (``ShapeMismatchError``, ``DtypeMismatchError``) naming
-    every misfit by its checkpoint key, and the errors of ``ckptlib.restore``.
+    every misfit by its checkpoint key, and the errors of ``ckptlib.restore``
+    (``CheckpointNotFoundError``, ``ChecksumMismatchError``, ...).
     """
     path = os.fspath(save_path)
+    if os.path.isdir(path):
+        latest = ckptlib.latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointNotFoundError("no checkpoint state file or no complete checkpoint listed in it", path=path)
+        path = latest
     checkpoint = _as_checkpoint(checkpoint)
     checkpoint.save_counter  # noqa: B018 -- created if missing, as Checkpoint.restore does
-    stored = ckptlib.restore(save_path)
+    stored = ckptlib.restore(path)
     if not isinstance(stored, Mapping) or OBJECT_GRAPH_KEY not in stored:
         raise RestoreMismatchError(f"no {OBJECT_GRAPH_KEY} entry: not a TF2 object-based checkpoint", path=path)
     tensors, _ = _gather(checkpoint)
@@ -115,7 +129,7 @@ def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool 
             problem = _misfit(key, stored[key], live)
             if problem is not None:
                 problems.append(problem)
-            feed[key[key.index(ATTRIBUTES) + len(ATTRIBUTES) + 1 :]] = stored[key]
+            feed[extract_local_name(key)] = stored[key]  # as TF's MultiDeviceSaver.restore names them
         if len(feed) == len(by_key):  # objects the checkpoint lacks in part stay as they are
             feeds.append((trackable, feed))
     if strict:
@@ -124,8 +138,8 @@ def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool 
     if problems:
         raise _mismatch(problems, path)
     for trackable, feed in feeds:
-        trackable._restore_from_tensors({name: tf.convert_to_tensor(value) for name, value in feed.items()})
-    return dict(stored)
+        trackable._restore_from_tensors({name: _device(value) for name, value in feed.items()})
+    return path
 
 
 def load(save_path: str | os.PathLike[str]) -> Any:
@@ -177,6 +191,17 @@ def _host(tensor: Any) -> np.ndarray:
     copy ``tensor.numpy()`` makes (``EagerTensor._numpy`` is what ``numpy()`` copies)."""
     array = tensor._numpy()
     return array if isinstance(array, np.ndarray) else np.asarray(array)
+
+
+def _device(array: np.ndarray) -> Any:
+    """A tensor of ``array``'s value: a view of it (DLPack) for a numeric array aligned as
+    TF's kernels assume (``EIGEN_MAX_ALIGN_BYTES``), else a copy."""
+    if array.dtype.kind in "iufc" and array.flags.c_contiguous and array.ctypes.data % _ALIGN == 0:
+        try:
+            return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+        except (BufferError, TypeError, ValueError, tf.errors.OpError):  # a dtype either side lacks
+            pass
+    return tf.convert_to_tensor(array)
 
 
 def _misfit(key: str, stored: Any, live: Any) -> str | None:

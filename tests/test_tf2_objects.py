@@ -131,9 +131,9 @@ def test_ckptlib_restores_what_tensorflow_wrote(tmp_path: Path):
     prefix = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / "ckpt"))
     fresh, fresh_optimizer = new_objects(seed=3)
     ckpt = tf.train.Checkpoint(model=fresh, optimizer=fresh_optimizer)
-    stored = ckptlib.tf.restore(prefix, ckpt)
+    assert ckptlib.tf.restore(str(tmp_path), ckpt) == prefix
     assert values(fresh) == values(model)
-    assert int(ckpt.save_counter) == 1 and stored["save_counter/.ATTRIBUTES/VARIABLE_VALUE"] == 1
+    assert int(ckpt.save_counter) == 1
 
 
 def test_save_counter_counts_saves_as_tensorflow_does(tmp_path: Path):
