@@ -88,15 +88,16 @@ def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool 
     save and restore of an unchanged object tree do; objects must exist (build a Keras
     optimizer, e.g. ``optimizer.build(model.trainable_variables)``, before restoring its
     slots; for restore-on-create use ``tf.train.Checkpoint.restore``, which reads these
-    files too). All or nothing: every tensor is read and its checksum verified, and every
-    object's tensors checked for presence, shape and dtype, before the first is assigned.
+    files too). All or nothing: every object's tensors are checked for presence, shape
+    and dtype, and every tensor an object takes is read and its checksum verified, before
+    the first is assigned.
     ``strict`` (default): the checkpoint must hold exactly the objects' tensors (besides
     the object graph); ``strict=False`` leaves objects the checkpoint lacks as they are and
     ignores tensors no object takes.
 
-    The tensors are read into private memory, which numeric variables then take over
-    without a copy where it is aligned as TensorFlow needs (64 bytes), as they take over the
-    tensors TF's own restore reads.
+    Each tensor is read (its checksum verified) into memory of its own, aligned as
+    TensorFlow's kernels need, which its variable then takes over without a copy, as
+    variables take over the tensors TF's own restore reads.
 
     Raises ``RestoreMismatchError`` (``ShapeMismatchError``, ``DtypeMismatchError``) naming
     every misfit by its checkpoint key, and the errors of ``ckptlib.restore``
@@ -110,35 +111,35 @@ def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool 
         path = latest
     checkpoint = _as_checkpoint(checkpoint)
     checkpoint.save_counter  # noqa: B018 -- created if missing, as Checkpoint.restore does
-    stored = ckptlib.restore(path)
-    if not isinstance(stored, Mapping) or OBJECT_GRAPH_KEY not in stored:
-        raise RestoreMismatchError(f"no {OBJECT_GRAPH_KEY} entry: not a TF2 object-based checkpoint", path=path)
     tensors, _ = _gather(checkpoint)
-    problems: list[str] = []
-    feeds: list[tuple[Any, dict[str, Any]]] = []
-    taken: set[str] = set()
-    for trackable, by_key in tensors:
-        if trackable is None:
-            continue
-        feed: dict[str, Any] = {}
-        for key, live in by_key.items():
-            if key not in stored:
-                problems += [f"{key}: missing from the checkpoint"] if strict else []
+    with ckptlib.load_checkpoint(path) as reader:
+        stored = set(reader.keys_list())
+        if OBJECT_GRAPH_KEY not in stored:
+            raise RestoreMismatchError(f"no {OBJECT_GRAPH_KEY} entry: not a TF2 object-based checkpoint", path=path)
+        problems: list[str] = []
+        wanted: list[tuple[Any, dict[str, str]]] = []  # (trackable, {local name: key})
+        for trackable, by_key in tensors:
+            if trackable is None:
                 continue
-            taken.add(key)
-            problem = _misfit(key, stored[key], live)
-            if problem is not None:
-                problems.append(problem)
-            feed[extract_local_name(key)] = stored[key]  # as TF's MultiDeviceSaver.restore names them
-        if len(feed) == len(by_key):  # objects the checkpoint lacks in part stay as they are
-            feeds.append((trackable, feed))
-    if strict:
-        unused = set(stored) - taken - {OBJECT_GRAPH_KEY, STRUCTURE_KEY}
-        problems += [f"{key}: in the checkpoint, but no object takes it" for key in sorted(unused)]
-    if problems:
-        raise _mismatch(problems, path)
-    for trackable, feed in feeds:
-        trackable._restore_from_tensors({name: _device(value) for name, value in feed.items()})
+            missing = [key for key in by_key if key not in stored]
+            if strict:
+                problems += [f"{key}: missing from the checkpoint" for key in missing]
+            for key, live in by_key.items():
+                if key not in missing and (problem := _misfit(key, reader.shape(key), reader.dtype(key), live)):
+                    problems.append(problem)
+            if not missing:  # an object the checkpoint lacks in part stays as it is
+                # named as TF's MultiDeviceSaver.restore names them for _restore_from_tensors
+                wanted.append((trackable, {extract_local_name(key): key for key in by_key}))
+        if strict:
+            taken = {key for _, by_key in tensors for key in by_key}
+            unused = stored - taken - {OBJECT_GRAPH_KEY, STRUCTURE_KEY}
+            problems += [f"{key}: in the checkpoint, but no object takes it" for key in sorted(unused)]
+        if problems:
+            raise _mismatch(problems, path)
+        # every tensor read (checksums verified) before the first assignment
+        values = {key: _read_aligned(reader, key) for _, names in wanted for key in names.values()}
+    for trackable, names in wanted:
+        trackable._restore_from_tensors({name: _device(values.pop(key)) for name, key in names.items()})
     return path
 
 
@@ -193,6 +194,19 @@ def _host(tensor: Any) -> np.ndarray:
     return array if isinstance(array, np.ndarray) else np.asarray(array)
 
 
+def _read_aligned(reader: Any, key: str) -> np.ndarray:
+    """Tensor ``key`` in fresh memory starting on an ``_ALIGN``-byte boundary."""
+    dtype = reader.dtype(key)
+    if dtype == np.dtype(object):
+        return np.asarray(reader.get_tensor(key))
+    shape = reader.shape(key)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    out = raw[start : start + nbytes].view(dtype).reshape(shape)
+    return reader.read_into(key, out)
+
+
 def _device(array: np.ndarray) -> Any:
     """A tensor of ``array``'s value: a view of it (DLPack) for a numeric array aligned as
     TF's kernels assume (``EIGEN_MAX_ALIGN_BYTES``), else a copy."""
@@ -204,14 +218,13 @@ def _device(array: np.ndarray) -> Any:
     return tf.convert_to_tensor(array)
 
 
-def _misfit(key: str, stored: Any, live: Any) -> str | None:
-    array = np.asarray(stored)
+def _misfit(key: str, shape: tuple[int, ...], dtype: np.dtype, live: Any) -> str | None:
     want = live.dtype
-    have = tf.string if array.dtype.kind in "OSU" else tf.as_dtype(array.dtype)
+    have = tf.string if dtype.kind in "OSU" else tf.as_dtype(dtype)
     if have != want:
         return f"{key}: target dtype {want.name}, checkpoint has {have.name}"
-    if tuple(array.shape) != tuple(live.shape):
-        return f"{key}: target shape {list(live.shape)}, checkpoint has {list(array.shape)}"
+    if tuple(shape) != tuple(live.shape):
+        return f"{key}: target shape {list(live.shape)}, checkpoint has {list(shape)}"
     return None
 
 
