@@ -134,6 +134,11 @@ def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool 
             taken = {key for _, by_key in tensors for key in by_key}
             unused = stored - taken - {OBJECT_GRAPH_KEY, STRUCTURE_KEY}
             problems += [f"{key}: in the checkpoint, but no object takes it" for key in sorted(unused)]
+            if unused and taken - stored:
+                problems.append(
+                    "objects not built yet? (Keras 3 optimizers save the model's weights under their own "
+                    "paths and need `optimizer.build(model.trainable_variables)` before a restore)"
+                )
         if problems:
             raise _mismatch(problems, path)
         # every tensor read (checksums verified) before the first assignment
