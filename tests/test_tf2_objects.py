@@ -268,3 +268,13 @@ def test_an_optimizer_not_built_yet_is_refused_with_a_hint(tmp_path: Path):
     )
     with pytest.raises(RestoreMismatchError, match=r"optimizer\.build\(model\.trainable_variables\)"):
         ckptlib.tf.restore(prefix, {"model": fresh, "optimizer": keras.optimizers.Adam(1e-2)})
+
+
+def test_state_is_a_snapshot_that_later_updates_leave_alone(tmp_path: Path):
+    ckpt = _net(np.ones(1000, np.float32), 2.0)
+    flat = ckptlib.tf.state(ckpt)
+    ckpt.a.assign_add(tf.ones(1000))
+    ckpt.b.assign(5.0)
+    prefix = ckptlib.save(flat, str(tmp_path / "ckpt-1"))
+    assert ckptlib.tf.load(prefix)["a/.ATTRIBUTES/VARIABLE_VALUE"].tolist() == [1.0] * 1000
+    assert ckptlib.tf.load(prefix)["b/.ATTRIBUTES/VARIABLE_VALUE"] == 2.0
