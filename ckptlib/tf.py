@@ -9,20 +9,22 @@
     ckptlib.tf.restore("runs/exp", ckpt)                           # all or nothing
     tf.train.Checkpoint(model=m2, optimizer=o2).restore(manager.latest_checkpoint).assert_consumed()
 
-``state`` asks TensorFlow itself for what ``Checkpoint.save`` would write: every tensor by its
-checkpoint key (``model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE``, optimizer
-slots, ``save_counter``) and the serialized object graph under ``_CHECKPOINTABLE_OBJECT_GRAPH``,
-as one flat mapping that ckptlib's ``save``, ``Saver`` and ``CheckpointManager`` write as is
-(no structure record), so the files are the ones TensorFlow would have written and restore
-with ``tf.train.Checkpoint.restore``, ``tf.train.CheckpointManager`` and ``tf.train.load_checkpoint``.
-TensorFlow is imported only by this module, which ``import ckptlib`` does not import.
+``state`` asks TensorFlow itself for what ``Checkpoint.save`` would write: every tensor by
+its checkpoint key (``optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE`` for a
+Keras 3 model's first weight, optimizer slots, ``save_counter``) and the serialized object
+graph under ``_CHECKPOINTABLE_OBJECT_GRAPH``, as one flat mapping that ckptlib's ``save``,
+``Saver`` and ``CheckpointManager`` write as is (no structure record), so the files are the
+ones TensorFlow would have written and restore with ``tf.train.Checkpoint.restore``,
+``tf.train.CheckpointManager`` and ``tf.train.load_checkpoint``. TensorFlow is imported only
+by this module, which ``import ckptlib`` does not import.
 
 The entry point into TensorFlow is ``TrackableSaver._gather_serialized_tensors``
-(``tensorflow/python/checkpoint/checkpoint.py``), the one step ``Checkpoint.write``,
-``Checkpoint.save`` and TF's async checkpointing share before handing the tensors to the
-``SaveV2`` op: it is private, but the most stable seam there is (the public ``write`` has
-no way to stop before the file), and restore feeds each object's ``_restore_from_tensors``
-exactly as TF's ``MultiDeviceSaver.restore`` does. Checked against TensorFlow 2.21.
+(``tensorflow/python/checkpoint/checkpoint.py``), the step ``Checkpoint.write`` and
+``Checkpoint.save`` take (through ``save_util.serialize_graph_view``) before handing the
+tensors to the ``SaveV2`` op: it is private, but the most stable seam there is (the public
+``write`` has no way to stop before the file), and restore feeds each object's
+``_restore_from_tensors`` exactly as TF's ``MultiDeviceSaver.restore`` does. Checked against
+TensorFlow 2.21.
 """
 
 from __future__ import annotations
