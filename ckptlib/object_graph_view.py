@@ -124,6 +124,17 @@ class ObjectGraph:
                 tensors[key] = GraphTensor(key, node_id, attr.name, found, primary(node_id), slots.get(node_id))
         return cls(MappingProxyType(dict(sorted(tensors.items()))), len(graph.nodes))
 
+    def aliases(self) -> dict[str, str]:
+        """``{key: stored key}`` for every key any path to a tensor spells (``attribute_key``
+        of each path): how a restore finds a tensor that an object tree reaching it by another
+        path (a Keras 3 model without its optimizer) names differently."""
+        out: dict[str, str] = {}
+        for key, tensor in self.tensors.items():
+            for path in tensor.paths:
+                spelled = "/".join([path_text(path), ATTRIBUTES, escape_local_name(tensor.attribute)])
+                out.setdefault(spelled, key)
+        return out
+
     def tree_path(self, key: str) -> Path:
         """Where ``restore(..., by="object_path")`` puts tensor ``key``: its path (plus the
         attribute's name unless that is ``VARIABLE_VALUE``); a slot under its optimizer's

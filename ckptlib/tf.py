@@ -29,7 +29,9 @@ TensorFlow 2.21.
 
 from __future__ import annotations
 
+import collections
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,35 +120,54 @@ def restore(save_path: str | os.PathLike[str], checkpoint: Any, *, strict: bool 
         stored = set(reader.keys_list())
         if OBJECT_GRAPH_KEY not in stored:
             raise RestoreMismatchError(f"no {OBJECT_GRAPH_KEY} entry: not a TF2 object-based checkpoint", path=path)
+        graph = reader.object_graph  # read (checksum verified) and checked against the keys
+        assert graph is not None
+        aliases = graph.aliases()  # a tensor found by another path to it, as TF's restore finds it
         problems: list[str] = []
-        wanted: list[tuple[Any, dict[str, str]]] = []  # (trackable, {local name: key})
+        wanted: list[tuple[Any, dict[str, str]]] = []  # (trackable, {local name: stored key})
+        skipped: list[str] = []
+        taken: set[str] = set()
         for trackable, by_key in tensors:
             if trackable is None:
                 continue
-            missing = [key for key in by_key if key not in stored]
+            source = {key: key if key in stored else aliases.get(key) for key in by_key}
+            missing = [key for key, found in source.items() if found is None]
             if strict:
                 problems += [f"{key}: missing from the checkpoint" for key in missing]
             for key, live in by_key.items():
-                if key not in missing and (problem := _misfit(key, reader.shape(key), reader.dtype(key), live)):
+                found = source[key]
+                if found is not None and (problem := _misfit(key, reader.shape(found), reader.dtype(found), live)):
                     problems.append(problem)
-            if not missing:  # an object the checkpoint lacks in part stays as it is
-                # named as TF's MultiDeviceSaver.restore names them for _restore_from_tensors
-                wanted.append((trackable, {extract_local_name(key): key for key in by_key}))
+            taken.update(found for found in source.values() if found is not None)
+            if missing:  # an object the checkpoint lacks in part stays as it is
+                skipped += missing
+                continue
+            # named as TF's MultiDeviceSaver.restore names them for _restore_from_tensors
+            wanted.append((trackable, {extract_local_name(key): source[key] for key in by_key}))  # type: ignore[misc]
         if strict:
-            taken = {key for _, by_key in tensors for key in by_key}
             unused = stored - taken - {OBJECT_GRAPH_KEY, STRUCTURE_KEY}
             problems += [f"{key}: in the checkpoint, but no object takes it" for key in sorted(unused)]
-            if unused and taken - stored:
+            if unused:
                 problems.append(
                     "objects not built yet? (Keras 3 optimizers save the model's weights under their own "
                     "paths and need `optimizer.build(model.trainable_variables)` before a restore)"
                 )
         if problems:
             raise _mismatch(problems, path)
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            warnings.warn(
+                f"{path}: objects whose tensors the checkpoint lacks were left as they were: {shown}", stacklevel=2
+            )
         # every tensor read (checksums verified) before the first assignment
-        values = {key: _read_aligned(reader, key) for _, names in wanted for key in names.values()}
+        uses = collections.Counter(key for _, names in wanted for key in names.values())
+        values = {key: _read_aligned(reader, key) for key in uses}
     for trackable, names in wanted:
-        trackable._restore_from_tensors({name: _device(values.pop(key)) for name, key in names.items()})
+        given: dict[str, Any] = {}
+        for name, key in names.items():  # a tensor two objects reach (by two paths) is given to each
+            uses[key] -= 1
+            given[name] = _device(values[key] if uses[key] else values.pop(key))
+        trackable._restore_from_tensors(given)
     return path
 
 

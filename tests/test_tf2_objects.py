@@ -278,3 +278,22 @@ def test_state_is_a_snapshot_that_later_updates_leave_alone(tmp_path: Path):
     prefix = ckptlib.save(flat, str(tmp_path / "ckpt-1"))
     assert ckptlib.tf.load(prefix)["a/.ATTRIBUTES/VARIABLE_VALUE"].tolist() == [1.0] * 1000
     assert ckptlib.tf.load(prefix)["b/.ATTRIBUTES/VARIABLE_VALUE"] == 2.0
+
+
+def test_a_model_alone_restores_from_a_checkpoint_of_model_and_optimizer(tmp_path: Path):
+    """Keras 3 stores each weight once, under the optimizer's ``_trainable_variables``; a
+    ``Checkpoint(model=...)`` alone names it by the model's path: found through the graph."""
+    model, optimizer = new_objects(seed=1)
+    fit(model, range(1))
+    prefix = ckptlib.CheckpointManager(tmp_path, max_to_keep=1).save(
+        ckptlib.tf.state(tf.train.Checkpoint(model=model, optimizer=optimizer))
+    )
+    fresh, _ = new_objects(seed=2)
+    assert values(fresh) != values(model)
+    ckptlib.tf.restore(prefix, tf.train.Checkpoint(model=fresh), strict=False)
+    assert values(fresh) == values(model)
+    other, _ = new_objects(seed=3)
+    unbuilt = keras.optimizers.Adam(1e-3)
+    ckptlib.tf.restore(prefix, {"model": other, "optimizer": unbuilt}, strict=False)
+    assert [np.asarray(v.numpy()).tobytes() for v in other.weights] == values(model)[: len(other.weights)]
+    assert int(unbuilt.iterations.numpy()) == int(optimizer.iterations.numpy()) > 0
