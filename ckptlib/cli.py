@@ -182,7 +182,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise ckptlib.TensorNotFoundError("no such tensor", path=reader.prefix, tensor=args.tensor)
         selected = [args.tensor] if args.tensor is not None else names
         want_values = args.all or args.tensor is not None
-        graph = reader.object_graph
+        try:
+            graph = reader.object_graph
+        except ckptlib.CorruptCheckpointError as e:  # the tensors can still be listed; verify says more
+            print(f"ckptlib inspect: warning: object paths not shown: {e}", file=sys.stderr)
+            graph = None
         width = max([len(name) for name in selected] + [4])
         header = f"{'NAME':{width}}  {'DTYPE':18}  {'SHAPE':18}  {'SIZE':>10}  SHARD\n"
         if args.json:  # the document around the rows, written as _emit_json would

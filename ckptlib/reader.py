@@ -80,6 +80,12 @@ def too_large_if_out_of_memory(method: _Method) -> _Method:
     return cast(_Method, bounded)
 
 
+# A TF2 object graph may be at most this large beside a checkpoint's tensors (a Keras model's
+# graph takes a few hundred bytes per tensor: layers and functional nodes hold none)
+_GRAPH_BASE_BYTES = 1 << 20
+_GRAPH_BYTES_PER_TENSOR = 8 << 10
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor as stored: TF dtype name, shape, bytes of data, and the shard holding it
@@ -131,7 +137,15 @@ class CheckpointReader(Mapping[str, np.ndarray]):
             raise CorruptCheckpointError(
                 "damaged object graph: not a string scalar", path=self.prefix, tensor=OBJECT_GRAPH_KEY
             )
-        return ObjectGraph.parse(value.item(), set(keys), self.prefix)
+        data = value.item()
+        limit = _GRAPH_BASE_BYTES + _GRAPH_BYTES_PER_TENSOR * len(keys)
+        if len(data) > limit:  # parsing costs time and memory by the node: bound it by the checkpoint
+            raise CorruptCheckpointError(
+                f"damaged object graph: {len(data)} bytes, more than the {limit} allowed beside {len(keys)} tensors",
+                path=self.prefix,
+                tensor=OBJECT_GRAPH_KEY,
+            )
+        return ObjectGraph.parse(data, set(keys), self.prefix)
 
     @too_large_if_out_of_memory
     def verify(self, progress: Callable[[int, int], None] | None = None) -> list[CheckpointError]:

@@ -53,7 +53,14 @@ from typing import Any
 import numpy as np
 
 from ckptlib.errors import CorruptCheckpointError, InvalidStructureError, InvalidTensorError
-from ckptlib.format.object_graph import ATTRIBUTES, OBJECT_GRAPH_KEY, VARIABLE_VALUE, escape_local_name
+from ckptlib.format.object_graph import (
+    ATTRIBUTES,
+    OBJECT_GRAPH_KEY,
+    OPTIMIZER_SLOT,
+    VARIABLE_VALUE,
+    decode_graph,
+    escape_local_name,
+)
 
 STRUCTURE_KEY = "_CKPTLIB_STRUCTURE"
 FORMAT = "ckptlib.structure"
@@ -91,7 +98,9 @@ def tensors_of(tree: Any, *, object_graph: bool = False, save_counter: int = 1) 
     and the ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry are added. A mapping that has that entry
     already (a TF2 checkpoint read by name, maybe edited) carries its own graph: it is written
     by name, as it is, with ``object_graph`` or without."""
-    if object_graph and not (isinstance(tree, Mapping) and OBJECT_GRAPH_KEY in tree):
+    if isinstance(tree, Mapping) and OBJECT_GRAPH_KEY in tree:
+        _check_carried_graph(tree)
+    elif object_graph:
         return _object_graph_tensors(tree, save_counter)
     if isinstance(tree, Mapping) and _is_flat(tree):
         if STRUCTURE_KEY in tree:
@@ -108,6 +117,27 @@ def tensors_of(tree: Any, *, object_graph: bool = False, save_counter: int = 1) 
     return tensors
 
 
+def _check_carried_graph(tree: Mapping[Any, Any]) -> None:
+    """A mapping that carries its own ``_CHECKPOINTABLE_OBJECT_GRAPH`` (a TF2 checkpoint read by
+    name) must hold a graph, as a bytes scalar, whose every tensor it holds: else TensorFlow
+    could not restore what it is written as."""
+    raw = tree[OBJECT_GRAPH_KEY]
+    data = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
+    if not isinstance(data, bytes):
+        raise InvalidTensorError(
+            f"{OBJECT_GRAPH_KEY!r} is reserved for a TF2 object graph (a serialized TrackableObjectGraph), "
+            f"got {type(raw).__name__}"
+        )
+    try:
+        graph = decode_graph(data)
+    except CorruptCheckpointError as e:
+        raise InvalidTensorError(f"{OBJECT_GRAPH_KEY!r} holds no valid object graph: {e.reason}") from None
+    lacking = sorted({a.checkpoint_key for n in graph.nodes for a in n.attributes} - set(tree))
+    if lacking:
+        shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+        raise InvalidTensorError(f"the object graph names tensors the state lacks: {shown}")
+
+
 def _object_graph_tensors(tree: Any, save_counter: int) -> dict[str, Any]:
     from ckptlib.object_tree import graph_of_keys  # object_tree imports this module
 
@@ -118,6 +148,14 @@ def _object_graph_tensors(tree: Any, save_counter: int) -> dict[str, Any]:
         raise InvalidTensorError(f"{SAVE_COUNTER!r} at the root of an object graph must be a leaf, TF's counter")
     if SAVE_COUNTER_KEY not in tensors:  # else the tree's own save_counter is TF's counter
         tensors[SAVE_COUNTER_KEY] = np.array(save_counter, dtype=np.int64)
+    else:
+        counter = np.asarray(tensors[SAVE_COUNTER_KEY])
+        if counter.shape != () or counter.dtype.kind not in "iu":
+            raise InvalidTensorError(
+                f"{SAVE_COUNTER!r} at the root of an object graph is TF's counter: it must be an integer scalar, "
+                f"got {counter.dtype} of shape {list(counter.shape)}"
+            )
+        tensors[SAVE_COUNTER_KEY] = counter.astype(np.int64)  # TF restores it into an int64 variable
     # every name so far ends in /.ATTRIBUTES/VARIABLE_VALUE: nothing can take these two
     tensors[OBJECT_GRAPH_KEY] = np.array(graph_of_keys(tensors), dtype=object)
     tensors[STRUCTURE_KEY] = _record(OBJECT_GRAPH_VERSION, ["object_graph", root])
@@ -153,8 +191,17 @@ class _Names:
         return name + self.suffix
 
 
+def _object_edge(key: str) -> str:
+    """A key as one object-graph edge, escaped as TensorFlow escapes a dict key or attribute
+    (``.`` -> ``..``, ``/`` -> ``.S``), so that a mirror of the tree names it alike."""
+    if key.endswith(ATTRIBUTES) or key.endswith(OPTIMIZER_SLOT):
+        # TF cuts keys at the first '.ATTRIBUTES/': such a name would be read as another key
+        raise InvalidTensorError(f"{key!r} cannot name an object in a TF2 object graph (TensorFlow misreads it)")
+    return escape_local_name(key)
+
+
 _PLAIN = _Names(str, "")
-_OBJECT = _Names(escape_local_name, f"/{ATTRIBUTES}/{VARIABLE_VALUE}")
+_OBJECT = _Names(_object_edge, f"/{ATTRIBUTES}/{VARIABLE_VALUE}")
 
 
 def _is_flat(tree: Mapping[Any, Any]) -> bool:

@@ -235,6 +235,23 @@ def test_damaged_graphs_are_corrupt(edges, count, keyed, keys, match):
 
 
 def test_graph_entry_that_is_not_a_string_is_corrupt(tmp_path):
-    ckptlib.save({OBJECT_GRAPH_KEY: np.zeros(3)}, str(tmp_path / "odd"))
+    writer = ckptlib.BundleWriter(str(tmp_path / "odd"))  # ckptlib.save refuses to write it
+    writer.add_all({OBJECT_GRAPH_KEY: np.zeros(3)})
+    writer.finish()
     with pytest.raises(ckptlib.CorruptCheckpointError, match="string scalar"):
         _ = ckptlib.load_checkpoint(str(tmp_path / "odd")).object_graph
+
+
+def test_a_damaged_or_oversized_graph_still_lets_inspect_list_the_tensors(tmp_path: Path, capsys) -> None:
+    from ckptlib.cli import main
+
+    writer = ckptlib.BundleWriter(tmp_path / "m")
+    writer.add_all({"w": np.ones(2), OBJECT_GRAPH_KEY: np.array(b"\x0a\x00" * (600 << 10), dtype=object)})
+    writer.finish()
+    with ckptlib.load_checkpoint(tmp_path / "m") as reader, pytest.raises(
+        ckptlib.CorruptCheckpointError, match="more than the .* allowed beside 2 tensors"
+    ):
+        reader.object_graph  # noqa: B018
+    assert main(["inspect", str(tmp_path / "m")]) == 0
+    out, err = capsys.readouterr()
+    assert "w" in out and "object paths not shown" in err

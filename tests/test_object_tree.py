@@ -235,3 +235,41 @@ def test_a_damaged_object_graph_record_is_a_corrupt_checkpoint(tmp_path, record,
     with pytest.raises(ckptlib.CorruptCheckpointError, match=message):
         ckptlib.restore(tmp_path / "m", into={"a": target})
     assert not target.any()
+
+
+def test_a_carried_graph_must_be_one_and_name_only_tensors_the_state_holds(tmp_path):
+    """A mapping holding ``_CHECKPOINTABLE_OBJECT_GRAPH`` is written as it is (a TF2 checkpoint
+    read by name and edited): only if that entry is a graph whose every tensor it holds."""
+    for graph in (np.ones(2), "not bytes", np.array(b"\xff\xff\xff", dtype=object)):
+        for save in (
+            lambda t: ckptlib.save(t, tmp_path / "a", object_graph=True),
+            lambda t: ckptlib.CheckpointManager(tmp_path / "m", max_to_keep=1).save(t),
+        ):
+            with pytest.raises(ckptlib.InvalidTensorError, match="object graph"):
+                save({OBJECT_GRAPH_KEY: graph, "w": np.ones(2)})
+    prefix = ckptlib.save({"a": np.ones(1), "b": np.zeros(1)}, tmp_path / "g", object_graph=True)
+    tree = ckptlib.load_checkpoint(prefix).read_all()
+    del tree["b/.ATTRIBUTES/VARIABLE_VALUE"]
+    with pytest.raises(ckptlib.InvalidTensorError, match="names tensors the state lacks: b/.ATTRIBUTES"):
+        ckptlib.save(tree, tmp_path / "h")
+    del tree[STRUCTURE_KEY]
+    tree["a/.ATTRIBUTES/VARIABLE_VALUE"] = np.full(1, 5.0)
+    with pytest.raises(ckptlib.InvalidTensorError, match="lacks"):
+        ckptlib.save(tree, tmp_path / "h")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("a.", "h."))]
+
+
+def test_a_save_counter_of_the_tree_must_be_an_integer_scalar(tmp_path):
+    for bad in (7.5, np.array([1, 2]), "x"):
+        with pytest.raises(ckptlib.InvalidTensorError, match="integer scalar"):
+            ckptlib.save({"save_counter": bad, "w": np.ones(1)}, tmp_path / "m", object_graph=True)
+    prefix = ckptlib.save({"save_counter": np.int32(7), "w": np.ones(1)}, tmp_path / "m", object_graph=True)
+    with ckptlib.load_checkpoint(prefix) as reader:
+        assert reader.get_tensor(SAVE_COUNTER_KEY).dtype == np.int64 and reader.get_tensor(SAVE_COUNTER_KEY) == 7
+
+
+def test_names_tensorflow_would_misread_are_refused(tmp_path):
+    for name in (".ATTRIBUTES", "x.ATTRIBUTES", ".OPTIMIZER_SLOT"):
+        with pytest.raises(ckptlib.InvalidTensorError, match="cannot name an object"):
+            ckptlib.save({"a": {name: {"VARIABLE_VALUE": np.ones(1)}}}, tmp_path / "m", object_graph=True)
+    ckptlib.save({"a": {".ATTRIBUTES": np.ones(1)}}, tmp_path / "plain")  # fine without a graph
