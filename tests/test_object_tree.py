@@ -250,7 +250,7 @@ def test_a_carried_graph_must_be_one_and_name_only_tensors_the_state_holds(tmp_p
     prefix = ckptlib.save({"a": np.ones(1), "b": np.zeros(1)}, tmp_path / "g", object_graph=True)
     tree = ckptlib.load_checkpoint(prefix).read_all()
     del tree["b/.ATTRIBUTES/VARIABLE_VALUE"]
-    with pytest.raises(ckptlib.InvalidTensorError, match="names tensors the state lacks: b/.ATTRIBUTES"):
+    with pytest.raises(ckptlib.InvalidTensorError, match=r"names tensors the state lacks: b/\.ATTRIBUTES"):
         ckptlib.save(tree, tmp_path / "h")
     del tree[STRUCTURE_KEY]
     tree["a/.ATTRIBUTES/VARIABLE_VALUE"] = np.full(1, 5.0)
