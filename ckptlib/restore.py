@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -135,7 +135,8 @@ def restore(
             stored -= tree.added_tensors(record, kinds)
         targets = tree.target_leaves(into, object_graph=object_graph)
         values = reader.read_all([name for name in targets if name in stored])
-        report, replacements = _check(reader, targets, stored, strict, values, kinds)
+        shown = tree.tree_path_of if object_graph else str  # messages and the report speak of tree paths
+        report, replacements = _check(reader, targets, stored, strict, values, kinds, shown)
         for name, leaf in targets.items():
             if name in values and name not in replacements:
                 frameworks.fill(leaf, values[name])
@@ -184,6 +185,7 @@ def _check(
     strict: bool,
     values: Mapping[str, np.ndarray],
     kinds: Mapping[str, str],
+    shown: Callable[[str], str] = str,
 ) -> tuple[RestoreReport, dict[str, Any]]:
     """Every problem with the targets at once, as one error, found before anything is
     written; else the report and the new value of every target that is replaced rather than
@@ -199,19 +201,19 @@ def _check(
             continue
         value = values[name]
         if frameworks.target_spec(leaf) is not None:
-            for problem, message in _array_target_problems(name, leaf, value):
+            for problem, message in _array_target_problems(shown(name), leaf, value):
                 problems[problem].append(message)
             if not frameworks.is_in_place(leaf):
                 replacements[name] = leaf  # made below, once every target has passed
             continue
         try:
-            replacements[name] = _scalar_replacement(name, leaf, value, kinds.get(name), reader.prefix)
+            replacements[name] = _scalar_replacement(shown(name), leaf, value, kinds.get(name), reader.prefix)
         except _Unfit as e:
             problems[e.kind].append(e.message)
     found = problems["shape"] + problems["dtype"] + problems["readonly"]
     if strict:
-        found += [f"{name}: missing from the checkpoint" for name in missing]
-        found += [f"{name}: in the checkpoint but not in the restore target" for name in unexpected]
+        found += [f"{shown(name)}: missing from the checkpoint" for name in missing]
+        found += [f"{shown(name)}: in the checkpoint but not in the restore target" for name in unexpected]
     if found:
         detail = "\n  ".join(found)
         if found == problems["readonly"]:
@@ -225,7 +227,8 @@ def _check(
     for name, leaf in replacements.items():
         if leaf is targets[name] and frameworks.target_spec(leaf) is not None:
             replacements[name] = frameworks.replacement(leaf, values[name])
-    return RestoreReport(sorted(wanted & stored), missing, unexpected), replacements
+    report = RestoreReport(*(sorted(map(shown, names)) for names in (wanted & stored, missing, unexpected)))
+    return report, replacements
 
 
 class _Unfit(Exception):

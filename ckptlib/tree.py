@@ -60,6 +60,7 @@ from ckptlib.format.object_graph import (
     VARIABLE_VALUE,
     decode_graph,
     escape_local_name,
+    unescape_local_name,
 )
 
 STRUCTURE_KEY = "_CKPTLIB_STRUCTURE"
@@ -471,6 +472,18 @@ def names_objects(root: Any) -> bool:
     """Whether a record's ``root`` names its leaves by object-graph keys (saved with
     ``object_graph=True``): ``target_leaves`` and ``rebuild`` must then be told so."""
     return isinstance(root, list) and root[:1] == ["object_graph"]
+
+
+def tree_path_of(key: str) -> str:
+    """The tree path an object-graph key stands for (``"a/k..w.Sx/.ATTRIBUTES/VARIABLE_VALUE"``
+    -> ``"a/k.w/x"``, each component unescaped), for messages; other keys as they are."""
+    suffix = _OBJECT.suffix
+    if not key.endswith(suffix):
+        return key
+    try:
+        return "/".join(unescape_local_name(part) for part in key[: -len(suffix)].split("/"))
+    except ValueError:
+        return key
 
 
 def added_tensors(root: Any, kinds: Collection[str]) -> set[str]:

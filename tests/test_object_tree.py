@@ -120,13 +120,15 @@ def test_restore_into_fills_the_tree(tmp_path):
     assert report.tree["pair"].first == 1 and report.tree[7]["flag"] is True
 
 
-def test_restore_into_reports_missing_by_key(tmp_path):
-    prefix = ckptlib.save({"a": np.ones(2), "b": np.ones(1)}, tmp_path / "ckpt", object_graph=True)
-    with pytest.raises(ckptlib.RestoreMismatchError, match=r"b/\.ATTRIBUTES/VARIABLE_VALUE"):
-        ckptlib.restore(prefix, into={"a": np.zeros(2)})
-    report = ckptlib.restore(prefix, into={"a": np.zeros(2), "c": np.zeros(1)}, strict=False)
-    assert report.missing == ["c/.ATTRIBUTES/VARIABLE_VALUE"]
-    assert report.unexpected == ["b/.ATTRIBUTES/VARIABLE_VALUE"]
+def test_restore_into_reports_by_tree_path(tmp_path):
+    """Reports and errors name tree paths (unescaped), not the object-graph keys they are stored under."""
+    prefix = ckptlib.save({"a": np.ones(2), "b": np.ones(1), "k.w/x": {"y": 1}}, tmp_path / "ckpt", object_graph=True)
+    with pytest.raises(ckptlib.RestoreMismatchError, match=r"(?m)^  b: in the checkpoint but not"):
+        ckptlib.restore(prefix, into={"a": np.zeros(2), "k.w/x": {"y": 0}})
+    with pytest.raises(ckptlib.ShapeMismatchError, match=r"(?m)^  a: target shape \[3\]"):
+        ckptlib.restore(prefix, into={"a": np.zeros(3), "b": np.zeros(1), "k.w/x": {"y": 0}})
+    report = ckptlib.restore(prefix, into={"a": np.zeros(2), "c": np.zeros(1), "k.w/x": {"y": 0}}, strict=False)
+    assert report.missing == ["c"] and report.unexpected == ["b"] and report.restored == ["a", "k.w/x/y"]
 
 
 def test_own_save_counter_is_kept(tmp_path):
