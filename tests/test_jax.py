@@ -201,17 +201,11 @@ def test_strict_and_partial_restores(tmp_path: Path):
     assert_same_tree(params, {"params": state.params})
 
 
-def test_damaged_checkpoint_raises_and_builds_nothing(tmp_path: Path):
+def test_damaged_checkpoint_raises_and_builds_nothing(tmp_path: Path, damage_tensor):
     state, _ = train(new_state(), 2)
     prefix = tmp_path / "ckpt-2"
     ckptlib.save(ckptlib.jax.state(state), str(prefix))
-    with ckptlib.load_checkpoint(str(prefix)) as reader:
-        entry = reader.entry("params/Dense_1/kernel")
-    with open(f"{prefix}.data-00000-of-00001", "r+b") as data:
-        data.seek(entry.offset + entry.size // 2)
-        byte = data.read(1)[0]
-        data.seek(-1, os.SEEK_CUR)
-        data.write(bytes([byte ^ 0xFF]))
+    damage_tensor(prefix, "params/Dense_1/kernel")
     with pytest.raises(ChecksumMismatchError, match="params/Dense_1/kernel"):
         ckptlib.jax.restore(str(prefix), new_state(seed=1))
 
