@@ -103,11 +103,11 @@ class ObjectGraph:
         slots: dict[int, SlotOf] = {}
         for node_id, node in enumerate(graph.nodes):
             for ref in node.slot_variables:
+                if ref.slot_variable_node_id in slots:  # the first reference counts; later ones cost nothing
+                    continue
                 variable = ref.original_variable_node_id
-                slots.setdefault(
-                    ref.slot_variable_node_id,
-                    SlotOf(ref.slot_name, primary(variable), owner.get(variable, (None,))[0], primary(node_id)),
-                )
+                slot = SlotOf(ref.slot_name, primary(variable), owner.get(variable, (None,))[0], primary(node_id))
+                slots[ref.slot_variable_node_id] = slot
         stored = keys if isinstance(keys, (set, frozenset, Mapping)) else set(keys)
         tensors: dict[str, GraphTensor] = {}
         for node_id, node in enumerate(graph.nodes):
