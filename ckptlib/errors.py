@@ -9,6 +9,7 @@
     │   └── ChecksumMismatchError                        a stored crc32c disagrees with the bytes
     ├── UnsupportedFeatureError (+ NotImplementedError)  valid, but a feature ckptlib cannot handle
     ├── CheckpointTooLargeError (+ MemoryError)          valid, but too large for this process's memory
+    ├── StorageError (+ OSError)                         the store failed a request (after its retries)
     ├── InvalidTensorError (+ ValueError)                 a value that cannot be saved (type, name, slice)
     ├── InvalidStructureError (+ TypeError)              the state to save or restore into is not a mapping
     └── RestoreMismatchError (+ ValueError)               restoring into targets that do not fit
@@ -35,6 +36,7 @@ __all__ = [
     "ReadOnlyTargetError",
     "RestoreMismatchError",
     "ShapeMismatchError",
+    "StorageError",
     "TensorNotFoundError",
     "UnsupportedFeatureError",
 ]
@@ -101,6 +103,15 @@ class UnsupportedFeatureError(CheckpointError, NotImplementedError):
 
 class CheckpointTooLargeError(CheckpointError, MemoryError):
     """Valid as far as read, but reading it needs more memory than this process can get."""
+
+
+class StorageError(CheckpointError, OSError):
+    """The store holding the checkpoint failed a request (a network store refusing or
+    dropping it even after retries, a permission denied). Nothing committed is lost: the
+    save that met it did not become visible."""
+
+    def __init__(self, message: str, *, path: str | None = None, tensor: str | None = None):
+        CheckpointError.__init__(self, message, path=path, tensor=tensor)
 
 
 class InvalidTensorError(CheckpointError, ValueError):
