@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import mmap
-import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -36,7 +35,7 @@ import numpy as np
 
 from ckptlib.format.crc import crc32c_fast
 from ckptlib.format.crc_combine import combine_runs
-from ckptlib.storage import LocalFile
+from ckptlib.store import ReadFile
 
 T = TypeVar("T")
 
@@ -58,12 +57,14 @@ def private_buffer(nbytes: int) -> np.ndarray:
 
 
 def read_spans(
-    files: Mapping[int, LocalFile],
+    files: Mapping[int, ReadFile],
     shard_ids: np.ndarray,
     offsets: np.ndarray,
     sizes: np.ndarray,
     expected: np.ndarray | None,
     meanwhile: Callable[[np.ndarray, np.ndarray], T],
+    *,
+    threads: int,
 ) -> tuple[np.ndarray, T]:
     """Read the spans ``files[shard_ids[i]]`` at ``offsets[i]`` of ``sizes[i]`` bytes (each
     inside its file, none empty, none overlapping another) into one new buffer.
@@ -71,7 +72,9 @@ def read_spans(
     ``meanwhile(buffer, places)`` runs on this thread while other threads read (``places[i]``:
     where span ``i`` lies in ``buffer``); its result is returned with whether each span has
     the crc32c ``expected[i]`` (all True when ``expected`` is None: nothing is checked).
-    Raises what ``LocalFile.readinto`` raises (a file that shrank, say)."""
+    Pieces are read on up to ``threads`` threads (the store's ``io_threads``: cores for a
+    local disk, more for a network store, where each ranged read mostly waits).
+    Raises what ``ReadFile.readinto`` raises (a file that shrank, say)."""
     if not len(offsets):
         return np.ones(0, dtype=bool), meanwhile(private_buffer(0), np.zeros(0, dtype=np.int64))
     order = np.lexsort((offsets, shard_ids))
@@ -110,7 +113,7 @@ def read_spans(
         return crcs
 
     tasks = list(itertools.pairwise(bounds))
-    with ThreadPoolExecutor(max(1, min(len(tasks) - 1, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max(1, min(len(tasks) - 1, threads))) as pool:
         pending = [pool.submit(task, a, b) for a, b in tasks[1:]]
         result = meanwhile(buffer, places)
         actual = task(*tasks[0])

@@ -10,10 +10,11 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from ckptlib.format.filenames import data_filename, index_filename
 from ckptlib.reader import BundleReader, CheckpointReader
 from ckptlib.reader_v1 import V1Reader, v1_files
 from ckptlib.state import get_checkpoint_state
-from ckptlib.writer import data_filename, index_filename
+from ckptlib.store import store_for
 
 logger = logging.getLogger("ckptlib")
 
@@ -40,7 +41,7 @@ def load_checkpoint(
     Raises ``CheckpointNotFoundError`` or ``CorruptCheckpointError``.
     """
     prefix = _prefix_of(os.fspath(ckpt_dir_or_file))
-    if os.path.exists(index_filename(prefix)):
+    if store_for(prefix).exists(index_filename(prefix)):
         return BundleReader(prefix, verify_checksums=verify_checksums, mmap=mmap)
     if v1_files(prefix):
         return V1Reader(prefix, verify_checksums=verify_checksums)
@@ -65,7 +66,8 @@ def checkpoint_exists(prefix: PathLike) -> bool:
     """Whether ``prefix`` is a complete checkpoint: index present and parseable, every data
     shard it names present (TensorFlow only looks for the index)."""
     prefix = os.fspath(prefix)
-    if not os.path.exists(index_filename(prefix)):
+    store = store_for(prefix)
+    if not store.exists(index_filename(prefix)):
         return bool(v1_files(prefix))
     try:
         reader = BundleReader(prefix, verify_checksums=False)
@@ -73,7 +75,7 @@ def checkpoint_exists(prefix: PathLike) -> bool:
         return False
     num_shards = reader.header.num_shards
     reader.close()
-    return all(os.path.exists(data_filename(prefix, i, num_shards)) for i in range(num_shards))
+    return all(store.exists(data_filename(prefix, i, num_shards)) for i in range(num_shards))
 
 
 def latest_checkpoint(
@@ -140,9 +142,7 @@ class _Listing:
     def __init__(self, directory: str):
         self.names: set[str] | None = None  # None: cannot list (execute-only): may hold anything
         try:
-            names = os.listdir(directory or ".")
-        except (FileNotFoundError, NotADirectoryError):
-            names = []
+            names = store_for(directory).listdir(directory)
         except OSError:
             return
         self.names = set(names)
@@ -173,7 +173,8 @@ _DATA_SUFFIX = ".data-"
 
 def _prefix_of(path: str) -> str:
     """Map a directory or a checkpoint file to its prefix."""
-    if os.path.isdir(path):
+    store = store_for(path)
+    if store.is_dir(path):
         latest = latest_checkpoint(path)
         if latest is None:
             raise CheckpointNotFoundError("no checkpoint state file or no complete checkpoint listed in it", path=path)
@@ -181,9 +182,9 @@ def _prefix_of(path: str) -> str:
     if path.endswith(".index"):
         return path[: -len(".index")]
     base = os.path.basename(path)
-    if _DATA_SUFFIX in base and not os.path.exists(path + ".index"):
+    if _DATA_SUFFIX in base and not store.exists(path + ".index"):
         cut = base.rindex(_DATA_SUFFIX)
         candidate = os.path.join(os.path.dirname(path), base[:cut])
-        if os.path.exists(index_filename(candidate)):
+        if store.exists(index_filename(candidate)):
             return candidate
     return path

@@ -1,28 +1,25 @@
-"""The commit protocol shared by ``Saver`` and ``CheckpointManager``.
+"""THE commit protocol: how a save becomes visible, once, for every store and every saver.
 
-A save becomes visible in three durable steps, so that a kill at any instant leaves the
-previous latest checkpoint restorable:
+``Saver`` and ``CheckpointManager`` supply only names (``Naming``) and, per save, what
+their retention policy decided (``Retention``). A save becomes visible in three durable
+steps, so that a kill at any instant leaves the previous latest checkpoint restorable::
 
-1. the bundle: data shards under temporary names, renamed; the index renamed last
-   (``writer.BundleWriter``), each step fsynced;
-2. the state file, replaced atomically (temporary file + rename) while holding a
-   cross-process lock, merged with the entries other savers keep in the same directory;
-3. rotation: old checkpoints of *this* saver deleted only after the state file no longer
-   lists them, index first (so a half-deleted checkpoint is never visible), and only
-   inside the save directory, whatever the state file says. They are noted in a journal
-   (``.checkpoint.<name>.deleting``) before the state file drops them, and the journal
-   goes once they are gone, so a kill or an interrupt in between leaves no checkpoint behind
-   for good: the next save of that name finishes the job (``finish_deletions``).
+    1. the bundle: data shards, then the index, the commit mark      (install.write_bundle)
+    2. the state file names it: merged with the entries of other       (update_state)
+       savers sharing the directory, replaced atomically under the
+       store's lock or by a conditional write, retried
+    3. rotation: what the policy dropped is noted in a journal         (rotation)
+       before step 2, and deleted after it, index first
 
-What a killed save leaves (temporary files, a bundle moved aside) is repaired by a later
-save of the same checkpoints when no save is running in the directory (``save_lock``).
+All of it runs while the store's save lock for the directory is held (``Store.saving``).
+What a killed save left (temporary files, a bundle moved aside, noted deletions) is
+repaired by a later save of the same checkpoints when the store can tell that no save is
+running: reading never writes.
 """
 
 from __future__ import annotations
 
 import functools
-import glob
-import json
 import logging
 import os
 import re
@@ -31,23 +28,52 @@ from dataclasses import dataclass
 
 from ckptlib.checkpoint import present
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
-from ckptlib.save_lock import repair_if_idle
+from ckptlib.format.filenames import index_filename
+from ckptlib.install import recover_interrupted_saves, remove_unindexed_data
+from ckptlib.rotation import JOURNAL_NAME, finish_deletions, inside, note_deletions, owner
 from ckptlib.state import (
+    MAX_STATE_FILE_BYTES,
     CheckpointState,
+    format_state_bytes,
+    is_absolute,
+    parse_state_bytes,
     read_state_file,
     relative_to,
     resolve,
     resolve_all,
     state_file_path,
-    state_lock,
-    write_state_file,
 )
-from ckptlib.storage import TEMP_MARKER, fsync_dir, leftover_files, remove_quietly, write_temp
-from ckptlib.writer import index_filename, recover_interrupted_saves
+from ckptlib.store import Store, store_for
+from ckptlib.store.temp_names import TEMP_MARKER, leftovers
+from ckptlib.writer import BundleWriter
 
 logger = logging.getLogger("ckptlib")
 
 Record = tuple[str, float]  # (prefix, timestamp)
+
+
+@dataclass(frozen=True)
+class Naming:
+    """Where a saver's checkpoints live and which are its own."""
+
+    directory: str
+    state_name: str | None  # the state file's name (None: ``checkpoint``)
+    journal: str  # its deletion journal (``rotation.deletion_journal``)
+    owns: Callable[[str], bool]  # is this prefix one this saver makes?
+    meta: bool = True  # delete a dropped checkpoint's ``.meta`` file too (TF1's Saver does)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What a saver's policy decided for one save, once its bundle is written."""
+
+    latest: Record  # the new checkpoint, named by the state file's model_checkpoint_path
+    mine: Sequence[Record]  # the saver's entries, oldest first, replacing every one it ``owns``
+    doomed: Sequence[str]  # prefixes to delete once no longer listed
+    owns: Callable[[str], bool]  # which listed entries ``mine`` replaces
+    undo: Callable[[], None]  # put the policy's bookkeeping back if the state file was not replaced
+    relative: bool = True
+    last_preserved: float | None = None  # None: keep the file's
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,67 @@ class Listing:
     last_preserved: float
 
 
+def save(
+    store: Store,
+    naming: Naming,
+    writer: BundleWriter,
+    retain: Callable[[], Retention] | None,
+    *,
+    sync: bool,
+    before_write: Callable[[], None] | None = None,
+) -> None:
+    """Write ``writer``'s bundle and, with ``retain``, commit it (steps 1 to 3)."""
+    store.makedirs(naming.directory)
+    with store.saving(naming.directory, lambda: repair_own(store, naming)):
+        if before_write is not None:
+            before_write()
+        writer.write_to(store)
+        if retain is None:
+            return
+        retention = retain()
+        try:
+            note_deletions(store, naming.journal, retention.doomed, sync)
+            update_state(
+                store,
+                naming.directory,
+                naming.state_name,
+                latest=retention.latest,
+                mine=retention.mine,
+                owns=retention.owns,
+                relative=retention.relative,
+                last_preserved=retention.last_preserved,
+                sync=sync,
+            )
+        except BaseException:  # a KeyboardInterrupt too: still listed, deleted by a later save
+            retention.undo()
+            raise
+        # Interrupted from here on, the journal still notes them: a later save deletes them.
+        finish_deletions(
+            store,
+            naming.directory,
+            lambda: listed_names(store, naming.directory, naming.state_name),
+            naming.journal,
+            retention.owns,
+            also=retention.doomed,
+            meta=naming.meta,
+        )
+
+
+def repair_own(store: Store, naming: Naming) -> None:
+    """What killed or interrupted saves of this saver's checkpoints left: files aside or
+    half written, checkpoints noted for deletion. Only under the store's save lock."""
+    state_name = os.path.basename(state_file_path(naming.directory, naming.state_name))
+    recover_interrupted_saves(store, naming.directory, naming.owns, (state_name, os.path.basename(naming.journal)))
+    finish_deletions(
+        store,
+        naming.directory,
+        lambda: listed_names(store, naming.directory, naming.state_name),
+        naming.journal,
+        naming.owns,
+        meta=naming.meta,
+    )
+
+
 def read_listing(directory: str, latest_filename: str | None) -> Listing | None:
     """The directory's state file, or None if it is absent or unreadable (logged)."""
     path = state_file_path(directory, latest_filename)
@@ -68,8 +155,10 @@ def read_listing(directory: str, latest_filename: str | None) -> Listing | None:
     except CorruptCheckpointError as e:
         logger.warning("ignoring unreadable state file: %s", e)
         return None
-    if state is None:
-        return None
+    return None if state is None else _listing(directory, state)
+
+
+def _listing(directory: str, state: CheckpointState) -> Listing:
     paths = resolve_all(directory, state.all_model_checkpoint_paths)
     times = list(state.all_model_checkpoint_timestamps)
     has_timestamps = len(times) == len(paths)
@@ -80,7 +169,20 @@ def read_listing(directory: str, latest_filename: str | None) -> Listing | None:
     return Listing(latest, list(zip(paths, times, strict=True)), has_timestamps, state.last_preserved_timestamp)
 
 
+def listed_names(store: Store, directory: str, latest_filename: str | None) -> set[str] | None:
+    """The names of the checkpoints in ``directory`` its state file lists (by name, however
+    the file spells their paths); None if there is no readable state file."""
+    listing = read_listing(directory, latest_filename)
+    if listing is None:
+        return None
+    names = {os.path.basename(p) for p, _ in listing.records if inside(store, directory, p)}
+    if listing.latest and inside(store, directory, listing.latest):
+        names.add(os.path.basename(listing.latest))
+    return names
+
+
 def update_state(
+    store: Store,
     directory: str,
     latest_filename: str | None,
     *,
@@ -91,15 +193,25 @@ def update_state(
     last_preserved: float | None = None,
     sync: bool = True,
 ) -> None:
-    """Rewrite the state file under the directory's lock.
+    """Rewrite the state file against concurrent updaters (``Store.update``).
 
     This saver's entries (``mine``, oldest first) replace every entry it ``owns``; entries
-    of other savers sharing the directory are kept, in their order, before them. ``latest`` becomes
-    ``model_checkpoint_path`` and is listed even when it is not tracked (``max_to_keep=0``).
+    of other savers sharing the directory are kept, in their order, before them. ``latest``
+    becomes ``model_checkpoint_path`` and is listed even when it is not tracked
+    (``max_to_keep=0``).
     """
     path = state_file_path(directory, latest_filename)
-    with state_lock(directory, latest_filename):
-        current = read_listing(directory, latest_filename)
+
+    def change(data: bytes | None) -> bytes:
+        current = None
+        if data is not None:
+            if len(data) > MAX_STATE_FILE_BYTES:
+                logger.warning("ignoring unreadable state file: %s is larger than %d bytes", path, len(data))
+            else:
+                try:
+                    current = _listing(directory, parse_state_bytes(data, path))
+                except CorruptCheckpointError as e:
+                    logger.warning("ignoring unreadable state file: %s", e)
         records = current.records if current is not None else []
         merged = _merge(records, mine, latest, owns)
         state = CheckpointState(
@@ -110,7 +222,9 @@ def update_state(
             if last_preserved is None
             else last_preserved,
         )
-        write_state_file(path, state, sync=sync)
+        return format_state_bytes(state)
+
+    store.update(path, change, sync)
 
 
 def _merge(
@@ -118,7 +232,7 @@ def _merge(
 ) -> list[Record]:
     """The new list: the file's order kept (save order: clocks may step back), this saver's
     dropped entries removed, its new ones appended, and ``latest`` last."""
-    key = _path_key
+    key = path_key
     kept = {key(p): (p, t) for p, t in mine}
     latest_key = key(latest[0])
     merged: list[Record] = []
@@ -135,7 +249,10 @@ def _merge(
     return merged
 
 
-def _path_key(prefix: str) -> str:
+def path_key(prefix: str) -> str:
+    """One spelling per prefix, for comparing them (not resolving symlinks)."""
+    if is_absolute(prefix) and not os.path.isabs(prefix):  # a URL
+        return store_for(prefix).real(prefix)
     return os.path.normpath(os.path.abspath(prefix))
 
 
@@ -143,162 +260,66 @@ def _recorded_path(directory: str, prefix: str, relative: bool) -> str:
     """How a prefix is written into the state file. Relative (ckptlib's default) keeps a
     moved or copied run directory working; otherwise TensorFlow's rule: absolute paths stay
     absolute, and paths relative to the working directory become relative to ``directory``."""
-    if relative or not os.path.isabs(prefix):
+    if relative or not is_absolute(prefix):
         return relative_to(directory, prefix)
     return prefix
 
 
-def inside(directory: str, prefix: str) -> bool:
-    """Whether checkpoint ``prefix`` lives directly in ``directory`` (symlinks resolved)."""
-    parent = os.path.realpath(os.path.dirname(prefix) or ".")
-    return parent == os.path.realpath(directory or ".") and os.path.basename(prefix) not in ("", ".", "..")
-
-
-def owner(directory: str, name_pattern: re.Pattern[str]) -> Callable[[str], bool]:
-    """A predicate: is a prefix one of those a saver makes, i.e. in ``directory`` and with a
-    basename matching ``name_pattern`` entirely?"""
-    real_parent = functools.lru_cache(maxsize=16)(lambda parent: os.path.realpath(parent or "."))
-
-    def owns(prefix: str) -> bool:
-        name = os.path.basename(prefix)
-        if name in ("", ".", "..") or name_pattern.fullmatch(name) is None:
-            return False
-        return real_parent(os.path.dirname(prefix)) == real_parent(directory)
-
-    return owns
-
-
-def remove_checkpoint(directory: str, prefix: str, *, meta: bool = True) -> bool:
-    """Delete one checkpoint's files (index first), refusing anything outside ``directory``."""
-    if not inside(directory, prefix):
-        logger.warning("not deleting %s: it is outside the save directory %s", prefix, directory)
-        return False
-    remove_quietly(index_filename(prefix))
-    pattern = glob.escape(prefix) + ".data-?????-of-?????"
-    for path in glob.glob(pattern):
-        remove_quietly(path)
-    if meta:
-        remove_quietly(prefix + ".meta")
-    return True
-
-
-def deletion_journal(directory: str, latest_filename: str | None, name: str) -> str:
-    """Where the saver of checkpoints named ``name`` notes the ones it is deleting: a
-    hidden file beside the state file, which TensorFlow ignores."""
-    state_name = os.path.basename(state_file_path(directory, latest_filename))
-    return os.path.join(directory, f".{state_name}.{name}.deleting")
-
-
-def note_deletions(journal: str, prefixes: Sequence[str], sync: bool) -> None:
-    """Record, before the state file stops listing them, the checkpoints about to go, with
-    those an interrupted deletion noted before and did not finish."""
-    directory = os.path.dirname(journal)
-    names = [os.path.basename(p) for p in prefixes if inside(directory, p)]
-    if not names:  # (a prefix outside the directory is never deleted anyway)
-        return
-    names = list(dict.fromkeys([*_noted(journal), *names]))
-    data = json.dumps(names).encode()
-    os.replace(write_temp(journal, [data], sync), journal)
-    if sync:
-        fsync_dir(directory)
-
-
-def finish_deletions(
-    directory: str,
-    latest_filename: str | None,
-    journal: str,
-    owns: Callable[[str], bool],
-    *,
-    also: Sequence[str] = (),
-    meta: bool = True,
-) -> list[str]:
-    """Delete the checkpoints the journal notes, and ``also`` these, that the saver ``owns``
-    and the state file does not list, then the journal; returns the prefixes deleted.
-
-    After ``update_state`` dropped them, this is rotation's last step; run by a repair, it
-    finishes what a killed or interrupted saver noted (a kill before the state file was
-    replaced leaves them listed, and kept). Where there is no readable state file, nothing
-    is deleted.
-    """
-    names = list(dict.fromkeys([*_noted(journal), *(os.path.basename(p) for p in also if inside(directory, p))]))
-    if not names:
-        remove_quietly(journal)  # if it was there, it noted nothing readable
-        return []
-    deleted = []
-    with state_lock(directory, latest_filename):
-        listing = read_listing(directory, latest_filename)
-        if listing is None:  # what was listed is unknown: delete nothing, forget the notes
-            remove_quietly(journal)
-            return []
-        # by name within this directory, however the state file spells its paths
-        listed = {os.path.basename(p) for p, _ in listing.records if inside(directory, p)}
-        if listing.latest and inside(directory, listing.latest):
-            listed.add(os.path.basename(listing.latest))
-        for name in names:
-            prefix = os.path.join(directory, name)
-            if name not in listed and owns(prefix) and remove_checkpoint(directory, prefix, meta=meta):
-                deleted.append(prefix)
-        remove_quietly(journal)
-    return deleted
-
-
-def _noted(journal: str) -> list[str]:
-    """The names a deletion journal holds; none if it is absent or unreadable (logged)."""
-    try:
-        with open(journal, "rb") as f:
-            names = json.loads(f.read())
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as e:
-        logger.warning("ignoring unreadable deletion journal %s: %s", journal, e)
-        return []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        logger.warning("ignoring malformed deletion journal %s", journal)
-        return []
-    return names
-
-
 def _mtime(prefix: str) -> float:
-    try:
-        return os.path.getmtime(index_filename(prefix))
-    except OSError:
-        return 0.0
+    return store_for(prefix).mtime(index_filename(prefix)) or 0.0
 
 
-def repair(directory: str | os.PathLike[str]) -> bool:
+def saver_owner(store: Store, directory: str, name: str) -> Callable[[str], bool]:
+    """Is this prefix one of the checkpoints named ``name`` makes (``name``, or
+    ``name-<step>``, the step possibly negative)?"""
+    return owner(store, directory, re.compile(re.escape(name) + r"(--?\d+)?"))
+
+
+def repair(directory: str | os.PathLike[str], *, assume_idle: bool = False) -> bool:
     """Repair everything interrupted saves left in ``directory``, whichever saver made them:
-    put back checkpoints whose overwrite was killed, delete temporary files, finish the
-    deletions savers noted. Saves repair their own checkpoints' leftovers as they go; this
-    is for the rest (a killed one-off ``save``, a saver that never runs again).
+    put back checkpoints whose overwrite was killed, delete temporary files and (object
+    stores) unfinished uploads and data files without an index, finish the deletions
+    savers noted. Saves repair their own checkpoints' leftovers as they go where the store
+    can tell no other save is running (local files); this is for the rest (a killed
+    one-off ``save``, a saver that never runs again, and object stores).
 
-    Returns False, doing nothing, if a save is running in the directory (or its file
-    system cannot lock): only then is every leftover known to be abandoned.
+    Returns False, doing nothing, if the store cannot tell that no save is running in the
+    directory (a save is running, or the store has no such lock, as object stores do):
+    only then is every leftover known to be abandoned. ``assume_idle=True`` is your word
+    that no save is running there: the repair then runs regardless.
     """
     directory = os.fspath(directory)
-    if not os.path.isdir(directory or "."):
+    store = store_for(directory)
+    if not store.is_dir(directory or "."):
         raise CheckpointNotFoundError("no such directory", path=directory)
 
     def everything() -> None:
-        recover_interrupted_saves(directory, lambda prefix: True, _metadata_names(directory))
-        for name in os.listdir(directory or "."):
-            match = _JOURNAL.fullmatch(name)
+        recover_interrupted_saves(store, directory, lambda prefix: True, _metadata_names(store, directory))
+        if not store.atomic_rename:
+            remove_unindexed_data(store, directory, lambda prefix: True)
+        for name in store.listdir(directory):
+            match = JOURNAL_NAME.fullmatch(name)
             if match is not None:
                 state_name, saver_name = match.groups()
-                owns = owner(directory, re.compile(re.escape(saver_name) + r"(--?\d+)?"))
-                finish_deletions(directory, state_name, os.path.join(directory, name), owns)
+                finish_deletions(
+                    store,
+                    directory,
+                    functools.partial(listed_names, store, directory, state_name),
+                    os.path.join(directory, name),
+                    saver_owner(store, directory, saver_name),
+                )
 
-    return repair_if_idle(directory, everything)
+    if assume_idle:
+        everything()
+        return True
+    return store.repair_if_idle(directory, everything)
 
 
-# A deletion journal: ".<state file>.<saver name>.deleting" (see deletion_journal).
-_JOURNAL = re.compile(r"\.([^.]+)\.(.+)\.deleting")
-
-
-def _metadata_names(directory: str) -> set[str]:
+def _metadata_names(store: Store, directory: str) -> set[str]:
     """Names of the files beside checkpoints that ckptlib writes through temporary files:
     state files and deletion journals (their temporaries are named after them)."""
     names = set()
-    for _, final in leftover_files(directory, TEMP_MARKER):
+    for _, final in leftovers(directory, store.listdir(directory), TEMP_MARKER):
         name = os.path.basename(final)
         if not name.endswith(".index") and ".data-" not in name:
             names.add(name)

@@ -11,21 +11,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ckptlib import commit
 from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
-from ckptlib.commit import (
-    deletion_journal,
-    finish_deletions,
-    note_deletions,
-    owner,
-    read_listing,
-    update_state,
-)
+from ckptlib.commit import Naming, Retention, read_listing
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.restore import RestoreReport, restore
-from ckptlib.save_lock import repair_if_idle, saving
-from ckptlib.state import DEFAULT_STATE_FILENAME
+from ckptlib.rotation import deletion_journal, owner
+from ckptlib.store import store_for
 from ckptlib.tree import tensors_of
-from ckptlib.writer import BundleWriter, recover_interrupted_saves
+from ckptlib.writer import BundleWriter
 
 logger = logging.getLogger("ckptlib")
 
@@ -84,11 +78,14 @@ class CheckpointManager:
         self._sync = sync
         self._object_graph = object_graph
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
-        self._owner = owner(self._directory, self._pattern)
+        self._store = store_for(self._directory)
+        self._owner = owner(self._store, self._directory, self._pattern)
         self._managed: OrderedDict[str, float] = OrderedDict()
-        self._journal = deletion_journal(self._directory, None, checkpoint_name)
+        journal = deletion_journal(self._directory, None, checkpoint_name)
+        self._naming = Naming(self._directory, None, journal, self._owner, meta=False)
         # Like TF's, a manager is a writer from the start: it finishes what a killed one left.
-        repair_if_idle(self._directory, self._repair)
+        if self._store.is_dir(self._directory):
+            self._store.repair_if_idle(self._directory, lambda: commit.repair_own(self._store, self._naming))
         self._recover()
 
     def _recover(self) -> None:
@@ -146,39 +143,37 @@ class CheckpointManager:
         tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
         number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
-        os.makedirs(self._directory or ".", exist_ok=True)
-        with saving(self._directory, self._repair):
-            writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
-            writer.add_all(tensors)
-            writer.finish()
+        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
+        writer.add_all(tensors)
+
+        def retain() -> Retention:
             self._counter += 1
-            self._commit(prefix)
+            return self._retention(prefix)
+
+        commit.save(self._store, self._naming, writer, retain, sync=self._sync)
         return prefix
 
-    def _commit(self, prefix: str) -> None:
-        """Name ``prefix`` in the state file, then delete what rotation dropped."""
+    def _retention(self, prefix: str) -> Retention:
+        """Name ``prefix`` in the state file; delete what rotation dropped."""
         timestamp = time.time()
         self._managed.pop(prefix, None)
         self._managed[prefix] = timestamp
         self._latest = prefix
         before = self._managed.copy(), self._last_preserved
         doomed = self._sweep()
-        try:
-            note_deletions(self._journal, doomed, self._sync)
-            self._record_state()
-        except BaseException:  # a KeyboardInterrupt too
+
+        def undo() -> None:
             # still listed: they stay managed (the new checkpoint too), deleted by a later save
             self._managed, self._last_preserved = before
-            raise
-        # No longer listed. Interrupted from here on, the journal notes them for a later save.
-        finish_deletions(self._directory, None, self._journal, self._owner, also=doomed, meta=False)
 
-    def _repair(self) -> None:
-        """What killed or interrupted saves of this manager's checkpoints left (see
-        ``save_lock``): files aside or half written, checkpoints noted for deletion."""
-        own_files = (DEFAULT_STATE_FILENAME, os.path.basename(self._journal))
-        recover_interrupted_saves(self._directory, self._owner, own_files)
-        finish_deletions(self._directory, None, self._journal, self._owner, meta=False)
+        return Retention(
+            (prefix, timestamp),
+            list(self._managed.items()),
+            doomed,
+            self._owns,
+            undo,
+            last_preserved=self._last_preserved,
+        )
 
     def restore_or_initialize(self, into: Any = None, init_fn: Callable[[], Any] | None = None) -> str | None:
         """Restore the newest intact checkpoint into ``into`` and return its prefix; with
@@ -227,19 +222,6 @@ class CheckpointManager:
     def _number(self, prefix: str) -> int | None:
         match = self._pattern.fullmatch(os.path.basename(prefix))
         return int(match.group(1)) if match else None
-
-    def _record_state(self) -> None:
-        assert self._latest is not None
-        update_state(
-            self._directory,
-            None,
-            latest=(self._latest, self._managed.get(self._latest, time.time())),
-            mine=list(self._managed.items()),
-            owns=self._owns,
-            relative=True,
-            last_preserved=self._last_preserved,
-            sync=self._sync,
-        )
 
     def _sweep(self) -> list[str]:
         """Drop the oldest checkpoints beyond ``max_to_keep`` from management; returns those

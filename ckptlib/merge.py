@@ -13,13 +13,12 @@ import contextlib
 import os
 from collections.abc import Sequence
 
-from ckptlib.errors import CorruptCheckpointError, InvalidTensorError
+from ckptlib.errors import CorruptCheckpointError, InvalidTensorError, UnsupportedFeatureError
 from ckptlib.format.bundle import HEADER_KEY, Entry, encode_entry, encode_header
+from ckptlib.format.filenames import data_filename, index_filename
 from ckptlib.format.table import build_table
 from ckptlib.reader import BundleReader
-from ckptlib.save_lock import saving
-from ckptlib.storage import fsync_dir, remove_quietly, write_temp
-from ckptlib.writer import data_filename, index_filename
+from ckptlib.store import store_for
 
 
 def merge_bundles(
@@ -31,6 +30,12 @@ def merge_bundles(
     entries of a partitioned tensor, whose slice lists are joined.
     """
     merged_prefix = os.fspath(merged_prefix)
+    store = store_for(merged_prefix)
+    if not store.atomic_rename or any(store_for(os.fspath(p)) is not store for p in prefixes):
+        raise UnsupportedFeatureError(
+            "merging bundles renames their data files: it needs them all on one store with rename (local files)",
+            path=merged_prefix,
+        )
     readers = [BundleReader(p) for p in prefixes]
     try:
         if len({r.header.big_endian for r in readers}) > 1:
@@ -56,34 +61,36 @@ def merge_bundles(
             reader.close()
     num_files = len(file_ids)
     directory = os.path.dirname(merged_prefix)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
+    store.makedirs(directory)
     items = [(HEADER_KEY, encode_header(num_files))]
     items += sorted((key, encode_entry(entry)) for key, entry in entries.items())
+    index = build_table(items)
     # Held like a save: a repair elsewhere must not take the temporary index for a leftover.
-    with saving(directory):
+    with store.saving(directory, None):
         moved: list[tuple[str, str]] = []
-        temp = None
+        index_file = None
         try:
             for source, new_id in file_ids.items():
                 target = data_filename(merged_prefix, new_id, num_files)
-                os.replace(sources[source], target)
+                store.rename(sources[source], target)
                 moved.append((target, sources[source]))
-            temp = write_temp(index_filename(merged_prefix), [build_table(items)], sync)
+            index_file = store.create(index_filename(merged_prefix), len(index), sync=sync)
+            index_file.write_at(0, [memoryview(index)], len(index))
+            index_file.finish(sync)
             if sync:
-                fsync_dir(directory)
-            os.replace(temp, index_filename(merged_prefix))
+                store.sync_dir(directory)
+            store.rename(index_file.path, index_filename(merged_prefix))
         except BaseException:
             # The inputs' data files go back where their indexes expect them.
-            if temp is not None:
-                remove_quietly(temp)
+            if index_file is not None:
+                index_file.abort()
             for now_at, was_at in reversed(moved):
                 with contextlib.suppress(OSError):
-                    os.replace(now_at, was_at)
+                    store.rename(now_at, was_at)
             raise
     if sync:
-        fsync_dir(directory)
+        store.sync_dir(directory)
     for prefix in prefixes:
         if os.fspath(prefix) != merged_prefix:
-            remove_quietly(index_filename(os.fspath(prefix)))
+            store.delete(index_filename(os.fspath(prefix)))
     return merged_prefix

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import mmap
 import os
 from abc import abstractmethod
 from collections import OrderedDict
@@ -46,6 +47,7 @@ from ckptlib.format.bundle import (
     name_to_key,
 )
 from ckptlib.format.crc import crc32c, unmask, unmask_all
+from ckptlib.format.filenames import data_filename, index_filename
 from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
@@ -53,8 +55,7 @@ from ckptlib.format.table import TableReader
 from ckptlib.gc_pause import gc_paused
 from ckptlib.object_graph_view import ObjectGraph
 from ckptlib.span_checks import check_spans
-from ckptlib.storage import LocalFile
-from ckptlib.writer import data_filename, index_filename
+from ckptlib.store import ReadFile, store_for
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -269,8 +270,11 @@ class BundleReader(CheckpointReader):
         self.verify_checksums = verify_checksums
         self.mmap = mmap
         self._index_path = index_filename(self.prefix)
-        self._index = LocalFile(self._index_path)
-        self._shards: dict[int, LocalFile] = {}
+        self._store = store_for(self.prefix)
+        # Maps only where the store has them; elsewhere mmap=True reads as mmap=False does.
+        self._maps = mmap and self._store.can_map
+        self._index = self._store.open(self._index_path)
+        self._shards: dict[int, ReadFile] = {}
         # Bytes get_tensor has read, and the size of the shards opened: more read than
         # opened means tensors were read twice, or entries alias (see _check_location).
         self._bytes_read = 0
@@ -388,7 +392,7 @@ class BundleReader(CheckpointReader):
         if wanted is not None:
             chosen = set(_selected(self.keys_list(), wanted, self.prefix))
             skip |= np.array([name not in chosen for name in row_names], dtype=bool)
-        arrays = self._map_plain(columns, skip) if self.mmap else self._copy_plain(columns, skip)
+        arrays = self._map_plain(columns, skip) if self._maps else self._copy_plain(columns, skip)
         if partitioned or wanted is not None:
             by_name = {row_names[row]: array for row, array in arrays.items()}
             names = _selected(self.keys_list(), wanted, self.prefix)
@@ -503,7 +507,7 @@ class BundleReader(CheckpointReader):
         # Each array's base is a byte array over its shard's map, which holds a buffer export
         # of the map for as long as any array lives (closing the map then fails quietly: see
         # LocalFile.close). np.ndarray(buffer=the map itself) would hold none.
-        bases = {i: np.frombuffer(self._shards[i].mapped(), np.uint8) for i in used}
+        bases = {i: np.frombuffer(cast("mmap.mmap", self._shards[i].mapped()), np.uint8) for i in used}
         shapes = columns.shapes if len(row_list) == len(columns.shapes) else [columns.shapes[i] for i in row_list]
         numpy_dtypes = list(map(by_enum.__getitem__, columns.dtypes[rows].tolist()))
         row_bases = (
@@ -516,7 +520,7 @@ class BundleReader(CheckpointReader):
 
         if not self.verify_checksums:
             return make_arrays()
-        views = {i: self._shards[i].mapped_view() for i in used}
+        views = {i: cast("memoryview", self._shards[i].mapped_view()) for i in used}
         intact, arrays = check_spans(
             views, shard_ids[rows], offsets, columns.sizes[rows], unmask_all(columns.crcs[rows]), make_arrays
         )
@@ -540,7 +544,13 @@ class BundleReader(CheckpointReader):
 
         expected = unmask_all(columns.crcs[rows]) if self.verify_checksums else None
         intact, arrays = read_spans(
-            self._shards, shard_ids[rows], columns.offsets[rows], columns.sizes[rows], expected, make_arrays
+            self._shards,
+            shard_ids[rows],
+            columns.offsets[rows],
+            columns.sizes[rows],
+            expected,
+            make_arrays,
+            threads=self._store.io_threads,
         )
         for row in rows[~intact].tolist():
             del arrays[row]
@@ -589,18 +599,19 @@ class BundleReader(CheckpointReader):
         except CheckpointError as e:
             raise e.with_context(path=self._index_path, tensor=name) from None
 
-    def _shard(self, shard_id: int) -> LocalFile:
+    def _shard(self, shard_id: int) -> ReadFile:
         shard = self._shards.get(shard_id)
         if shard is None:
             if shard_id >= self.header.num_shards:
                 raise CorruptCheckpointError(
                     f"entry refers to shard {shard_id} but the bundle has {self.header.num_shards}"
                 )
-            shard = self._shards[shard_id] = LocalFile(data_filename(self.prefix, shard_id, self.header.num_shards))
+            path = data_filename(self.prefix, shard_id, self.header.num_shards)
+            shard = self._shards[shard_id] = self._store.open(path)
             self._bytes_opened += shard.size
         return shard
 
-    def _check_location(self, entry: Entry) -> LocalFile:
+    def _check_location(self, entry: Entry) -> ReadFile:
         """The shard holding ``entry``'s data, which must lie inside it and overlap no
         other entry's: the index is checked for overlaps once this reader has read more
         than its open shards hold (tensors read again, or names aliasing the same bytes),
@@ -622,11 +633,11 @@ class BundleReader(CheckpointReader):
     def _read(self, entry: Entry, out: np.ndarray | None = None) -> np.ndarray:
         """One unsliced tensor: a view of the memory-mapped shard, or read into ``out``
         (a C-contiguous array of the right shape and dtype) or into new memory."""
-        if out is None and self.mmap and entry.size and not self.header.big_endian:
+        if out is None and self._maps and entry.size and not self.header.big_endian:
             numpy_dtype = dtypes.numpy_dtype(entry.dtype)
             if numpy_dtype is not None:  # the common case, kept lean: no copy, one checksum
                 shard = self._check_location(entry)
-                raw = shard.mapped_view()[entry.offset : entry.offset + entry.size]
+                raw = cast("memoryview", shard.mapped_view())[entry.offset : entry.offset + entry.size]
                 if self.verify_checksums:
                     self._check_crc(entry, crc32c(raw), shard)
                 return np.frombuffer(raw, dtype=numpy_dtype).reshape(entry.shape)
@@ -658,7 +669,7 @@ class BundleReader(CheckpointReader):
             out.byteswap(inplace=True)
         return out
 
-    def _check_crc(self, entry: Entry, actual: int, shard: LocalFile) -> None:
+    def _check_crc(self, entry: Entry, actual: int, shard: ReadFile) -> None:
         if actual != unmask(entry.crc32c):
             raise ChecksumMismatchError(
                 f"checksum does not match: stored {unmask(entry.crc32c):08x}, "
@@ -744,7 +755,7 @@ _ENTRY_CACHE_SIZE = 1 << 16
 _PIPELINE_BYTES = 8 << 20
 
 
-def _read_checksummed(shard: LocalFile, offset: int, raw: memoryview, verify: bool) -> int | None:
+def _read_checksummed(shard: ReadFile, offset: int, raw: memoryview, verify: bool) -> int | None:
     """Fill ``raw`` from ``shard`` at ``offset``; returns the crc32c of the bytes if ``verify``."""
     if not verify:
         shard.readinto(offset, raw)

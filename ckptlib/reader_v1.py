@@ -12,7 +12,7 @@ repeated fields (``float_val``, ``int_val``, ...). Reading only: nothing writes 
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import math
 import mmap
 import os
@@ -35,7 +35,7 @@ from ckptlib.format.proto.saved_tensor_slice_pb2 import SavedTensorSlices, Tenso
 from ckptlib.format.slices import TensorSlice, check_tiling, region, slice_key
 from ckptlib.format.table import TableReader
 from ckptlib.reader import CheckpointReader, TensorInfo, check_numpy_rank, too_large_if_out_of_memory
-from ckptlib.storage import LocalFile
+from ckptlib.store import ReadFile, store_for
 
 _SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")
 
@@ -75,12 +75,19 @@ def v1_files(prefix: str) -> list[str]:
     """The V1 files of ``prefix``: the file itself, its ``-NNNNN-of-NNNNN`` shards, or the
     files matching it when it is the glob TensorFlow records for a sharded V1 save
     (``model.ckpt-?????-of-00002``)."""
-    if os.path.isfile(prefix):
+    store = store_for(prefix)
+    if store.exists(prefix) and not store.is_dir(prefix):
         return [prefix]
-    shards = sorted(p for p in glob.glob(glob.escape(prefix) + "-?????-of-?????") if _SHARD_SUFFIX.search(p))
-    if not shards and any(c in prefix for c in "*?["):
-        shards = sorted(p for p in glob.glob(prefix) if os.path.isfile(p))
-    return shards
+    directory, stem = os.path.split(prefix)
+    try:
+        names = store.listdir(directory)
+    except OSError:
+        return []
+    shards = sorted(n for n in names if n.startswith(stem) and _SHARD_SUFFIX.fullmatch(n[len(stem) :]))
+    if not shards and any(c in stem for c in "*?["):
+        shards = sorted(n for n in names if fnmatch.fnmatchcase(n, stem))
+    found = [os.path.join(directory, n) for n in shards]
+    return [p for p in found if not store.is_dir(p)]
 
 
 class V1Reader(CheckpointReader):
@@ -92,7 +99,7 @@ class V1Reader(CheckpointReader):
         paths = v1_files(self.prefix)
         if not paths:
             raise CheckpointNotFoundError("no V1 checkpoint file", path=self.prefix)
-        self._files: list[LocalFile] = []
+        self._files: list[ReadFile] = []
         self._tables: list[TableReader] = []
         self._tensors: dict[str, _V1Tensor] = {}
         try:
@@ -103,7 +110,7 @@ class V1Reader(CheckpointReader):
             raise
 
     def _open(self, path: str, verify: bool) -> None:
-        file = LocalFile(path)
+        file = store_for(path).open(path)
         self._files.append(file)
         try:
             table = TableReader(file, verify=verify)

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ckptlib import commit
 from ckptlib.checkpoint import checkpoint_exists, present
-from ckptlib.commit import (
-    Record,
-    deletion_journal,
-    finish_deletions,
-    inside,
-    note_deletions,
-    owner,
-    read_listing,
-    update_state,
-)
+from ckptlib.commit import Naming, Record, Retention, path_key, read_listing, saver_owner
 from ckptlib.errors import CheckpointNotFoundError
+from ckptlib.format.filenames import index_filename
 from ckptlib.restore import RestoreReport, restore
-from ckptlib.save_lock import saving
+from ckptlib.rotation import deletion_journal, inside
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
+from ckptlib.store import Store, store_for
 from ckptlib.tree import tensors_of
-from ckptlib.writer import BundleWriter, index_filename, recover_interrupted_saves
+from ckptlib.writer import BundleWriter
 
 
 class Saver:
@@ -129,68 +122,57 @@ class Saver:
             step = counter = _as_step(global_step)
             prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
         tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
-        os.makedirs(save_dir or ".", exist_ok=True)
-        owns = _owner(save_dir, save_path)
-        journal = deletion_journal(save_dir, latest_filename, os.path.basename(save_path))
+        store = store_for(save_path)
+        naming = Naming(
+            save_dir,
+            latest_filename,
+            deletion_journal(save_dir, latest_filename, os.path.basename(save_path)),
+            saver_owner(store, save_dir, os.path.basename(save_path)),
+        )
+        writer = BundleWriter(
+            prefix, num_shards=self._shard_count(tensors), max_shard_bytes=self._max_shard_bytes, sync=self._sync
+        )
+        writer.add_all(tensors)
 
-        def repair() -> None:
-            own_files = (latest_filename, os.path.basename(journal))
-            recover_interrupted_saves(save_dir, owns, own_files)
-            finish_deletions(save_dir, latest_filename, journal, owns)
-
-        with saving(save_dir, repair):
-            self._switch_to(save_dir, latest_filename)
+        def before_write() -> None:
+            self._switch_to(store, save_dir, latest_filename)
             if write_state and self._recover:
-                self._recover_from_state_file(save_dir, latest_filename, save_path)
-            writer = BundleWriter(
-                prefix,
-                num_shards=self._shard_count(tensors),
-                max_shard_bytes=self._max_shard_bytes,
-                sync=self._sync,
-            )
-            writer.add_all(tensors)
-            writer.finish()
+                self._recover_from_state_file(store, naming, save_path)
+
+        def retain() -> Retention:
             self._saves += 1
-            if write_state:
-                self._commit(prefix, save_dir, latest_filename, save_path, journal)
+            return self._retention(store, naming, prefix)
+
+        commit.save(store, naming, writer, retain if write_state else None, sync=self._sync, before_write=before_write)
+        if not write_state:
+            self._saves += 1
         return prefix
 
-    def _commit(self, prefix: str, save_dir: str, latest_filename: str, save_path: str, journal: str) -> None:
-        """Name ``prefix`` in the state file, then delete what rotation dropped."""
+    def _retention(self, store: Store, naming: Naming, prefix: str) -> Retention:
+        """Name ``prefix`` in the state file; delete what rotation dropped."""
         now = time.time()
         self._record(prefix, now)
         dropped = self._due_for_deletion()
         doomed = [p for p, _ in dropped]
         # This saver's checkpoints are those of this save_path, and any other it tracks or
         # is dropping in this directory (a Saver may save under several names).
-        tracked = {_path_key(p) for p in [*(p for p, _ in self._track.last), *doomed]}
-        pattern_owns = _owner(save_dir, save_path)
+        tracked = {path_key(p) for p in [*(p for p, _ in self._track.last), *doomed]}
+        pattern_owns = naming.owns
 
         def owns(p: str) -> bool:
-            return pattern_owns(p) or _path_key(p) in tracked
+            return pattern_owns(p) or path_key(p) in tracked
 
-        try:
-            note_deletions(journal, doomed, self._sync)
-            update_state(
-                save_dir,
-                latest_filename,
-                latest=(prefix, now),
-                mine=[r for r in self._track.last if inside(save_dir, r[0])],
-                owns=owns,
-                relative=self._relative,
-                sync=self._sync,
-            )
-        except BaseException:  # a KeyboardInterrupt too: still listed, deleted by a later save
+        def undo() -> None:  # still listed: deleted by a later save
             self._track.to_delete[:0] = dropped
-            raise
-        # Interrupted from here on, the journal still notes them: a later save deletes them.
-        finish_deletions(save_dir, latest_filename, journal, owns, also=doomed)
+
+        mine = [r for r in self._track.last if inside(store, naming.directory, r[0])]
+        return Retention((prefix, now), mine, doomed, owns, undo, relative=self._relative)
 
     def restore(self, state: Any, save_path: str | os.PathLike[str] | None) -> RestoreReport:
         """Fill ``state`` in place from ``save_path`` (TF's argument order); strict."""
         if save_path is None:
             raise ValueError("Can't load save_path when it is None.")
-        if not os.path.isdir(save_path) and not checkpoint_exists(save_path):
+        if not store_for(os.fspath(save_path)).is_dir(os.fspath(save_path)) and not checkpoint_exists(save_path):
             raise CheckpointNotFoundError("not a valid checkpoint", path=os.fspath(save_path))
         return restore(save_path, into=state)
 
@@ -199,9 +181,11 @@ class Saver:
         records = []
         for path in checkpoint_paths:
             try:
-                records.append((path, os.path.getmtime(index_filename(path))))
+                mtime = store_for(path).mtime(index_filename(path))
             except OSError:
                 continue
+            if mtime is not None:
+                records.append((path, mtime))
         self.set_last_checkpoints_with_time(records)
 
     def set_last_checkpoints_with_time(self, last_checkpoints_with_time: Sequence[tuple[str, float]]) -> None:
@@ -209,10 +193,10 @@ class Saver:
         self._track.last = [(os.fspath(p), float(t)) for p, t in last_checkpoints_with_time]
 
     # -- internals ----------------------------------------------------------------
-    def _switch_to(self, save_dir: str, latest_filename: str) -> None:
+    def _switch_to(self, store: Store, save_dir: str, latest_filename: str) -> None:
         """Track the checkpoints of this state file: rotation counts each state file's
         checkpoints apart (TF's Saver mixes them, and lists them all in each)."""
-        key = os.path.join(os.path.realpath(save_dir or "."), latest_filename)
+        key = os.path.join(store.real(save_dir or "."), latest_filename)
         if not self._tracks:  # the first save: what was set before is this state file's
             self._tracks[key] = self._track
         self._track = self._tracks.setdefault(key, _Track())
@@ -232,7 +216,7 @@ class Saver:
         if not self._max_to_keep:
             return
         track = self._track
-        track.last = [r for r in track.last if _path_key(r[0]) != _path_key(prefix)]
+        track.last = [r for r in track.last if path_key(r[0]) != path_key(prefix)]
         track.last.append((prefix, now))
         while len(track.last) > self._max_to_keep:
             track.to_delete.append(track.last.pop(0))
@@ -249,19 +233,20 @@ class Saver:
             doomed.append((prefix, timestamp))
         return doomed
 
-    def _recover_from_state_file(self, save_dir: str, latest_filename: str, save_path: str) -> None:
+    def _recover_from_state_file(self, store: Store, naming: Naming, save_path: str) -> None:
         """Once per directory: adopt the checkpoints of this saver's prefix that the state
         file lists, so rotation continues where a previous process stopped."""
-        key = os.path.join(os.path.realpath(save_dir or "."), latest_filename, os.path.basename(save_path))
+        save_dir, latest_filename = naming.directory, naming.state_name
+        key = os.path.join(store.real(save_dir or "."), latest_filename or "", os.path.basename(save_path))
         if key in self._recovered:
             return
         self._recovered.add(key)
         found = read_listing(save_dir, latest_filename)
         if found is None or not self._max_to_keep:
             return
-        owns = _owner(save_dir, save_path)
+        owns = naming.owns
         track = self._track
-        tracked = {_path_key(p) for p, _ in track.last}
+        tracked = {path_key(p) for p, _ in track.last}
         stem = os.path.basename(save_path)
         mine = [(p, t) for p, t in found.records if owns(p)]
         there = set(present(p for p, _ in mine))  # one directory listing, not a glob per path
@@ -270,7 +255,7 @@ class Saver:
             (save_path + os.path.basename(p)[len(stem) :], t) for p, t in mine if p in there and checkpoint_exists(p)
         ]
         # In the file's (save) order, before anything this saver already tracks.
-        track.last = [r for r in adopted if _path_key(r[0]) not in tracked] + track.last
+        track.last = [r for r in adopted if path_key(r[0]) not in tracked] + track.last
         while len(track.last) > self._max_to_keep:
             track.to_delete.append(track.last.pop(0))
 
@@ -282,16 +267,6 @@ class _Track:
 
     last: list[Record] = field(default_factory=list)
     to_delete: list[Record] = field(default_factory=list)
-
-
-def _owner(save_dir: str, save_path: str) -> Callable[[str], bool]:
-    """Is this prefix one of the checkpoints ``save_path`` produces (``save_path[-step]``,
-    the step possibly negative)?"""
-    return owner(save_dir, re.compile(re.escape(os.path.basename(save_path)) + r"(--?\d+)?"))
-
-
-def _path_key(prefix: str) -> str:
-    return os.path.normpath(os.path.abspath(prefix))
 
 
 def _as_step(global_step: Any) -> int:

@@ -15,9 +15,10 @@ one file), and workers start writing the first piece while later ones are still 
 Then the calling thread does its own work, typically checksums and the index, and then
 helps write what is left: it counts as one of the writers, so the pool has a thread for
 each other core a shard can use (always at least one, which writes while the caller
-works). ``pwritev`` and the crc32c extension both release the GIL. With ``sync``, the
-kernel is asked to start writing each piece to disk as soon as it lands, so the closing
-``fsync`` has little left to wait for.
+works). The local store's ``pwritev`` and the crc32c extension both release the GIL; on
+a local disk, files are written one writer each (the kernel serialises buffered writes to
+one file), while a network store takes several pieces of one file at once
+(``Store.writers_per_file``).
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
-import os
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from ckptlib.storage import create_temp, name_file, preallocate, pwrite_all, remove_quietly, start_writeback
+from ckptlib.store import NewFile, Store
+from ckptlib.store.base import Buffer
 
 # One write covers at most this many bytes: large enough for sequential throughput, small
 # enough that a large tensor spreads over several workers and writeback starts early.
@@ -50,13 +51,6 @@ MAX_WRITERS = 8
 T = TypeVar("T")
 
 
-class Buffer(Protocol):
-    """Bytes to write: a memoryview, or a C-contiguous ndarray (its buffer is written)."""
-
-    @property
-    def nbytes(self) -> int: ...
-
-
 class _Piece(NamedTuple):
     shard: int
     offset: int
@@ -65,51 +59,45 @@ class _Piece(NamedTuple):
 
 
 def write_shards(
+    store: Store,
     final_paths: Sequence[str],
     contents: Sequence[Sequence[Buffer]],
     sync: bool,
     meanwhile: Callable[[list[np.ndarray]], T],
     sizes: Sequence[np.ndarray] | None = None,
-) -> tuple[list[str], T]:
-    """Write ``contents[i]`` (byte buffers, back to back) to a temporary file beside
-    ``final_paths[i]``, every shard in parallel, and run ``meanwhile`` on the calling
-    thread as they are written; it is given each shard's buffer sizes (``nbytes``, int64).
+) -> tuple[list[NewFile], T]:
+    """Write ``contents[i]`` (byte buffers, back to back) to a new file of ``store`` that
+    will become ``final_paths[i]``, every shard in parallel, and run ``meanwhile`` on the
+    calling thread as they are written; it is given each shard's buffer sizes (``nbytes``,
+    int64).
 
-    Returns the temporary paths (flushed to disk if ``sync``, and closed) and what
-    ``meanwhile`` returned. If anything fails, every temporary file is removed and the
-    error is raised (the calling thread's own, if it failed too). The buffers must not
-    change until this returns. ``sizes``, if given, holds each shard's buffer sizes,
-    saving a pass over them. Each file is preallocated to its whole size before the
-    first write (see ``storage.preallocate``). An ``OSError`` names the shard it was
-    writing (``final_paths[i]``, see ``storage.name_file``).
+    Returns the files, finished (durable if ``sync``; on a store without rename, visible
+    under their final paths), and what ``meanwhile`` returned. If anything fails, every
+    file is aborted and the error is raised (the calling thread's own, if it failed too).
+    The buffers must not change until this returns. ``sizes``, if given, holds each
+    shard's buffer sizes, saving a pass over them. An ``OSError`` names the shard it was
+    writing.
     """
     if sizes is None:
         sizes = [np.fromiter(map(_NBYTES, buffers), dtype=np.int64, count=len(buffers)) for buffers in contents]
-    created: list[tuple[str, int]] = []
-    closed: list[str] = []
+    files: list[NewFile] = []
     try:
         for path, shard_sizes in zip(final_paths, sizes, strict=True):
-            created.append(create_temp(path))
-            try:
-                preallocate(created[-1][1], int(shard_sizes.sum()))
-            except OSError as e:
-                name_file(e, path)
-                raise
-        fds = [fd for _, fd in created]
+            files.append(store.create(path, int(shard_sizes.sum()), sync=sync))
         queue = _PieceQueue()
         # The calling thread writes too once ``meanwhile`` is done, so it counts as one of
         # the writers: one more thread would only compete with it for a core meanwhile.
-        threads = max(1, min(len(fds), os.cpu_count() or 1, MAX_WRITERS) - 1)
+        threads = max(1, min(len(files) * store.writers_per_file, store.io_threads, MAX_WRITERS) - 1)
         with ThreadPoolExecutor(threads, thread_name_prefix="ckptlib-write") as pool:
             futures: list[Future[None]] = []
             try:
                 for _ in range(threads):
-                    futures.append(pool.submit(_write_pieces, queue, fds, final_paths, sync))
+                    futures.append(pool.submit(_write_pieces, queue, files))
                 with _quick_handoffs():
                     _queue_pieces(queue, contents, sizes)
                     if not queue.aborted:  # else a writer failed: its error is raised below
                         result = meanwhile(list(sizes))
-                    _write_pieces(queue, fds, final_paths, sync)
+                    _write_pieces(queue, files)
                 wait(futures)
             except BaseException:
                 queue.abort()  # the writers stop after their current piece; the pool's exit waits for them
@@ -118,24 +106,12 @@ def write_shards(
                 queue.close()
             for future in futures:
                 future.result()
-            if sync:
-                list(pool.map(_fsync, fds, final_paths))
-        while created:  # an fd leaves ``created`` before its close: a failed close is not retried
-            path, fd = created.pop(0)
-            closed.append(path)
-            try:
-                os.close(fd)  # network file systems may report a failed write only here
-            except OSError as e:
-                name_file(e, final_paths[len(closed) - 1])
-                raise
+            list(pool.map(lambda file: file.finish(sync), files))
     except BaseException:
-        for _, fd in created:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for path in [*closed, *(path for path, _ in created)]:
-            remove_quietly(path)
+        for file in files:
+            file.abort()
         raise
-    return closed, result
+    return files, result
 
 
 class _PieceQueue:
@@ -252,22 +228,10 @@ def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None, bas
     return pieces
 
 
-def _write_pieces(pieces: _PieceQueue, fds: list[int], paths: Sequence[str], sync: bool) -> None:
+def _write_pieces(pieces: _PieceQueue, files: list[NewFile]) -> None:
     while (piece := pieces.get()) is not None:
         try:
-            pwrite_all(fds[piece.shard], piece.buffers, piece.offset, piece.size)
-            if sync and piece.size:  # a length of 0 would mean "to the end of the file"
-                start_writeback(fds[piece.shard], piece.offset, piece.size)
-        except BaseException as e:
+            files[piece.shard].write_at(piece.offset, piece.buffers, piece.size)
+        except BaseException:
             pieces.abort()
-            if isinstance(e, OSError):
-                name_file(e, paths[piece.shard])
             raise
-
-
-def _fsync(fd: int, path: str) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        name_file(e, path)
-        raise

@@ -18,13 +18,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from filelock import FileLock
 from google.protobuf import text_format
 
 from ckptlib.errors import CorruptCheckpointError
 from ckptlib.format.proto.checkpoint_state_pb2 import CheckpointState as _CheckpointStateProto
 from ckptlib.state_lines import format_canonical, parse_canonical
-from ckptlib.storage import fsync_dir, open_regular, remove_quietly, write_temp
+from ckptlib.store import is_url, store_for
 
 DEFAULT_STATE_FILENAME = "checkpoint"
 # A state file lists paths; even 100,000 of them fit in a few MB. Anything larger is not
@@ -76,15 +75,21 @@ def format_state(state: CheckpointState) -> str:
 
 def read_state_file(path: str) -> CheckpointState | None:
     """The state stored at ``path`` with paths as written, or None if there is no file."""
+    data = _read_bytes(path)
+    return None if data is None else parse_state_bytes(data, path)
+
+
+def _read_bytes(path: str) -> bytes | None:
     try:
-        with os.fdopen(open_regular(path), "rb") as f:
-            data = f.read(MAX_STATE_FILE_BYTES + 1)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as e:  # a directory, a symlink loop, unreadable...
+        return store_for(path).read_small(path, MAX_STATE_FILE_BYTES)
+    except CorruptCheckpointError as e:
+        raise CorruptCheckpointError(f"cannot read the state file: {e.reason}", path=path) from None
+    except OSError as e:  # a symlink loop, unreadable...
         raise CorruptCheckpointError(f"cannot read the state file: {e.strerror or e}", path=path) from None
-    if len(data) > MAX_STATE_FILE_BYTES:
-        raise CorruptCheckpointError(f"state file is larger than {MAX_STATE_FILE_BYTES} bytes", path=path)
+
+
+def parse_state_bytes(data: bytes, path: str) -> CheckpointState:
+    """Parse a state file's bytes; raises ``CorruptCheckpointError`` naming ``path``."""
     try:
         return parse_state(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -106,19 +111,18 @@ def resolve_all(directory: str, paths: Iterable[str]) -> list[str]:
 
     def present(path: str) -> bool:
         parent, name = os.path.split(path)
+        store = store_for(path)
         if parent not in listings:
             try:
-                listings[parent] = set(os.listdir(parent or "."))
-            except (FileNotFoundError, NotADirectoryError):
-                listings[parent] = set()
+                listings[parent] = set(store.listdir(parent))
             except OSError:  # cannot list it (execute-only), but may look up names in it
                 listings[parent] = None
         names = listings[parent]
-        return os.path.exists(path) if names is None else name in names
+        return store.exists(path) if names is None else name in names
 
     resolved = []
     for path in paths:
-        if not os.path.isabs(path):
+        if not is_absolute(path):
             resolved.append(os.path.join(directory, path))
             continue
         if not present(path + ".index") and not present(path):
@@ -127,6 +131,11 @@ def resolve_all(directory: str, paths: Iterable[str]) -> list[str]:
                 path = moved
         resolved.append(path)
     return resolved
+
+
+def is_absolute(path: str) -> bool:
+    """An absolute local path, or a URL."""
+    return os.path.isabs(path) or is_url(path)
 
 
 def get_checkpoint_state(
@@ -162,37 +171,26 @@ def state_file_path(directory: str, latest_filename: str | None = None) -> str:
     return os.path.join(directory, name)
 
 
-def state_lock(directory: str, latest_filename: str | None = None) -> FileLock:
-    """The cross-process lock guarding read-modify-write of a directory's state file.
-
-    The lock file sits beside the state file as a hidden ``.<name>.lock``; TensorFlow
-    ignores it.
-    """
-    name = os.path.basename(state_file_path(directory, latest_filename))
-    return FileLock(os.path.join(directory, f".{name}.lock"))
-
-
 def write_state_file(path: str, state: CheckpointState, *, sync: bool = True) -> None:
-    """Replace the state file atomically: write a temporary file, flush it, rename it over."""
-    directory = os.path.dirname(path)
+    """Replace the state file atomically (readers see the old or the new file, whole)."""
+    store_for(path).write_small(path, format_state_bytes(state), sync)
+
+
+def format_state_bytes(state: CheckpointState) -> bytes:
+    """The state file's bytes, as TensorFlow writes them."""
     text = format_canonical(
         state.model_checkpoint_path,
         state.all_model_checkpoint_paths,
         state.all_model_checkpoint_timestamps,
         state.last_preserved_timestamp,
     )
-    temp = write_temp(path, [text.encode("utf-8")], sync)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        remove_quietly(temp)
-        raise
-    if sync:
-        fsync_dir(directory)
+    return text.encode("utf-8")
 
 
 def relative_to(directory: str, path: str) -> str:
     """``path`` as recorded in the state file of ``directory``: relative when it lies inside."""
+    if is_url(path) or is_url(directory):
+        return path[len(directory) + 1 :] if path.startswith(directory.rstrip("/") + "/") else path
     if not os.path.isabs(path) and not os.path.isabs(directory):
         return os.path.relpath(path, directory or ".")
     return os.path.relpath(os.path.abspath(path), os.path.abspath(directory or "."))

@@ -7,13 +7,17 @@ Even with ``database=None`` (set on every test here), hypothesis caches data und
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import shutil
 import tempfile
+from typing import Any
 
 import pytest
 
 import ckptlib
+from ckptlib.store import register
+from ckptlib.store.memory import MemoryStore
 
 _HOME = tempfile.mkdtemp(prefix="ckptlib-hypothesis-")
 atexit.register(shutil.rmtree, _HOME, True)
@@ -43,3 +47,72 @@ def _damage_tensor(prefix: str | os.PathLike[str], name: str) -> None:
 def damage_tensor():
     """``damage_tensor(prefix, name)``: flip a byte inside one stored tensor."""
     return _damage_tensor
+
+
+class FaultyStore(MemoryStore):
+    """A memory store whose operations can be told to fail: ``fail("rename", after=1)``
+    lets one rename through, then raises ``error`` on every later one. Operations:
+    ``create``, ``write_at``, ``finish`` (by final path), ``rename`` (by target),
+    ``delete``, ``update``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.faults: dict[str, tuple[int, BaseException, str]] = {}
+        self.calls: dict[str, int] = {}
+        self.small_writes: list[tuple[str, bytes]] = []  # every write_small, in order
+
+    def fail(
+        self, operation: str, *, after: int = 0, error: BaseException | None = None, match: str = ""
+    ) -> None:
+        """Fail ``operation`` on paths containing ``match`` after ``after`` such calls."""
+        self.faults[operation] = (after, error or OSError(errno.EIO, f"injected failure of {operation}"), match)
+        self.calls[operation] = 0
+
+    def check(self, operation: str, path: str) -> None:
+        fault = self.faults.get(operation)
+        if fault is None or fault[2] not in path:
+            return
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        if self.calls[operation] > fault[0]:
+            raise fault[1]
+
+    def write_small(self, path: str, data: bytes, sync: bool) -> None:
+        self.small_writes.append((path, bytes(data)))
+        super().write_small(path, data, sync)
+
+    def create(self, final_path: str, size: int | None = None, *, sync: bool = True) -> Any:
+        self.check("create", final_path)
+        new = super().create(final_path, size, sync=sync)
+        write_at, finish = new.write_at, new.finish
+
+        def checked_write_at(*args: Any) -> None:
+            self.check("write_at", final_path)
+            write_at(*args)
+
+        def checked_finish(sync: bool) -> None:
+            self.check("finish", final_path)
+            finish(sync)
+
+        new.write_at, new.finish = checked_write_at, checked_finish  # type: ignore[method-assign]
+        return new
+
+    def rename(self, source: str, target: str) -> None:
+        self.check("rename", target)
+        super().rename(source, target)
+
+    def delete(self, path: str) -> None:
+        self.check("delete", path)
+        super().delete(path)
+
+    def update(self, path: str, change: Any, sync: bool) -> None:
+        self.check("update", path)
+        super().update(path, change, sync)
+
+
+@pytest.fixture
+def mem_store():
+    """A fresh ``FaultyStore`` holding every ``mem://`` path for the test."""
+    store = FaultyStore()
+    register("mem", store)
+    yield store
+    register("mem", None)

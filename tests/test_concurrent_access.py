@@ -3,7 +3,7 @@
 Reading never writes: ``latest_checkpoint``, ``load_checkpoint`` and ``restore`` of a
 directory leave every file as it is. Only a save repairs what killed saves left behind, only
 for its own checkpoints, and only when the directory's save lock says no save is running
-there (``ckptlib.save_lock``): liveness is never guessed from process ids or time stamps.
+there (``ckptlib.store.local_lock``): liveness is never guessed from process ids or time stamps.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pytest
 
 import ckptlib
 from ckptlib.cli import main as cli_main
-from ckptlib.save_lock import LOCK_NAME
-from ckptlib.storage import ASIDE_MARKER, TEMP_MARKER
+from ckptlib.store.local_lock import LOCK_NAME
+from ckptlib.store.temp_names import ASIDE_MARKER, TEMP_MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0
@@ -108,7 +108,7 @@ WRITER = textwrap.dedent(
     import os, sys, time
     import numpy as np
     import ckptlib
-    from ckptlib.storage import TEMP_MARKER
+    from ckptlib.store.temp_names import TEMP_MARKER
     real = os.replace
     def replace(src, dst):
         if TEMP_MARKER in src and dst.endswith(".index"):
@@ -219,7 +219,7 @@ def test_a_writer_in_another_pid_namespace_is_left_alone(tmp_path: Path) -> None
 LOCK_HOLDER = textwrap.dedent(
     """
     import sys, time
-    from ckptlib.save_lock import saving
+    from ckptlib.store.local_lock import saving
     with saving(sys.argv[1]):
         print("holding", flush=True)
         time.sleep(600)
@@ -290,7 +290,7 @@ KILLED_BEFORE_INDEX = textwrap.dedent(
     import os, sys
     import numpy as np
     import ckptlib
-    from ckptlib.storage import TEMP_MARKER
+    from ckptlib.store.temp_names import TEMP_MARKER
     real = os.replace
     def replace(src, dst):
         if TEMP_MARKER in src and dst.endswith(".index"):
@@ -368,7 +368,7 @@ def test_a_leftover_that_cannot_be_removed_does_not_fail_the_save(
 
 def test_a_process_forked_during_a_save_does_not_keep_its_lock(tmp_path: Path) -> None:
     """(A data loader's worker forked while a save runs in another thread, say.)"""
-    from ckptlib.save_lock import repair_if_idle, saving
+    from ckptlib.store.local_lock import repair_if_idle, saving
 
     with saving(str(tmp_path)):
         child = os.fork()

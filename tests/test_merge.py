@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +30,20 @@ def test_merge_joins_the_bundles(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fail_at", ["second data file", "index"])
-def test_a_failed_merge_puts_every_data_file_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str
-) -> None:
-    parts, expected = two_bundles(tmp_path)
-    before = sorted(os.listdir(tmp_path))
-    real_replace = os.replace
-    renames = []
-
-    def flaky_replace(src: Any, dst: Any) -> None:
-        renames.append(dst)
-        if fail_at == "second data file" and len(renames) == 2:
-            raise OSError(5, "Input/output error")
-        real_replace(src, dst)
-
-    def failing_write(*args: object, **kwargs: object) -> str:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ckptlib.merge.os, "replace", flaky_replace)
+def test_a_failed_merge_puts_every_data_file_back(mem_store: Any, fail_at: str) -> None:
+    a = {"a/w": np.arange(6, dtype=np.float32), "a/b": np.ones(2, np.int64)}
+    b = {"b/w": np.full(5, 3, np.float16)}
+    parts = [ckptlib.save(a, "mem://run/part-a", num_shards=2), ckptlib.save(b, "mem://run/part-b")]
+    expected = {**a, **b}
+    before = sorted(mem_store.listdir("mem://run"))
     if fail_at == "index":
-        monkeypatch.setattr(ckptlib.merge, "write_temp", failing_write)
+        mem_store.fail("finish", error=OSError(28, "No space left on device"))
+    else:
+        mem_store.fail("rename", after=1)
     with pytest.raises(OSError):
-        ckptlib.merge_bundles(parts, tmp_path / "merged")
-    monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == before
+        ckptlib.merge_bundles(parts, "mem://run/merged")
+    mem_store.faults.clear()
+    assert sorted(mem_store.listdir("mem://run")) == before
     for part in parts:
         for name, value in ckptlib.restore(part).items():
             assert np.array_equal(value, expected[name])

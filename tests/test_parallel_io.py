@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 
 import ckptlib
-from ckptlib import shard_writer, storage
+from ckptlib import shard_writer
 from ckptlib.format.crc import crc32c, mask
+from ckptlib.format.filenames import data_filename
 from ckptlib.format.strings import encode_strings
-from ckptlib.storage import TEMP_MARKER, pwrite_all
-from ckptlib.writer import data_filename
+from ckptlib.store import local as local_store
+from ckptlib.store import local_io as storage
+from ckptlib.store.local import LocalStore
+from ckptlib.store.local_io import pwrite_all
+from ckptlib.store.temp_names import TEMP_MARKER
 
 
 def views(*chunks: bytes) -> list[memoryview]:
@@ -103,8 +107,11 @@ def test_write_shards_writes_every_shard_whole(tmp_path: Path, monkeypatch: pyte
     rng = np.random.default_rng(0)
     contents = [[rng.bytes(int(n)) for n in rng.integers(0, 2500, count)] for count in (40, 7, 23)] + [[]]
     finals = [str(tmp_path / f"shard{i}") for i in range(len(contents))]
-    temps, result = shard_writer.write_shards(finals, [views(*c) for c in contents], sync, lambda sizes: sizes)
+    files, result = shard_writer.write_shards(
+        LocalStore(), finals, [views(*c) for c in contents], sync, lambda sizes: sizes
+    )
     assert [r.tolist() for r in result] == [[len(chunk) for chunk in c] for c in contents]
+    temps = [f.path for f in files]
     assert [read(t) for t in temps] == [b"".join(c) for c in contents]
     assert all(TEMP_MARKER in t and t.startswith(f) for t, f in zip(temps, finals))
 
@@ -172,8 +179,8 @@ def test_preallocate_is_a_no_op_where_the_file_system_cannot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
     fake = fake_fallocate(monkeypatch, code)
-    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(b"abc", b"defg")], False, len)
-    assert read(temps[0]) == b"abcdefg"
+    files, _ = shard_writer.write_shards(LocalStore(), [str(tmp_path / "s")], [views(b"abc", b"defg")], False, len)
+    assert read(files[0].path) == b"abcdefg"
     assert fake.calls == [(0, 0, 7)]
 
 
@@ -182,8 +189,8 @@ def test_preallocate_leaves_other_file_systems_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_system: int
 ) -> None:
     fake = fake_fallocate(monkeypatch, file_system=file_system)
-    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(b"abc", b"defg")], False, len)
-    assert read(temps[0]) == b"abcdefg"
+    files, _ = shard_writer.write_shards(LocalStore(), [str(tmp_path / "s")], [views(b"abc", b"defg")], False, len)
+    assert read(files[0].path) == b"abcdefg"
     assert fake.calls == []
 
 
@@ -217,15 +224,15 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_temporary_files(
     no_space = OSError(errno.ENOSPC, "No space left on device")
     if where == "preallocate":  # the second shard does not fit: nothing is written at all
         fake_fallocate(monkeypatch, 0, errno.ENOSPC)
-        monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(0, None, AssertionError("wrote")))
+        monkeypatch.setattr(local_store, "pwrite_all", failing_after(0, None, AssertionError("wrote")))
     elif where == "pwrite_all":
-        monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(5, storage.pwrite_all, no_space))
+        monkeypatch.setattr(local_store, "pwrite_all", failing_after(5, storage.pwrite_all, no_space))
     elif where == "fsync":
-        monkeypatch.setattr(shard_writer.os, "fsync", failing_after(1, os.fsync, OSError(errno.EIO, "I/O error")))
+        monkeypatch.setattr(local_store.os, "fsync", failing_after(1, os.fsync, OSError(errno.EIO, "I/O error")))
     else:
-        from ckptlib import writer
+        from ckptlib import index_builder
 
-        monkeypatch.setattr(writer, "build_table_from_columns", failing_after(0, None, no_space))
+        monkeypatch.setattr(index_builder, "build_table_from_columns", failing_after(0, None, no_space))
     new = {f"t{i}": np.full(70_000, 10 + i, np.float32) for i in range(6)}
     with pytest.raises(OSError) as caught:
         ckptlib.save(new, prefix, num_shards=3)
@@ -283,7 +290,7 @@ def test_the_switch_interval_is_put_back_after_concurrent_saves(tmp_path: Path) 
         started.wait()
 
     def save(i: int) -> None:
-        shard_writer.write_shards([str(tmp_path / f"s{i}")], [views(b"x" * 100)], False, slow_meanwhile)
+        shard_writer.write_shards(LocalStore(), [str(tmp_path / f"s{i}")], [views(b"x" * 100)], False, slow_meanwhile)
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -301,7 +308,7 @@ def test_an_interrupt_while_waiting_for_the_writers_is_not_swallowed(
 ) -> None:
     import time
 
-    real = shard_writer.pwrite_all
+    real = local_store.pwrite_all
 
     def slow(fd: int, buffers: list[memoryview], offset: int, size: int | None = None) -> None:
         time.sleep(0.3)
@@ -310,10 +317,10 @@ def test_an_interrupt_while_waiting_for_the_writers_is_not_swallowed(
     def interrupted_wait(futures: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shard_writer, "pwrite_all", slow)
+    monkeypatch.setattr(local_store, "pwrite_all", slow)
     monkeypatch.setattr(shard_writer, "wait", interrupted_wait)
     with pytest.raises(KeyboardInterrupt):
-        shard_writer.write_shards([str(tmp_path / "x")], [views(b"hello")], False, lambda sizes: None)
+        shard_writer.write_shards(LocalStore(), [str(tmp_path / "x")], [views(b"hello")], False, lambda sizes: None)
     assert os.listdir(tmp_path) == []
 
 
@@ -327,11 +334,13 @@ def test_a_failed_close_removes_every_temporary_file(tmp_path: Path, monkeypatch
         if closes[0] == 2:
             raise OSError(errno.EIO, "delayed write error")
 
-    monkeypatch.setattr(shard_writer.os, "close", flaky_close)
+    monkeypatch.setattr(local_store.os, "close", flaky_close)
     finals = [str(tmp_path / f"s{i}") for i in range(3)]
     with pytest.raises(OSError, match="delayed write"):
-        shard_writer.write_shards(finals, [views(b"a"), views(b"b"), views(b"c")], False, lambda sizes: None)
-    monkeypatch.setattr(shard_writer.os, "close", real_close)
+        shard_writer.write_shards(
+            LocalStore(), finals, [views(b"a"), views(b"b"), views(b"c")], False, lambda sizes: None
+        )
+    monkeypatch.setattr(local_store.os, "close", real_close)
     assert os.listdir(tmp_path) == []
 
 
@@ -397,7 +406,7 @@ def test_writers_start_on_the_first_piece_while_later_ones_are_still_being_cut(
 
     monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 2)
     first_written = threading.Event()
-    real_write, real_cut = shard_writer.pwrite_all, shard_writer._pieces
+    real_write, real_cut = local_store.pwrite_all, shard_writer._pieces
     waited: list[bool] = []
 
     def write(*args: Any) -> None:
@@ -409,12 +418,14 @@ def test_writers_start_on_the_first_piece_while_later_ones_are_still_being_cut(
             waited.append(first_written.wait(timeout=10))
         return real_cut(*args)
 
-    monkeypatch.setattr(shard_writer, "pwrite_all", write)
+    monkeypatch.setattr(local_store, "pwrite_all", write)
     monkeypatch.setattr(shard_writer, "_pieces", cut)
     chunks = [bytes([i]) * (i + 1) for i in range(7)]
-    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(*chunks)], False, lambda sizes: None)
+    files, _ = shard_writer.write_shards(
+        LocalStore(), [str(tmp_path / "s")], [views(*chunks)], False, lambda sizes: None
+    )
     assert waited == [True, True, True]
-    assert read(temps[0]) == b"".join(chunks)
+    assert read(files[0].path) == b"".join(chunks)
 
 
 def within(seconds: float, call: Any) -> Any:
@@ -451,7 +462,7 @@ def test_a_failure_while_pieces_are_still_being_cut_stops_everything_and_leaves_
             raise OSError(errno.EIO, "meanwhile")
 
     if where == "writer":
-        monkeypatch.setattr(shard_writer, "pwrite_all", failing_after(0, None, OSError(errno.ENOSPC, "full")))
+        monkeypatch.setattr(local_store, "pwrite_all", failing_after(0, None, OSError(errno.ENOSPC, "full")))
     elif where == "cutting":
         monkeypatch.setattr(shard_writer, "_pieces", failing_after(3, shard_writer._pieces, OSError(errno.EIO, "cut")))
     elif where == "starting a writer":  # the second thread cannot start: the first must not wait forever
@@ -466,7 +477,7 @@ def test_a_failure_while_pieces_are_still_being_cut_stops_everything_and_leaves_
     finals = [str(tmp_path / f"s{i}") for i in range(3)]
     message = {"writer": "full", "cutting": "cut", "meanwhile": "meanwhile", "starting a writer": "start"}[where]
     with pytest.raises((OSError, RuntimeError), match=message):
-        within(10, lambda: shard_writer.write_shards(finals, contents, False, meanwhile))
+        within(10, lambda: shard_writer.write_shards(LocalStore(), finals, contents, False, meanwhile))
     assert os.listdir(tmp_path) == []
 
 
@@ -481,7 +492,7 @@ def test_the_calling_thread_writes_too_and_no_more_threads_than_cores_write(
     callers: list[threading.Thread] = []
     caller_wrote = threading.Event()
     writers: set[threading.Thread] = set()
-    real_write = shard_writer.pwrite_all
+    real_write = local_store.pwrite_all
 
     def write(*args: Any) -> None:
         writers.add(threading.current_thread())
@@ -491,13 +502,14 @@ def test_the_calling_thread_writes_too_and_no_more_threads_than_cores_write(
             assert caller_wrote.wait(timeout=10), "the calling thread never wrote"
         real_write(*args)
 
-    monkeypatch.setattr(shard_writer, "pwrite_all", write)
+    monkeypatch.setattr(local_store, "pwrite_all", write)
     contents = [[bytes([shard]) * 10 for _ in range(40)] for shard in range(4)]
     finals = [str(tmp_path / f"s{i}") for i in range(4)]
 
     def save() -> list[str]:
         callers.append(threading.current_thread())
-        return shard_writer.write_shards(finals, [views(*c) for c in contents], False, len)[0]
+        files = shard_writer.write_shards(LocalStore(), finals, [views(*c) for c in contents], False, len)[0]
+        return [f.path for f in files]
 
     temps = within(20, save)
     assert [read(t) for t in temps] == [b"".join(c) for c in contents]
@@ -515,7 +527,7 @@ def test_a_failed_write_on_the_calling_thread_stops_the_writers_and_leaves_no_fi
     monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 1)
     callers: list[threading.Thread] = []
     written_by_pool = [0]
-    real_write = shard_writer.pwrite_all
+    real_write = local_store.pwrite_all
 
     def write(*args: Any) -> None:
         if threading.current_thread() in callers:
@@ -524,12 +536,12 @@ def test_a_failed_write_on_the_calling_thread_stops_the_writers_and_leaves_no_fi
         real_write(*args)
         written_by_pool[0] += 1
 
-    monkeypatch.setattr(shard_writer, "pwrite_all", write)
+    monkeypatch.setattr(local_store, "pwrite_all", write)
     contents = [views(*[bytes([shard]) * 10] * 50) for shard in range(2)]
 
     def save() -> None:
         callers.append(threading.current_thread())
-        shard_writer.write_shards([str(tmp_path / "a"), str(tmp_path / "b")], contents, False, len)
+        shard_writer.write_shards(LocalStore(), [str(tmp_path / "a"), str(tmp_path / "b")], contents, False, len)
 
     with pytest.raises(type(error), match="caller"):
         within(10, save)
@@ -540,10 +552,12 @@ def test_a_failed_write_on_the_calling_thread_stops_the_writers_and_leaves_no_fi
 def test_empty_pieces_ask_for_no_writeback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shard_writer, "PIECE_BUFFERS", 2)
     ranges: list[tuple[int, int]] = []
-    monkeypatch.setattr(shard_writer, "start_writeback", lambda fd, offset, length: ranges.append((offset, length)))
+    monkeypatch.setattr(local_store, "start_writeback", lambda fd, offset, length: ranges.append((offset, length)))
     chunks = [b"ab", b"", b"", b"", b"", b"cde"]
-    temps, _ = shard_writer.write_shards([str(tmp_path / "s")], [views(*chunks)], True, lambda sizes: None)
-    assert read(temps[0]) == b"abcde"
+    files, _ = shard_writer.write_shards(
+        LocalStore(), [str(tmp_path / "s")], [views(*chunks)], True, lambda sizes: None
+    )
+    assert read(files[0].path) == b"abcde"
     assert sorted(ranges) == [(0, 2), (2, 3)]
 
 

@@ -13,7 +13,7 @@ import pytest
 import ckptlib
 from ckptlib import bulk_read, span_checks
 from ckptlib import reader as reader_module
-from ckptlib.writer import data_filename
+from ckptlib.format.filenames import data_filename
 
 
 def mixed_state() -> dict[str, object]:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ckptlib
-from ckptlib.state import state_lock
+from ckptlib.store.local import LocalStore
 
 
 def values(step: int) -> dict[str, np.ndarray]:
@@ -102,7 +102,7 @@ def interrupt_while_the_state_file_is_locked(directory: Path, save: Callable[[],
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with state_lock(str(directory)):
+        with LocalStore.update_lock(str(directory / "checkpoint")):
             held.set()
             release.wait(30)
 

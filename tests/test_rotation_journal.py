@@ -3,6 +3,7 @@ the doomed checkpoints are noted in a journal first, and the next saver finishes
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -12,91 +13,90 @@ import numpy as np
 import pytest
 
 import ckptlib
-import ckptlib.commit
-import ckptlib.manager
 import ckptlib.saver
+from ckptlib.rotation import deletion_journal, note_deletions
+from ckptlib.store import store_for
 
 
 class Killed(BaseException):
     """Stands for SIGKILL: raised mid-save, nothing after it runs."""
 
 
+RUN = "mem://run"
+
+
 def values(step: int) -> dict[str, np.ndarray]:
     return {"w": np.full(4, step, np.float32)}
 
 
-def steps_on_disk(directory: Path, name: str = "model.ckpt") -> list[int]:
+def names_in(directory: Path | str) -> list[str]:
+    return store_for(str(directory)).listdir(str(directory))
+
+
+def steps_on_disk(directory: Path | str, name: str = "model.ckpt") -> list[int]:
     return sorted(
         int(f[len(name) + 1 : -len(".index")])
-        for f in os.listdir(directory)
+        for f in names_in(directory)
         if f.startswith(name + "-") and f.endswith(".index")
     )
 
 
-def data_files(directory: Path) -> list[str]:
-    return sorted(f for f in os.listdir(directory) if ".data-" in f)
+def data_files(directory: Path | str) -> list[str]:
+    return sorted(f for f in names_in(directory) if ".data-" in f)
 
 
-def listed(directory: Path) -> list[str]:
+def listed(directory: Path | str) -> list[str]:
     st = ckptlib.get_checkpoint_state(directory)
     assert st is not None
     return [os.path.basename(p) for p in st.all_model_checkpoint_paths]
 
 
-def journals(directory: Path) -> list[str]:
-    return sorted(f for f in os.listdir(directory) if f.endswith(".deleting"))
+def journals(directory: Path | str) -> list[str]:
+    return sorted(f for f in names_in(directory) if f.endswith(".deleting"))
 
 
-def killed(*args: object, **kwargs: object) -> Any:
-    raise Killed
+def kill_first_deletion(store: Any) -> None:
+    store.fail("delete", error=Killed(), match=".index")
 
 
-def kill_first_deletion(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ckptlib.commit, "remove_checkpoint", killed)
-
-
-def saver_with_two_checkpoints(directory: Path) -> ckptlib.Saver:
+def saver_with_two_checkpoints(directory: str) -> ckptlib.Saver:
     saver = ckptlib.Saver(max_to_keep=2)
     for step in (1, 2):
-        saver.save(values(step), directory / "model.ckpt", global_step=step)
+        saver.save(values(step), f"{directory}/model.ckpt", global_step=step)
     return saver
 
 
-def test_a_kill_before_the_old_files_go_leaves_them_for_the_next_saver(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    saver = saver_with_two_checkpoints(tmp_path)
-    kill_first_deletion(monkeypatch)
+def test_a_kill_before_the_old_files_go_leaves_them_for_the_next_saver(mem_store: Any) -> None:
+    saver = saver_with_two_checkpoints(RUN)
+    kill_first_deletion(mem_store)
     with pytest.raises(Killed):
-        saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
-    monkeypatch.undo()
-    assert listed(tmp_path) == ["model.ckpt-2", "model.ckpt-3"]
-    assert steps_on_disk(tmp_path) == [1, 2, 3]  # 1 is no longer listed: without the journal, kept for ever
-    assert journals(tmp_path) == [".checkpoint.model.ckpt.deleting"]
+        saver.save(values(3), f"{RUN}/model.ckpt", global_step=3)
+    mem_store.faults.clear()
+    assert listed(RUN) == ["model.ckpt-2", "model.ckpt-3"]
+    assert steps_on_disk(RUN) == [1, 2, 3]  # 1 is no longer listed: without the journal, kept for ever
+    assert journals(RUN) == [".checkpoint.model.ckpt.deleting"]
 
-    ckptlib.Saver(max_to_keep=2).save(values(4), tmp_path / "model.ckpt", global_step=4)  # a new process
-    assert steps_on_disk(tmp_path) == [3, 4]
-    assert data_files(tmp_path) == ["model.ckpt-3.data-00000-of-00001", "model.ckpt-4.data-00000-of-00001"]
-    assert listed(tmp_path) == ["model.ckpt-3", "model.ckpt-4"]
-    assert journals(tmp_path) == []
+    ckptlib.Saver(max_to_keep=2).save(values(4), f"{RUN}/model.ckpt", global_step=4)  # a new process
+    assert steps_on_disk(RUN) == [3, 4]
+    assert data_files(RUN) == ["model.ckpt-3.data-00000-of-00001", "model.ckpt-4.data-00000-of-00001"]
+    assert listed(RUN) == ["model.ckpt-3", "model.ckpt-4"]
+    assert journals(RUN) == []
 
 
-def test_a_kill_before_the_state_file_changes_deletes_nothing_still_listed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    saver = saver_with_two_checkpoints(tmp_path)
-    monkeypatch.setattr(ckptlib.saver, "update_state", killed)
+def test_a_kill_before_the_state_file_changes_deletes_nothing_still_listed(mem_store: Any) -> None:
+    saver = saver_with_two_checkpoints(RUN)
+    mem_store.fail("update", error=Killed())
     with pytest.raises(Killed):
-        saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
-    monkeypatch.undo()
-    assert journals(tmp_path) == [".checkpoint.model.ckpt.deleting"]  # noted: 1
-    assert listed(tmp_path) == ["model.ckpt-1", "model.ckpt-2"]  # ... but still listed
+        saver.save(values(3), f"{RUN}/model.ckpt", global_step=3)
+    mem_store.faults.clear()
+    assert journals(RUN) == [".checkpoint.model.ckpt.deleting"]  # noted: 1
+    assert listed(RUN) == ["model.ckpt-1", "model.ckpt-2"]  # ... but still listed
 
     fresh = ckptlib.Saver(max_to_keep=2)
-    fresh.save(values(2), tmp_path / "model.ckpt", global_step=2)  # resumes: 1 is adopted, then rotated out
-    assert journals(tmp_path) == []
-    assert listed(tmp_path) == ["model.ckpt-1", "model.ckpt-2"]
-    assert ckptlib.restore(tmp_path / "model.ckpt-1")["w"][0] == 1
+    fresh.save(values(2), f"{RUN}/model.ckpt", global_step=2)  # resumes: 1 is adopted, then rotated out
+    assert journals(RUN) == []
+    assert listed(RUN) == ["model.ckpt-1", "model.ckpt-2"]
+    assert ckptlib.restore(f"{RUN}/model.ckpt-1")["w"][0] == 1
 
 
 def test_only_the_savers_own_checkpoints_in_its_directory_are_deleted(
@@ -123,59 +123,46 @@ def test_only_the_savers_own_checkpoints_in_its_directory_are_deleted(
     assert not journal.exists() and steps_on_disk(tmp_path / "run") == [2, 3]
 
 
-def test_checkpoints_kept_every_n_hours_are_never_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoints_kept_every_n_hours_are_never_noted(mem_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1_700_000_000.0]
     monkeypatch.setattr(ckptlib.saver.time, "time", lambda: now[0])
     saver = ckptlib.Saver(max_to_keep=1, keep_checkpoint_every_n_hours=0.5)
-    noted: list[list[str]] = []
-    real = ckptlib.saver.note_deletions
-    monkeypatch.setattr(
-        ckptlib.saver, "note_deletions", lambda j, p, s: (noted.append([os.path.basename(x) for x in p]), real(j, p, s))
-    )
     for step in range(1, 5):
         now[0] += 1200  # 20 minutes per save
-        saver.save(values(step), tmp_path / "model.ckpt", global_step=step)
-    kept = [s for s in steps_on_disk(tmp_path) if s != 4]
+        saver.save(values(step), f"{RUN}/model.ckpt", global_step=step)
+    noted = [json.loads(data) for path, data in mem_store.small_writes if path.endswith(".deleting")]
+    kept = [s for s in steps_on_disk(RUN) if s != 4]
     assert kept  # preserved ones stay on disk, unlisted
     every_noted = {name for names in noted for name in names}
     assert every_noted and not every_noted & {f"model.ckpt-{s}" for s in kept}
-    assert journals(tmp_path) == []
+    assert journals(RUN) == []
 
 
-def test_the_manager_finishes_an_interrupted_rotation_when_it_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+def test_the_manager_finishes_an_interrupted_rotation_when_it_starts(mem_store: Any) -> None:
+    manager = ckptlib.CheckpointManager(RUN, max_to_keep=1)
     manager.save(values(1))
-    kill_first_deletion(monkeypatch)
+    kill_first_deletion(mem_store)
     with pytest.raises(Killed):
         manager.save(values(2))
-    monkeypatch.undo()
-    assert steps_on_disk(tmp_path, "ckpt") == [1, 2]
-    assert journals(tmp_path) == [".checkpoint.ckpt.deleting"]
-    restarted = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
-    assert steps_on_disk(tmp_path, "ckpt") == [2] and journals(tmp_path) == []
-    assert restarted.checkpoints == [str(tmp_path / "ckpt-2")]
+    mem_store.faults.clear()
+    assert steps_on_disk(RUN, "ckpt") == [1, 2]
+    assert journals(RUN) == [".checkpoint.ckpt.deleting"]
+    restarted = ckptlib.CheckpointManager(RUN, max_to_keep=1)
+    assert steps_on_disk(RUN, "ckpt") == [2] and journals(RUN) == []
+    assert restarted.checkpoints == [f"{RUN}/ckpt-2"]
 
 
-def test_a_failed_state_update_leaves_the_old_checkpoint_for_the_next_save(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_state_update_leaves_the_old_checkpoint_for_the_next_save(mem_store: Any) -> None:
     saver = ckptlib.Saver(max_to_keep=1)
-    saver.save(values(1), tmp_path / "model.ckpt", global_step=1)
-    real = ckptlib.saver.update_state
-
-    def full_disk(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ckptlib.saver, "update_state", full_disk)
+    saver.save(values(1), f"{RUN}/model.ckpt", global_step=1)
+    mem_store.fail("update", error=OSError(28, "No space left on device"))
     with pytest.raises(OSError, match="No space"):
-        saver.save(values(2), tmp_path / "model.ckpt", global_step=2)
-    monkeypatch.setattr(ckptlib.saver, "update_state", real)
-    assert listed(tmp_path) == ["model.ckpt-1"] and steps_on_disk(tmp_path) == [1, 2]
-    saver.save(values(3), tmp_path / "model.ckpt", global_step=3)
-    assert listed(tmp_path) == ["model.ckpt-3"]
-    assert steps_on_disk(tmp_path) == [3] and journals(tmp_path) == []  # 1 (put back) and 2 rotated out
+        saver.save(values(2), f"{RUN}/model.ckpt", global_step=2)
+    mem_store.faults.clear()
+    assert listed(RUN) == ["model.ckpt-1"] and steps_on_disk(RUN) == [1, 2]
+    saver.save(values(3), f"{RUN}/model.ckpt", global_step=3)
+    assert listed(RUN) == ["model.ckpt-3"]
+    assert steps_on_disk(RUN) == [3] and journals(RUN) == []  # 1 (put back) and 2 rotated out
 
 
 def test_a_listed_checkpoint_is_kept_however_the_state_file_spells_its_path(tmp_path: Path) -> None:
@@ -192,29 +179,23 @@ def test_a_listed_checkpoint_is_kept_however_the_state_file_spells_its_path(tmp_
 
 
 def test_checkpoints_outside_the_directory_are_never_noted(tmp_path: Path) -> None:
-    journal = ckptlib.commit.deletion_journal(str(tmp_path), None, "model")
-    ckptlib.commit.note_deletions(journal, [str(tmp_path / "elsewhere" / "model-1")], sync=False)
+    store = store_for(str(tmp_path))
+    journal = deletion_journal(str(tmp_path), None, "model")
+    note_deletions(store, journal, [str(tmp_path / "elsewhere" / "model-1")], sync=False)
     assert not os.path.exists(journal)
-    ckptlib.commit.note_deletions(journal, [str(tmp_path / "elsewhere" / "model-1"), str(tmp_path / "model-2")], False)
+    note_deletions(store, journal, [str(tmp_path / "elsewhere" / "model-1"), str(tmp_path / "model-2")], False)
     with open(journal) as f:
         assert f.read() == '["model-2"]'
 
 
-def test_a_failed_manager_save_keeps_managing_what_it_would_have_deleted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    manager = ckptlib.CheckpointManager(tmp_path, max_to_keep=1)
+def test_a_failed_manager_save_keeps_managing_what_it_would_have_deleted(mem_store: Any) -> None:
+    manager = ckptlib.CheckpointManager(RUN, max_to_keep=1)
     manager.save(values(1))
-    real = ckptlib.manager.update_state
-
-    def full_disk(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ckptlib.manager, "update_state", full_disk)
+    mem_store.fail("update", error=OSError(28, "No space left on device"))
     with pytest.raises(OSError, match="No space"):
         manager.save(values(2))
-    monkeypatch.setattr(ckptlib.manager, "update_state", real)
-    assert steps_on_disk(tmp_path, "ckpt") == [1, 2] and listed(tmp_path) == ["ckpt-1"]
+    mem_store.faults.clear()
+    assert steps_on_disk(RUN, "ckpt") == [1, 2] and listed(RUN) == ["ckpt-1"]
     manager.save(values(3))
-    assert steps_on_disk(tmp_path, "ckpt") == [3] and listed(tmp_path) == ["ckpt-3"]
-    assert ckptlib.CheckpointManager(tmp_path, max_to_keep=1).checkpoints == [str(tmp_path / "ckpt-3")]
+    assert steps_on_disk(RUN, "ckpt") == [3] and listed(RUN) == ["ckpt-3"]
+    assert ckptlib.CheckpointManager(RUN, max_to_keep=1).checkpoints == [f"{RUN}/ckpt-3"]

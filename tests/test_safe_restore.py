@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ckptlib
-from ckptlib.writer import data_filename
+from ckptlib.format.filenames import data_filename
 
 SENTINEL = -7.0
 

@@ -26,9 +26,9 @@ import pytest
 
 import ckptlib
 import ckptlib.saver
-from ckptlib.save_lock import LOCK_NAME
 from ckptlib.state import read_state_file
-from ckptlib.storage import TEMP_MARKER
+from ckptlib.store.local_lock import LOCK_NAME
+from ckptlib.store.temp_names import TEMP_MARKER
 from ckptlib.tree import STRUCTURE_KEY
 from ckptlib.tree import tensors_of as flatten
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import ckptlib
-from ckptlib.writer import BundleWriter, data_filename
+from ckptlib.format.filenames import data_filename
+from ckptlib.shard_plan import assign_shards
+from ckptlib.writer import BundleWriter
 
 
 def files_of(prefix: Path) -> dict[str, bytes]:
@@ -81,7 +83,7 @@ def shard_loads(sizes: list[int], num_shards: int, tmp_path: Path) -> list[int]:
     """The bytes in each shard ``BundleWriter`` spreads tensors of ``sizes`` bytes over."""
     writer = BundleWriter(tmp_path / "m", num_shards=num_shards)
     writer.add_all({f"t{i:04d}": np.zeros(n, np.uint8) for i, n in enumerate(sizes)})
-    shards = writer._assign_shards(writer._pending.nbytes())
+    shards = assign_shards(writer._pending.nbytes(), num_shards)
     assert shards is not None and len(shards) == num_shards
     weights = np.maximum(np.array(sizes, dtype=np.int64), 1)
     return [int(weights[shard].sum()) for shard in shards]
@@ -117,7 +119,7 @@ def test_shards_take_every_tensor_once_in_add_order_small_ones_in_runs(tmp_path:
     state = {f"t{i:04d}": rng.integers(0, 256, int(n), dtype=np.uint8) for i, n in enumerate(sizes)}
     writer = BundleWriter(tmp_path / "m", num_shards=num_shards)
     writer.add_all(state)
-    shards = writer._assign_shards(writer._pending.nbytes())
+    shards = assign_shards(writer._pending.nbytes(), num_shards)
     assert shards is not None and len(shards) == num_shards
     assert sorted(i for shard in shards for i in shard) == list(range(count))
     assert all(shard == sorted(shard) for shard in shards)
@@ -137,7 +139,7 @@ def test_shards_take_every_tensor_once_in_add_order_small_ones_in_runs(tmp_path:
 
 def test_large_string_elements_are_written_from_their_own_bytes(tmp_path: Path) -> None:
     from ckptlib.format.strings import encode_strings
-    from ckptlib.writer import STRING_OWN_BUFFER, _string_buffers
+    from ckptlib.index_builder import STRING_OWN_BUFFER, _string_buffers
 
     big = b"\x05" * STRING_OWN_BUFFER
     elements = [b"a", big, b"", b"bc", b"\x06" * (STRING_OWN_BUFFER + 1), b"d"]

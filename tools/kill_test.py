@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import ckptlib
-from ckptlib.storage import ASIDE_MARKER, TEMP_MARKER
+from ckptlib.store.temp_names import ASIDE_MARKER, TEMP_MARKER
 from ckptlib.tree import STRUCTURE_KEY
 
 CHILD = r"""

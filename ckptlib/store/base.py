@@ -89,7 +89,8 @@ class NewFile(Protocol):
         ...
 
     def abort(self) -> None:
-        """Drop the file and whatever was written of it; never raises ``Exception``s."""
+        """Drop the file and whatever was written of it, finished or not (a finished one
+        is deleted from ``path``); never raises ``Exception``s."""
         ...
 
 
@@ -100,18 +101,24 @@ class Store(Protocol):
     # ``rename`` exists and replaces its target atomically. Without it, new files are
     # written at their final path, visible once finished, and the index commits a bundle.
     atomic_rename: bool
+    # ``ReadFile.mapped`` gives memory maps (else it gives None, and readers copy).
+    can_map: bool
     # How many transfers to run at once for one bundle (``shard_writer``, ``bulk_read``):
     # cores for a local disk, more for a network store, where each request mostly waits.
     io_threads: int
+    # How many writes to one file gain from running at once: 1 for a local disk (the
+    # kernel serialises buffered writes to one file), several for multipart uploads.
+    writers_per_file: int
 
     def open(self, path: str) -> ReadFile:
         """Open a regular file for reading; ``CheckpointNotFoundError`` if there is none,
         ``CorruptCheckpointError`` if it is not a regular file."""
         ...
 
-    def create(self, final_path: str, size: int | None = None) -> NewFile:
+    def create(self, final_path: str, size: int | None = None, *, sync: bool = True) -> NewFile:
         """Start a new file that will become ``final_path``; ``size``, if known, lets the
-        store reserve space (local) or plan its parts (multipart uploads)."""
+        store reserve space (local) or plan its parts (multipart uploads). ``sync`` says
+        the file will be finished durably, so the store may start flushing early."""
         ...
 
     def rename(self, source: str, target: str) -> None:
@@ -126,7 +133,7 @@ class Store(Protocol):
 
     def is_dir(self, path: str) -> bool: ...
 
-    def list(self, directory: str) -> list[str]:
+    def listdir(self, directory: str) -> list[str]:
         """The names (not paths) of the files directly in ``directory``; [] if it does not
         exist. Raises ``OSError`` if it exists but cannot be listed."""
         ...

@@ -1,9 +1,6 @@
-"""Local files: positioned reads into caller buffers, and writes that appear atomically.
-
-The format layer never opens a path; the reader and writer come here for bytes. Temporary
-files carry ``TEMP_MARKER`` in their names so that stale ones left by a killed save can be
-recognised as ckptlib's own and removed, and nothing else ever is. When a leftover is stale
-is for ``save_lock`` to say, never for a file name or a time stamp.
+"""Local files, the fast way: positioned reads into caller buffers, vectored positioned
+writes, early writeback and preallocation through the C library, and temporary files that
+appear atomically by rename. ``LocalStore`` (``store/local.py``) is the only user.
 """
 
 from __future__ import annotations
@@ -13,8 +10,6 @@ import ctypes
 import errno
 import mmap
 import os
-import re
-import secrets
 import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,12 +24,8 @@ from ckptlib.errors import (
     UnsupportedFeatureError,
 )
 from ckptlib.format.coding import Bytes
+from ckptlib.store.temp_names import temp_path
 
-TEMP_MARKER = ".ckptlib-tmp-"
-# Files moved out of the way while a save replaces a checkpoint of the same name.
-ASIDE_MARKER = ".ckptlib-old-"
-# What follows the marker: 16 hex digits, or (older ckptlib) host, pid and 12 hex digits.
-_TEMP_TAIL = re.compile(r"[0-9a-f]{16}|h[0-9a-f]{8}-\d+-[0-9a-f]{12}")
 # Linux transfers at most this much per read/write call (0x7ffff000).
 _MAX_IO = 0x7FFFF000
 
@@ -171,31 +162,6 @@ def _file_kind(mode: int) -> str:
     kinds = [(stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket")]
     kinds += [(stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")]
     return next((name for test, name in kinds if test(mode)), "special file")
-
-
-def temp_path(final_path: str, marker: str = TEMP_MARKER) -> str:
-    """A unique temporary name beside ``final_path`` that ckptlib will recognise as its own."""
-    return f"{final_path}{marker}{secrets.token_hex(8)}"
-
-
-def aside_path(final_path: str) -> str:
-    """Where an existing file is kept while a save replaces it (see writer._install)."""
-    return temp_path(final_path, ASIDE_MARKER)
-
-
-def leftover_files(directory: str, marker: str) -> list[tuple[str, str]]:
-    """``(path, final_path)`` of the files in ``directory`` named with ``marker``. Only a
-    caller that knows their writers are gone (``save_lock``) may touch them."""
-    try:
-        names = os.listdir(directory or ".")
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        final, found_marker, tail = name.partition(marker)
-        if found_marker and final and _TEMP_TAIL.fullmatch(tail):
-            found.append((os.path.join(directory, name), os.path.join(directory, final)))
-    return found
 
 
 # The most buffers one writev/pwritev call takes (POSIX IOV_MAX; 1024 on Linux).
