@@ -1,0 +1,160 @@
+"""``FsspecStore`` against the store contract (``store_contract.py``): over ``memory://``, and
+over S3 (a moto server, ``s3_server.py``), plus what only S3 has: conditional updates from
+several processes, retries and bounded failure under injected faults, request counts."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import uuid
+
+import pytest
+from store_contract import StoreContract
+
+from ckptlib.errors import CheckpointNotFoundError, StorageError, UnsupportedFeatureError
+
+
+class TestFsspecMemoryStore(StoreContract):
+    @pytest.fixture
+    def store(self):
+        fsspec = pytest.importorskip("fsspec", reason="needs fsspec (pip install 'ckptlib[s3]')")
+        from ckptlib.store.remote import FsspecStore
+
+        return FsspecStore(fsspec.filesystem("memory"))
+
+    @pytest.fixture
+    def root(self, store):
+        root = f"memory://contract-{uuid.uuid4().hex}"
+        yield root
+        store.fs.rm(root, recursive=True) if store.fs.exists(root) else None
+
+
+class TestS3Store(StoreContract):
+    @pytest.fixture
+    def store(self, s3_endpoint):
+        from s3_server import TEST_PART_BYTES, make_store
+
+        store = make_store(s3_endpoint)
+        store.part_bytes = TEST_PART_BYTES
+        return store
+
+    @pytest.fixture
+    def root(self, s3_bucket):
+        return f"{s3_bucket}/run"
+
+    @pytest.fixture(autouse=True)
+    def _endpoint(self, s3_endpoint):
+        self.endpoint = s3_endpoint
+
+    part_bytes = 64 << 10  # s3_server.TEST_PART_BYTES
+
+    def unfinished_writes(self, store, root):
+        from s3_server import unfinished_uploads
+
+        return [f"{root.split('/run')[0]}/{key}" for key in unfinished_uploads(self.endpoint, root)]
+
+    def test_s3_attributes(self, store):
+        assert store.atomic_rename is False and store.io_threads == 16
+        with pytest.raises(UnsupportedFeatureError):
+            store.rename("s3://b/x", "s3://b/y")
+        assert store.real("s3://bucket/a/./b/../c/") == "s3://bucket/a/c"
+
+
+# --- S3 only
+
+
+def test_for_url_reads_the_endpoint_from_the_environment(s3_endpoint, s3_bucket):
+    from ckptlib.store.remote import FsspecStore
+
+    store = FsspecStore.for_url(s3_bucket)
+    store.write_small(f"{s3_bucket}/x", b"1", sync=True)
+    assert store.read_small(f"{s3_bucket}/x", 1) == b"1"
+
+
+def test_update_from_processes_loses_no_increment(s3_endpoint, s3_bucket):
+    from s3_server import increment_counter, make_store
+
+    url = f"{s3_bucket}/counter"
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=increment_counter, args=(s3_endpoint, url, 10)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    assert make_store(s3_endpoint).read_small(url, 100) == b"40"
+
+
+def test_open_small_object_costs_one_request(s3_proxy, s3_bucket):
+    from s3_server import make_store
+
+    store = make_store(s3_proxy.endpoint)
+    path = f"{s3_bucket}/model.ckpt-1.index"
+    store.write_small(path, bytes(range(256)) * 40, sync=True)
+    s3_proxy.reset()
+    file = store.open(path)
+    assert file.read_at(0, 10_240) == bytes(range(256)) * 40
+    out = bytearray(100)
+    file.readinto(5000, memoryview(out))
+    assert s3_proxy.counts() == (1, 10_240)
+
+
+def test_large_object_reads_fetch_exactly_the_bytes_asked(s3_proxy, s3_bucket):
+    from s3_server import make_store
+
+    store = make_store(s3_proxy.endpoint)
+    path = f"{s3_bucket}/big"
+    store.write_small(path, bytes(1 << 20), sync=True)
+    s3_proxy.reset()
+    file = store.open(path)
+    file.read_at(1000, 5000)
+    file.read_at(file.size - 10, 10)  # the tail: no request
+    assert s3_proxy.counts() == (2, 65536 + 5000)
+
+
+def test_a_few_503s_are_retried(s3_proxy, s3_bucket):
+    from s3_server import TEST_PART_BYTES, make_store
+
+    store = make_store(s3_proxy.endpoint)
+    store.part_bytes = TEST_PART_BYTES
+    path = f"{s3_bucket}/f"
+    s3_proxy.fail_next(2, method="PUT")
+    store.write_small(path, b"abc", sync=True)
+    s3_proxy.fail_next(2, method="GET")
+    assert store.open(path).read_at(0, 3) == b"abc"
+    s3_proxy.fail_next(1, path="partNumber=2")
+    s3_proxy.fail_next(1, kind="drop", path="partNumber=1")
+    new = store.create(f"{s3_bucket}/multi", 3 * TEST_PART_BYTES)
+    new.write_at(0, [bytes(3 * TEST_PART_BYTES)], 3 * TEST_PART_BYTES)
+    new.finish(True)
+    assert store.open(f"{s3_bucket}/multi").size == 3 * TEST_PART_BYTES
+    assert [status for _, _, status in s3_proxy.log].count(503) == 5
+    assert [status for _, _, status in s3_proxy.log].count(0) == 1
+
+
+@pytest.mark.parametrize("kind", ["503", "drop"])
+def test_a_failing_server_ends_in_storage_error_in_bounded_time(s3_proxy, s3_bucket, kind):
+    from s3_server import make_store
+
+    store = make_store(s3_proxy.endpoint)
+    path = f"{s3_bucket}/f"
+    store.write_small(path, b"abc", sync=True)
+    s3_proxy.fail_next(1000, kind=kind)
+    started = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        store.open(path)
+    assert time.monotonic() - started < 60
+    assert path in str(caught.value)
+    assert caught.value.__cause__ is not None
+
+
+def test_missing_bucket_or_key_is_not_found(s3_endpoint, s3_bucket):
+    from s3_server import make_store
+
+    store = make_store(s3_endpoint)
+    with pytest.raises(CheckpointNotFoundError):
+        store.open("s3://no-such-bucket-here/x")
+    with pytest.raises(CheckpointNotFoundError):
+        store.open(f"{s3_bucket}/x")
+    assert store.read_small(f"{s3_bucket}/x", 10) is None
+    assert store.list("s3://no-such-bucket-here/x") == []
