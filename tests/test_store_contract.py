@@ -158,3 +158,39 @@ def test_missing_bucket_or_key_is_not_found(s3_endpoint, s3_bucket):
         store.open(f"{s3_bucket}/x")
     assert store.read_small(f"{s3_bucket}/x", 10) is None
     assert store.list("s3://no-such-bucket-here/x") == []
+
+
+def test_upload_staging_memory_stays_bounded(s3_endpoint, s3_bucket):
+    from s3_server import TEST_PART_BYTES, make_store
+
+    store = make_store(s3_endpoint)
+    store.part_bytes = TEST_PART_BYTES
+    size = 10 * TEST_PART_BYTES + 5
+    new = store.create(f"{s3_bucket}/f", size)
+    piece = TEST_PART_BYTES // 3
+    most = 0
+    for offset in range(0, size, piece):
+        count = min(piece, size - offset)
+        new.write_at(offset, [bytes(count)], count)
+        most = max(most, len(new._staged))
+    new.finish(True)
+    assert most == 1  # written in order: one part staged at a time, never the file
+
+
+def test_a_failed_part_fails_finish_and_leaves_no_upload(s3_proxy, s3_bucket):
+    from s3_server import TEST_PART_BYTES, make_store, unfinished_uploads
+
+    config = {"connect_timeout": 2, "read_timeout": 2, "retries": {"mode": "standard", "max_attempts": 2}}
+    store = make_store(s3_proxy.endpoint, config_kwargs=config)
+    store.part_bytes = TEST_PART_BYTES
+    path = f"{s3_bucket}/f"
+    new = store.create(path, 3 * TEST_PART_BYTES)
+    s3_proxy.fail_next(1000, path="partNumber=2")
+    with pytest.raises(StorageError) as caught:
+        new.write_at(0, [bytes(3 * TEST_PART_BYTES)], 3 * TEST_PART_BYTES)
+    assert path in str(caught.value)
+    with pytest.raises(StorageError):
+        new.finish(True)
+    s3_proxy.reset()
+    assert not store.exists(path)
+    assert unfinished_uploads(s3_proxy.endpoint, s3_bucket) == []

@@ -68,8 +68,9 @@ MAX_ATTEMPTS = 4
 MAX_CONNECTIONS = 32
 # Attempts of a conditional ``update`` losing to other writers before giving up.
 UPDATE_TRIES = 20
-# A response body cut short is fetched again (botocore retries only up to the headers).
-BODY_ATTEMPTS = 3
+# A response body cut short is fetched again, once (botocore retries only up to the headers;
+# more would multiply the worst-case time).
+BODY_ATTEMPTS = 2
 S3_THREADS = 16
 OTHER_THREADS = 4
 
