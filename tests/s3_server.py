@@ -114,7 +114,8 @@ def make_store(endpoint: str, **options: Any) -> Any:
 @dataclass
 class Fault:
     """Answer the next ``count`` requests matching ``method``/``path`` (substring) by
-    ``kind``: "503" (SlowDown) or "drop" (close the connection unanswered)."""
+    ``kind``: "503" (SlowDown), "drop" (close the connection unanswered) or "hang" (never
+    answer: the connection stays open until the proxy closes)."""
 
     count: int
     kind: str = "503"
@@ -136,7 +137,8 @@ class FaultProxy:
     """An HTTP proxy on 127.0.0.1 forwarding to ``upstream`` (host, port).
 
     ``requests`` and ``response_bytes`` (bodies) count what passed, faults included;
-    ``log`` holds (method, path, status) per request, status 0 for a dropped one. Thread-safe.
+    ``log`` holds (method, path, status) per request, status 0 for one dropped or left
+    hanging. Thread-safe.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -147,6 +149,7 @@ class FaultProxy:
         self.requests = 0
         self.response_bytes = 0
         self.log: list[tuple[str, str, int]] = []
+        self.closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -155,7 +158,7 @@ class FaultProxy:
 
     def fail_next(self, count: int, kind: str = "503", method: str | None = None, path: str | None = None) -> None:
         """Fail the next ``count`` matching requests (see ``Fault``)."""
-        if kind not in ("503", "drop"):
+        if kind not in ("503", "drop", "hang"):
             raise ValueError(kind)
         with self._lock:
             self._faults.append(Fault(count, kind, method, path))
@@ -188,6 +191,7 @@ class FaultProxy:
             self.log.append((method, path, status))
 
     def close(self) -> None:
+        self.closing.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -216,8 +220,10 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             method, path = self.command, self.path
             fault = proxy._fault_for(method, path)
-            if fault == "drop":
+            if fault in ("drop", "hang"):
                 proxy._record(method, path, 0, 0)
+                if fault == "hang":
+                    proxy.closing.wait(120)
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return

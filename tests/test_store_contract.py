@@ -194,3 +194,34 @@ def test_a_failed_part_fails_finish_and_leaves_no_upload(s3_proxy, s3_bucket):
     s3_proxy.reset()
     assert not store.exists(path)
     assert unfinished_uploads(s3_proxy.endpoint, s3_bucket) == []
+
+
+def test_a_server_that_never_answers_times_out(s3_proxy, s3_bucket):
+    from s3_server import make_store
+
+    # The production limits give a bound of about 40 s; shorter ones show the same path.
+    config = {"connect_timeout": 1, "read_timeout": 1, "retries": {"mode": "standard", "max_attempts": 2}}
+    store = make_store(s3_proxy.endpoint, config_kwargs=config)
+    path = f"{s3_bucket}/f"
+    store.write_small(path, b"abc", sync=True)
+    s3_proxy.fail_next(1000, kind="hang")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        store.read_small(path, 10)
+    assert time.monotonic() - started < 10
+    assert path in str(caught.value)
+
+
+def test_an_object_replaced_while_open_is_reported(s3_endpoint, s3_bucket):
+    from s3_server import make_store
+
+    from ckptlib.errors import CorruptCheckpointError
+
+    store = make_store(s3_endpoint)
+    path = f"{s3_bucket}/f"
+    store.write_small(path, bytes(200_000), sync=True)
+    file = store.open(path)
+    store.write_small(path, b"\1" * 200_000, sync=True)
+    with pytest.raises(CorruptCheckpointError) as caught:
+        file.read_at(0, 10)
+    assert path in str(caught.value)
