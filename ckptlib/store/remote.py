@@ -20,7 +20,6 @@ fsspec and s3fs are imported here only, when a store is made: ckptlib works with
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import logging
 import os
@@ -423,7 +422,7 @@ class FsspecStore:
                 return False
             _fail(exc, path, "checking")
 
-    def list(self, directory: str) -> list[str]:
+    def listdir(self, directory: str) -> list[str]:
         """Names of the files directly in ``directory`` (not subdirectories), listed afresh
         every time; [] if there is none."""
         try:
@@ -437,9 +436,9 @@ class FsspecStore:
             _fail(exc, directory, "listing")
         return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
 
-    def _list_s3(self, directory: str) -> builtins.list[str]:
+    def _list_s3(self, directory: str) -> list[str]:
         bucket, prefix = self._prefix(directory)
-        names: builtins.list[str] = []
+        names: list[str] = []
         token: dict[str, str] = {}
         while True:
             page = self._call("list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", **token)
@@ -489,7 +488,7 @@ class FsspecStore:
         """Always False: an object store cannot tell that no save is running."""
         return False
 
-    def discard_unfinished(self, directory: str, owns: Callable[[str], bool]) -> builtins.list[str]:
+    def discard_unfinished(self, directory: str, owns: Callable[[str], bool]) -> list[str]:
         """Abort the incomplete multipart uploads under ``directory`` whose final path
         (``s3://bucket/key``) ``owns`` accepts; their final paths, sorted. [] off S3."""
         if not self._s3:
@@ -516,6 +515,9 @@ class FsspecStore:
             if not page.get("IsTruncated"):
                 return
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    # The interface's earlier name for ``listdir``; defined last, as it shadows the builtin.
+    list = listdir
 
 
 class _TooLarge(Exception):
