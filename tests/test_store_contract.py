@@ -242,3 +242,35 @@ def test_an_object_replaced_while_open_is_reported(s3_endpoint, s3_bucket):
     with pytest.raises(CorruptCheckpointError) as caught:
         file.read_at(0, 10)
     assert path in str(caught.value)
+
+
+# --- without the optional packages, and other protocols
+
+
+@pytest.mark.parametrize("missing", ["fsspec", "s3fs"])
+def test_missing_packages_give_an_install_hint(monkeypatch, missing):
+    import sys
+
+    from ckptlib.store.remote import FsspecStore
+
+    if missing == "s3fs":
+        pytest.importorskip("fsspec")
+    monkeypatch.setitem(sys.modules, missing, None)  # import now raises ImportError
+    with pytest.raises(UnsupportedFeatureError, match=r"pip install 'ckptlib\[s3\]'"):
+        FsspecStore.for_url("s3://bucket/run")
+
+
+def test_updates_off_s3_warn_once_that_other_processes_are_not_excluded(caplog, monkeypatch):
+    pytest.importorskip("fsspec")
+    from ckptlib.store import remote
+
+    monkeypatch.setattr(remote, "_warned_unprotected_update", False)
+    store = remote.FsspecStore.for_url("memory://")
+    path = f"memory://warn-{uuid.uuid4().hex}/state"
+    with caplog.at_level("WARNING", logger="ckptlib"):
+        for _ in range(3):
+            store.update(path, lambda old: (old or b"") + b"x", sync=False)
+    assert store.read_small(path, 10) == b"xxx"
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "not against other processes" in caplog.records[0].getMessage()
+    assert store.io_threads == 4 and store.atomic_rename is False
