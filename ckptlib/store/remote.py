@@ -56,11 +56,12 @@ MAX_PARTS = 10_000
 # indexes, all of it.
 TAIL_BYTES = 64 << 10
 # S3 client limits. A request that gets no answer fails after CONNECT_TIMEOUT_S (no
-# connection) or READ_TIMEOUT_S (no bytes) and is retried, MAX_ATTEMPTS times in all, with
-# botocore's jittered backoff (at most 1 + 2 + 4 s): a dead server ends in StorageError
-# within MAX_ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) + 7 s.
+# connection) or READ_TIMEOUT_S (no bytes) and is tried MAX_ATTEMPTS times in all, with
+# botocore's jittered backoff between tries (at most 1 + 2 + 4 s): a dead server ends in
+# StorageError within MAX_ATTEMPTS * (CONNECT_TIMEOUT_S + READ_TIMEOUT_S) + 7 s = 51 s, or 58 s
+# for a GET whose body stalls after its headers (fetched once more, see BODY_ATTEMPTS).
 CONNECT_TIMEOUT_S = 4
-READ_TIMEOUT_S = 8
+READ_TIMEOUT_S = 7
 MAX_ATTEMPTS = 4
 # Connections per S3 client: more than ``io_threads`` so that a file's parallel reads and a
 # few small requests beside them never queue for a connection.
@@ -198,7 +199,7 @@ class FsspecStore:
             options["config_kwargs"] = {
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "read_timeout": READ_TIMEOUT_S,
-                "retries": {"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                "retries": {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
                 "max_pool_connections": MAX_CONNECTIONS,
             }
         options.update(storage_options)
