@@ -116,3 +116,51 @@ def mem_store():
     register("mem", store)
     yield store
     register("mem", None)
+
+# --- S3: a moto server in a subprocess, buckets, and a fault-injecting proxy (tests/s3_server.py).
+# Skipped, with a reason, where s3fs or moto[server] is not installed.
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """The URL of a moto S3 server for the session. ``AWS_ENDPOINT_URL`` and test
+    credentials are set in ``os.environ`` (subprocesses inherit them) and restored after."""
+    pytest.importorskip("s3fs", reason="S3 tests need s3fs (pip install 'ckptlib[s3]')")
+    pytest.importorskip("moto.server", reason="S3 tests need moto[server]")
+    pytest.importorskip("boto3", reason="S3 tests need boto3")
+    from s3_server import TEST_ENV, MotoServer
+
+    server = MotoServer()
+    wanted = {**TEST_ENV, "AWS_ENDPOINT_URL": server.endpoint}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield server.endpoint
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh, empty bucket: ``"s3://<name>"``."""
+    from s3_server import new_bucket
+
+    return new_bucket(s3_endpoint)
+
+
+@pytest.fixture
+def s3_proxy(s3_endpoint):
+    """A ``FaultProxy`` in front of the moto server (``.endpoint``, counters, ``fail_next``);
+    build a store through it with ``s3_server.make_store(proxy.endpoint)``."""
+    from s3_server import FaultProxy
+
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
