@@ -27,10 +27,12 @@ from ckptlib.errors import (
     ReadOnlyTargetError,
     RestoreMismatchError,
     ShapeMismatchError,
+    StorageError,
     TensorNotFoundError,
     UnsupportedFeatureError,
 )
 from ckptlib.format.slices import TensorSlice
+from ckptlib.io_policy import IOPolicy
 from ckptlib.manager import CheckpointManager
 from ckptlib.merge import merge_bundles
 from ckptlib.object_graph_view import ObjectGraph
@@ -53,6 +55,7 @@ __all__ = [
     "ChecksumMismatchError",
     "CorruptCheckpointError",
     "DtypeMismatchError",
+    "IOPolicy",
     "InvalidStructureError",
     "InvalidTensorError",
     "ObjectGraph",
@@ -61,6 +64,7 @@ __all__ = [
     "RestoreReport",
     "Saver",
     "ShapeMismatchError",
+    "StorageError",
     "TensorNotFoundError",
     "TensorSlice",
     "UnsupportedFeatureError",

@@ -11,6 +11,7 @@ import numpy as np
 
 from ckptlib.errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.format.filenames import data_filename, index_filename
+from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.reader import BundleReader, CheckpointReader
 from ckptlib.reader_v1 import V1Reader, v1_files
 from ckptlib.state import get_checkpoint_state
@@ -22,13 +23,15 @@ PathLike = str | os.PathLike[str]
 
 
 def load_checkpoint(
-    ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True, mmap: bool = False
+    ckpt_dir_or_file: PathLike, *, verify_checksums: bool = True, mmap: bool = False, io: IOPolicy = DEFAULT
 ) -> CheckpointReader:
     """Open a checkpoint lazily: only its index is read until a tensor is requested.
 
     ``ckpt_dir_or_file`` is a prefix (``dir/model.ckpt-7``), a directory (its latest
     checkpoint, through the ``checkpoint`` state file), or one of the checkpoint's own
-    files (``.index``, ``.data-00000-of-00001``). Legacy V1 files are read too.
+    files (``.index``, ``.data-00000-of-00001``), on the local disk or at a URL
+    (``s3://bucket/run``: see ``ckptlib.store``; only the index is fetched, then each
+    tensor's bytes as ranged reads). Legacy V1 files are read too.
 
     Tensors are read into private memory. With ``mmap=True``, numeric tensors come back as
     writable copy-on-write views of the memory-mapped data files instead: no copy is made,
@@ -36,13 +39,15 @@ def load_checkpoint(
     staying as they are: truncating one while views are held kills the process with
     SIGBUS, rewriting one in place (``cp``, ``rsync --inplace``; ckptlib itself only ever
     replaces files by rename) silently changes their values, even of pages already written
-    to, and each held map keeps a file descriptor open. Checksums are verified either way
-    unless ``verify_checksums=False``.
+    to, and each held map keeps a file descriptor open. Stores without maps (object stores,
+    memory) read as with ``mmap=False``. Checksums are verified either way unless
+    ``verify_checksums=False``. ``io`` sets the threads and process-wide settings that reads
+    of many tensors at once may use (``IOPolicy``).
     Raises ``CheckpointNotFoundError`` or ``CorruptCheckpointError``.
     """
     prefix = _prefix_of(os.fspath(ckpt_dir_or_file))
     if store_for(prefix).exists(index_filename(prefix)):
-        return BundleReader(prefix, verify_checksums=verify_checksums, mmap=mmap)
+        return BundleReader(prefix, verify_checksums=verify_checksums, mmap=mmap, io=io)
     if v1_files(prefix):
         return V1Reader(prefix, verify_checksums=verify_checksums)
     raise CheckpointNotFoundError("no checkpoint found (no .index file)", path=prefix)

@@ -15,6 +15,7 @@ from ckptlib import commit
 from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
 from ckptlib.commit import Naming, Retention, read_listing
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
+from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.rotation import deletion_journal, owner
 from ckptlib.store import store_for
@@ -59,6 +60,7 @@ class CheckpointManager:
         num_shards: int = 1,
         sync: bool = True,
         object_graph: bool = True,
+        io: IOPolicy = DEFAULT,
     ):
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
@@ -77,6 +79,7 @@ class CheckpointManager:
         self._num_shards = num_shards
         self._sync = sync
         self._object_graph = object_graph
+        self._io = io
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
         self._store = store_for(self._directory)
         self._owner = owner(self._store, self._directory, self._pattern)
@@ -143,7 +146,7 @@ class CheckpointManager:
         tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
         number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
-        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync)
+        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync, io=self._io)
         writer.add_all(tensors)
 
         def retain() -> Retention:

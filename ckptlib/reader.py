@@ -52,7 +52,7 @@ from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.format.slices import check_tiling, region, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
-from ckptlib.gc_pause import gc_paused
+from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.object_graph_view import ObjectGraph
 from ckptlib.span_checks import check_spans
 from ckptlib.store import ReadFile, store_for
@@ -265,10 +265,18 @@ class BundleReader(CheckpointReader):
     """
 
     @too_large_if_out_of_memory
-    def __init__(self, prefix: str | os.PathLike[str], *, verify_checksums: bool = True, mmap: bool = False):
+    def __init__(
+        self,
+        prefix: str | os.PathLike[str],
+        *,
+        verify_checksums: bool = True,
+        mmap: bool = False,
+        io: IOPolicy = DEFAULT,
+    ):
         self.prefix = os.fspath(prefix)
         self.verify_checksums = verify_checksums
         self.mmap = mmap
+        self._io = io
         self._index_path = index_filename(self.prefix)
         self._store = store_for(self.prefix)
         # Maps only where the store has them; elsewhere mmap=True reads as mmap=False does.
@@ -375,7 +383,7 @@ class BundleReader(CheckpointReader):
         """
         if self.header.big_endian:
             return super().read_all(names)
-        with gc_paused():
+        with self._io.applied():
             return self._read_all_at_once(names)
 
     def _read_all_at_once(self, wanted: Collection[str] | None) -> dict[str, np.ndarray]:
@@ -522,7 +530,13 @@ class BundleReader(CheckpointReader):
             return make_arrays()
         views = {i: cast("memoryview", self._shards[i].mapped_view()) for i in used}
         intact, arrays = check_spans(
-            views, shard_ids[rows], offsets, columns.sizes[rows], unmask_all(columns.crcs[rows]), make_arrays
+            views,
+            shard_ids[rows],
+            offsets,
+            columns.sizes[rows],
+            unmask_all(columns.crcs[rows]),
+            make_arrays,
+            threads=self._io.threads_for(self._store.io_threads),
         )
         for row in rows[~intact].tolist():
             del arrays[row]
@@ -550,7 +564,7 @@ class BundleReader(CheckpointReader):
             columns.sizes[rows],
             expected,
             make_arrays,
-            threads=self._store.io_threads,
+            threads=self._io.threads_for(self._store.io_threads),
         )
         for row in rows[~intact].tolist():
             del arrays[row]

@@ -21,6 +21,7 @@ from ckptlib.errors import (
     UnsupportedFeatureError,
 )
 from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
+from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.object_graph_view import path_text
 from ckptlib.reader import CheckpointReader
 
@@ -47,6 +48,7 @@ def restore(
     verify_checksums: bool = True,
     mmap: bool = False,
     object_paths: bool = False,
+    io: IOPolicy = DEFAULT,
 ) -> Any: ...
 @overload
 def restore(
@@ -57,6 +59,7 @@ def restore(
     verify_checksums: bool = True,
     mmap: bool = False,
     object_paths: bool = False,
+    io: IOPolicy = DEFAULT,
 ) -> RestoreReport: ...
 
 
@@ -68,6 +71,7 @@ def restore(
     verify_checksums: bool = True,
     mmap: bool = False,
     object_paths: bool = False,
+    io: IOPolicy = DEFAULT,
 ) -> Any:
     """Read a checkpoint (prefix, directory or one of its files).
 
@@ -108,7 +112,9 @@ def restore(
     Tensors are read into private memory (numeric ones are views of one buffer, which any
     of them still held keeps whole); no file stays open. With ``mmap=True`` they are
     copy-on-write views of the memory-mapped data files instead (see ``load_checkpoint``
-    for what that risks).
+    for what that risks). ``save_path`` may be a URL (``s3://bucket/run``), read with
+    parallel ranged requests; ``io`` sets the threads and process-wide settings the read
+    may use (``IOPolicy``).
     """
     if into is not None and not tree.is_container(into):
         raise InvalidStructureError(
@@ -117,7 +123,7 @@ def restore(
         )
     if into is not None and object_paths:
         raise InvalidStructureError("restore(object_paths=True) returns a new tree; it takes no into=")
-    with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap) as reader:
+    with load_checkpoint(save_path, verify_checksums=verify_checksums, mmap=mmap, io=io) as reader:
         if object_paths:
             return _read_object_tree(reader)
         if into is None:

@@ -15,6 +15,7 @@ from ckptlib.checkpoint import checkpoint_exists, present
 from ckptlib.commit import Naming, Record, Retention, path_key, read_listing, saver_owner
 from ckptlib.errors import CheckpointNotFoundError
 from ckptlib.format.filenames import index_filename
+from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.rotation import deletion_journal, inside
 from ckptlib.state import DEFAULT_STATE_FILENAME, state_file_path
@@ -62,6 +63,7 @@ class Saver:
         recover: bool = True,
         sync: bool = True,
         object_graph: bool = False,
+        io: IOPolicy = DEFAULT,
     ):
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -83,6 +85,7 @@ class Saver:
         self._recover = recover
         self._sync = sync
         self._object_graph = object_graph
+        self._io = io
         self._saves = 0
         self._track = _Track()
         self._tracks: dict[str, _Track] = {}  # by state file
@@ -130,7 +133,11 @@ class Saver:
             saver_owner(store, save_dir, os.path.basename(save_path)),
         )
         writer = BundleWriter(
-            prefix, num_shards=self._shard_count(tensors), max_shard_bytes=self._max_shard_bytes, sync=self._sync
+            prefix,
+            num_shards=self._shard_count(tensors),
+            max_shard_bytes=self._max_shard_bytes,
+            sync=self._sync,
+            io=self._io,
         )
         writer.add_all(tensors)
 

@@ -23,13 +23,11 @@ one file), while a network store takes several pieces of one file at once
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import operator
-import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple, TypeVar
 
@@ -43,8 +41,6 @@ from ckptlib.store.base import Buffer
 PIECE_BYTES = 16 << 20
 # Buffers per write (Linux's IOV_MAX).
 PIECE_BUFFERS = 1024
-# The GIL switch interval while the calling thread works beside the writers (seconds).
-SWITCH_INTERVAL = 0.0002
 # More writer threads than this gain nothing on any disk we have measured.
 MAX_WRITERS = 8
 
@@ -65,6 +61,8 @@ def write_shards(
     sync: bool,
     meanwhile: Callable[[list[np.ndarray]], T],
     sizes: Sequence[np.ndarray] | None = None,
+    *,
+    threads: int | None = None,
 ) -> tuple[list[NewFile], T]:
     """Write ``contents[i]`` (byte buffers, back to back) to a new file of ``store`` that
     will become ``final_paths[i]``, every shard in parallel, and run ``meanwhile`` on the
@@ -75,8 +73,9 @@ def write_shards(
     under their final paths), and what ``meanwhile`` returned. If anything fails, every
     file is aborted and the error is raised (the calling thread's own, if it failed too).
     The buffers must not change until this returns. ``sizes``, if given, holds each
-    shard's buffer sizes, saving a pass over them. An ``OSError`` names the shard it was
-    writing.
+    shard's buffer sizes, saving a pass over them. ``threads`` caps the writers, this
+    thread included (default: the store's ``io_threads``). An ``OSError`` names the shard
+    it was writing.
     """
     if sizes is None:
         sizes = [np.fromiter(map(_NBYTES, buffers), dtype=np.int64, count=len(buffers)) for buffers in contents]
@@ -87,17 +86,17 @@ def write_shards(
         queue = _PieceQueue()
         # The calling thread writes too once ``meanwhile`` is done, so it counts as one of
         # the writers: one more thread would only compete with it for a core meanwhile.
-        threads = max(1, min(len(files) * store.writers_per_file, store.io_threads, MAX_WRITERS) - 1)
-        with ThreadPoolExecutor(threads, thread_name_prefix="ckptlib-write") as pool:
+        allowed = store.io_threads if threads is None else threads
+        workers = max(1, min(len(files) * store.writers_per_file, allowed, MAX_WRITERS) - 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="ckptlib-write") as pool:
             futures: list[Future[None]] = []
             try:
-                for _ in range(threads):
+                for _ in range(workers):
                     futures.append(pool.submit(_write_pieces, queue, files))
-                with _quick_handoffs():
-                    _queue_pieces(queue, contents, sizes)
-                    if not queue.aborted:  # else a writer failed: its error is raised below
-                        result = meanwhile(list(sizes))
-                    _write_pieces(queue, files)
+                _queue_pieces(queue, contents, sizes)
+                if not queue.aborted:  # else a writer failed: its error is raised below
+                    result = meanwhile(list(sizes))
+                _write_pieces(queue, files)
                 wait(futures)
             except BaseException:
                 queue.abort()  # the writers stop after their current piece; the pool's exit waits for them
@@ -172,33 +171,6 @@ def _queue_pieces(queue: _PieceQueue, contents: Sequence[Sequence[Buffer]], size
 
 
 _NBYTES = operator.attrgetter("nbytes")
-
-
-@contextlib.contextmanager
-def _quick_handoffs() -> Iterator[None]:
-    """Let a writer whose system call has returned take the GIL back within a fraction of a
-    millisecond, rather than the default 5 ms, while the calling thread runs Python: with
-    dozens of writes per shard, waiting out full switch intervals can cost more than the
-    writes themselves. Nested and concurrent saves share one setting; the last to leave
-    puts the user's interval back."""
-    global _handoff_users, _interval_before
-    with _handoff_lock:
-        if _handoff_users == 0:
-            _interval_before = sys.getswitchinterval()
-            sys.setswitchinterval(min(_interval_before, SWITCH_INTERVAL))
-        _handoff_users += 1
-    try:
-        yield
-    finally:
-        with _handoff_lock:
-            _handoff_users -= 1
-            if _handoff_users == 0:
-                sys.setswitchinterval(_interval_before)
-
-
-_handoff_lock = threading.Lock()
-_handoff_users = 0
-_interval_before = 0.005
 
 
 def _pieces(shard: int, buffers: Sequence[Buffer], sizes: np.ndarray | None, base: int = 0) -> list[_Piece]:

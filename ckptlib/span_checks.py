@@ -12,7 +12,6 @@ which tensors are damaged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -38,10 +37,13 @@ def check_spans(
     sizes: np.ndarray,
     expected: np.ndarray,
     meanwhile: Callable[[], T],
+    *,
+    threads: int,
 ) -> tuple[np.ndarray, T]:
     """Whether each span ``views[shard_ids[i]][offsets[i] : offsets[i] + sizes[i]]`` (each
     inside its view, none empty) has the crc32c ``expected[i]``; ``meanwhile()`` runs on
-    this thread while other threads checksum, and its result is returned alongside."""
+    this thread while up to ``threads`` other threads checksum, and its result is returned
+    alongside."""
     if not len(offsets):
         return np.zeros(0, dtype=bool), meanwhile()
     if np.any(sizes <= 0):  # an empty span would make two runs start at the same place
@@ -65,7 +67,7 @@ def check_spans(
         (r for r, span in enumerate(spans) if span.nbytes >= _THREADED_BYTES), key=lambda r: -spans[r].nbytes
     )
     actual = np.zeros(len(spans), dtype=np.uint32)
-    with ThreadPoolExecutor(max(1, min(len(large), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max(1, min(len(large), threads))) as pool:
         pending = pool.map(crc32c_fast, [spans[r] for r in large])
         result = meanwhile()
         for r, span in enumerate(spans):

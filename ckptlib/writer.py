@@ -23,9 +23,9 @@ from ckptlib.errors import InvalidTensorError
 from ckptlib.format import dtypes
 from ckptlib.format.bundle import HEADER_KEY, Entry, name_to_key
 from ckptlib.format.slices import TensorSlice, overlaps, slice_key
-from ckptlib.gc_pause import gc_paused
 from ckptlib.index_builder import Layout, Pending, index_bytes
 from ckptlib.install import recover_interrupted_saves, write_bundle
+from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.shard_plan import assign_shards
 from ckptlib.shard_writer import write_shards
 from ckptlib.store import Store, store_for
@@ -40,7 +40,8 @@ class BundleWriter:
     bytes; with ``num_shards=None``, as many as keep each near ``max_shard_bytes`` (a tensor
     larger than that gets a shard of its own). With ``sync`` (the default) every file and
     the directory are fsynced before the index appears, so a power loss cannot leave an
-    index pointing at missing data.
+    index pointing at missing data. ``io`` sets the threads and process-wide settings the
+    write may use (``IOPolicy``).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class BundleWriter:
         num_shards: int | None = 1,
         max_shard_bytes: int | None = None,
         sync: bool = True,
+        io: IOPolicy = DEFAULT,
     ):
         if num_shards is None and max_shard_bytes is None:
             raise ValueError("give num_shards or max_shard_bytes")
@@ -62,6 +64,7 @@ class BundleWriter:
         self._max_shard_bytes = max_shard_bytes
         self._num_shards = num_shards or 1
         self._sync = sync
+        self._io = io
         self._pending = Pending()
         self._keys: set[bytes] = set()
         self._sliced: dict[str, Entry] = {}  # full entries of partitioned tensors
@@ -183,7 +186,7 @@ class BundleWriter:
             assert self._max_shard_bytes is not None and nbytes is not None
             total = int(nbytes.sum())
             self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
-        with gc_paused():
+        with self._io.applied():
             shards = None if nbytes is None else assign_shards(nbytes, self._num_shards)
             layout = Layout(self._pending, shards)
             # given each shard's buffer sizes
@@ -191,9 +194,9 @@ class BundleWriter:
             known = None if nbytes is None or layout.string_crcs else layout.sizes_of(nbytes)
 
             def write_data(finals: list[str]) -> tuple[list[Any], bytes]:
-                return write_shards(
-                    store, finals, layout.contents, self._sync, functools.partial(index_of, layout), known
-                )
+                meanwhile = functools.partial(index_of, layout)
+                threads = self._io.threads_for(store.io_threads)
+                return write_shards(store, finals, layout.contents, self._sync, meanwhile, known, threads=threads)
 
             write_bundle(store, self.prefix, write_data, self._num_shards, self._sync)
 
@@ -241,6 +244,7 @@ def save(
     num_shards: int = 1,
     sync: bool = True,
     object_graph: bool = False,
+    io: IOPolicy = DEFAULT,
 ) -> str:
     """Write ``tree`` (a training state: nested dicts, lists, tuples, namedtuples or dataclasses
     of arrays, scalars, strings and None; see ``ckptlib.tree``) as a bundle at ``prefix``.
@@ -253,7 +257,10 @@ def save(
     With ``object_graph=True`` the tree is also written as a TF2 object graph (see
     ``ckptlib.object_tree``): ``tf.train.Checkpoint(**mirror).restore(prefix)`` restores a
     mirror of the tree, with ``save_counter`` 1, as after one ``tf.train.Checkpoint.save``.
+
+    ``prefix`` may be a URL (``s3://bucket/run/model.ckpt``; see ``ckptlib.store``). ``io``
+    sets the threads and process-wide settings the save may use (``IOPolicy``).
     """
-    writer = BundleWriter(prefix, num_shards=num_shards, sync=sync)
+    writer = BundleWriter(prefix, num_shards=num_shards, sync=sync, io=io)
     writer.add_all(tensors_of(tree, object_graph=object_graph))
     return writer.finish()

@@ -277,20 +277,32 @@ def test_shards_hold_each_tensor_at_its_offset_in_add_order(tmp_path: Path, monk
 
 
 def test_the_switch_interval_is_put_back_after_concurrent_saves(tmp_path: Path) -> None:
+    """Two saves at once share the quick switch interval (and the gc pause); the last to
+    finish puts back what the process had, and a background policy touches neither."""
+    import gc
     import sys
     import threading
 
+    from ckptlib import IOPolicy
+    from ckptlib.io_policy import QUICK_SWITCH_INTERVAL
+
     before = sys.getswitchinterval()
-    seen: list[float] = []
+    seen: list[tuple[float, bool]] = []
     started = threading.Barrier(3)
 
-    def slow_meanwhile(sizes: list[np.ndarray]) -> None:
+    def slow_meanwhile(sizes: list[np.ndarray]) -> bytes:
         started.wait()
-        seen.append(sys.getswitchinterval())
+        seen.append((sys.getswitchinterval(), gc.isenabled()))
         started.wait()
+        return b""
 
     def save(i: int) -> None:
-        shard_writer.write_shards(LocalStore(), [str(tmp_path / f"s{i}")], [views(b"x" * 100)], False, slow_meanwhile)
+        writer = ckptlib.BundleWriter(tmp_path / f"s{i}")
+        writer.add("x", np.zeros(3))
+        with IOPolicy().applied():
+            shard_writer.write_shards(
+                LocalStore(), [str(tmp_path / f"s{i}")], [views(b"x" * 100)], False, slow_meanwhile
+            )
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -299,8 +311,42 @@ def test_the_switch_interval_is_put_back_after_concurrent_saves(tmp_path: Path) 
     started.wait()
     for thread in threads:
         thread.join()
-    assert seen == [pytest.approx(shard_writer.SWITCH_INTERVAL)] * 2
-    assert sys.getswitchinterval() == before
+    quick = pytest.approx(QUICK_SWITCH_INTERVAL, abs=2e-6)  # the interpreter keeps microseconds
+    assert seen == [(quick, False)] * 2
+    assert sys.getswitchinterval() == before and gc.isenabled()
+
+    seen.clear()
+
+    def background_meanwhile(sizes: list[np.ndarray]) -> bytes:
+        seen.append((sys.getswitchinterval(), gc.isenabled()))
+        return b""
+
+    with IOPolicy.background().applied():
+        shard_writer.write_shards(LocalStore(), [str(tmp_path / "b")], [views(b"x")], False, background_meanwhile)
+    assert seen == [(before, True)]
+
+
+def test_a_save_holds_its_policy_while_it_checksums_and_builds_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import sys
+
+    from ckptlib import IOPolicy, index_builder
+    from ckptlib.io_policy import QUICK_SWITCH_INTERVAL
+
+    seen: list[tuple[float, bool]] = []
+    real = index_builder.index_bytes
+
+    def spy(*args: Any, **kwargs: Any) -> bytes:
+        seen.append((sys.getswitchinterval(), gc.isenabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckptlib.writer, "index_bytes", spy)
+    before = sys.getswitchinterval()
+    ckptlib.save({"x": np.zeros(3)}, tmp_path / "a")
+    ckptlib.save({"x": np.zeros(3)}, tmp_path / "b", io=IOPolicy.background())
+    assert seen == [(pytest.approx(QUICK_SWITCH_INTERVAL, abs=2e-6), False), (before, True)]
 
 
 def test_an_interrupt_while_waiting_for_the_writers_is_not_swallowed(
