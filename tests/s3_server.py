@@ -77,11 +77,11 @@ class MotoServer:
                 self._process.wait()
 
 
-def new_bucket(endpoint: str) -> str:
-    """Create a fresh bucket at ``endpoint``; its URL ``s3://name``."""
+def new_bucket(endpoint: str, name: str | None = None) -> str:
+    """Create a bucket at ``endpoint`` (a fresh name unless ``name`` is given); its URL ``s3://name``."""
     import boto3
 
-    name = "ckpt-" + uuid.uuid4().hex[:16]
+    name = name or "ckpt-" + uuid.uuid4().hex[:16]
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **_keys())
     client.create_bucket(Bucket=name)
     return f"s3://{name}"

@@ -166,8 +166,15 @@ NEEDS_TF = re.compile(r"^\s*(import tensorflow|from tensorflow|import keras|from
 FRAMEWORK = re.compile(r"^\s*(?:import|from)\s+(jax|flax|optax|keras|torch)\b", re.M)
 
 
+# Blocks on S3 run apart, against a local S3 server (test_remote_storage_snippet).
+NEEDS_S3 = re.compile(r"""["']s3://""")
+
+
 def runnable(block: str) -> bool:
-    """Whether every framework the block imports (TensorFlow aside) is installed here."""
+    """Whether every framework the block imports (TensorFlow aside) is installed here, and
+    the block needs no S3 server."""
+    if NEEDS_S3.search(block):
+        return False
     return all(importlib.util.find_spec(name) is not None for name in FRAMEWORK.findall(block))
 
 
@@ -256,6 +263,17 @@ def test_python_tour_with_tensorflow(tmp_path):
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("TensorFlow is not installed: the README's `import tensorflow` snippets were not run")
     run_tour(tmp_path, "\n\n".join(b for b in snippets if runnable(b)), timeout=600)
+
+
+def test_remote_storage_snippet(tmp_path, s3_endpoint):
+    """The S3 blocks, against a local S3 server (moto), with the buckets they name created."""
+    from s3_server import new_bucket
+
+    code = "\n\n".join(b for b in blocks("python") if NEEDS_S3.search(b))
+    assert code, "the README has no S3 snippet"
+    for bucket in set(re.findall(r"s3://([a-z0-9][a-z0-9.-]+)/", code)):
+        new_bucket(s3_endpoint, bucket)
+    run_tour(tmp_path, code)
 
 
 # ----------------------------------------------------------------------------------------
