@@ -79,7 +79,7 @@ def list_directory(directory: str) -> Listing:
     it is complete. Raises ``CheckpointNotFoundError`` if there is no such directory,
     ``CorruptCheckpointError`` if its state file cannot be read."""
     store = store_for(directory)
-    if not store.is_dir(directory):
+    if not directory or not store.is_dir(directory):  # the local store reads "" as "."; ls never did
         raise ckptlib.CheckpointNotFoundError("no such directory", path=directory)
     state = ckptlib.get_checkpoint_state(directory)
     listed: list[tuple[str, float | None]] = []
@@ -339,7 +339,7 @@ class DirectoryVerdict:
 def verify_path(path: str, progress: Progress | None = None) -> Verdict | DirectoryVerdict:
     """``verify_directory`` for a directory, else ``verify_checkpoint`` of the one
     checkpoint ``path`` names (which must exist: ``CheckpointNotFoundError`` if not)."""
-    if store_for(path).is_dir(path):
+    if path and store_for(path).is_dir(path):  # "": the latest checkpoint of "." (load_checkpoint)
         return verify_directory(path, progress)
     return verify_checkpoint(path, must_exist=True, progress=progress)
 
