@@ -309,7 +309,7 @@ PATH_HELP = "a prefix (dir/model.ckpt-7), a directory (its latest checkpoint) or
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    result = reports.repair_directory(args.directory)
+    result = reports.repair_directory(args.directory, assume_idle=args.assume_idle)
     if not result.repaired:
         if args.json:
             print(json.dumps({"directory": result.directory, "repaired": False, "why": result.why}))
@@ -393,12 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
         "repair",
         cmd_repair,
         "Repair what interrupted saves left in a directory, whichever saver made them: put back "
-        "checkpoints whose overwrite was killed, delete temporary files, finish noted deletions. "
-        "Only while no save runs there; every other command only reads.",
-        "Exit status: 0 repaired (or nothing to repair), 1 a save is running there or no such "
-        "directory, 2 usage error.",
+        "checkpoints whose overwrite was killed, delete temporary files (on object stores: "
+        "unfinished uploads and data without an index), finish noted deletions. Only while no "
+        "save runs there; every other command only reads.",
+        "Exit status: 0 repaired (or nothing to repair), 1 a save is running there (or the store "
+        "cannot tell, as object stores cannot: see --assume-idle) or no such directory, 2 usage error.",
     )
-    p.add_argument("directory", help="a directory of checkpoints")
+    p.add_argument("directory", help="a directory of checkpoints (a path or a URL)")
+    p.add_argument(
+        "--assume-idle",
+        action="store_true",
+        help="repair even where the store cannot tell whether a save is running (S3): you say none is",
+    )
     return parser
 
 

@@ -568,10 +568,14 @@ class Repair:
     why: str | None = None
 
 
-def repair_directory(directory: str) -> Repair:
-    """``ckptlib.repair(directory)``: refused (``repaired`` False) while a save may be
-    running there, which on a store without a save lock (S3) is always. Raises
-    ``CheckpointNotFoundError`` if there is no such directory."""
-    if ckptlib.repair(directory):
+def repair_directory(directory: str, *, assume_idle: bool = False) -> Repair:
+    """``ckptlib.repair(directory, assume_idle=...)``: refused (``repaired`` False) while a
+    save may be running there, which on a store without a save lock (S3) is always unless
+    ``assume_idle``. Raises ``CheckpointNotFoundError`` if there is no such directory."""
+    if ckptlib.repair(directory, assume_idle=assume_idle):
         return Repair(directory, True)
-    return Repair(directory, False, "a save is running there (or its file system cannot lock): nothing was touched")
+    return Repair(
+        directory,
+        False,
+        "a save is running there (or its store cannot tell: --assume-idle if you know none is): nothing was touched",
+    )

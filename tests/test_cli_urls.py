@@ -235,6 +235,33 @@ def test_repair(mem_run, capsys):
     assert rc == 0 and json.loads(out) == {"directory": RUN, "repaired": True}
 
 
+def test_repair_waits_for_a_running_save_unless_told_none_runs(mem_run, capsys):
+    leftover = temp_path(f"{RUN}/model.ckpt-3.index")
+    mem_run.write_small(leftover, b"half written", sync=False)
+    with mem_run.saving(RUN, None):  # a save is running in the directory
+        rc, out, err = _run(capsys, "repair", RUN)
+        assert rc == 1 and out == "" and "a save is running there" in err
+        assert mem_run.exists(leftover)
+        rc, out, err = _run(capsys, "repair", "--assume-idle", RUN)
+    assert (rc, out, err) == (0, f"{RUN}: repaired\n", "")
+    assert not mem_run.exists(leftover)
+
+
+def test_s3_repair_needs_assume_idle(s3_bucket, capsys):
+    from ckptlib.store import store_for
+
+    run = f"{s3_bucket}/run"
+    ckptlib.Saver().save(_tree(), f"{run}/model.ckpt", global_step=1)
+    orphan = f"{run}/model.ckpt-2.data-00000-of-00001"  # what a save killed before its index leaves
+    store_for(run).write_small(orphan, b"x" * 10, sync=False)
+    rc, _, err = _run(capsys, "repair", run)
+    assert rc == 1 and "--assume-idle" in err and store_for(run).exists(orphan)
+    rc, out, _ = _run(capsys, "repair", "--assume-idle", run)
+    assert out == f"{run}: repaired\n"
+    assert rc == 0 and not store_for(run).exists(orphan)
+    assert ckptlib.checkpoint_exists(f"{run}/model.ckpt-1")
+
+
 def test_repair_missing_directory(mem_store, capsys):
     rc, out, err = _run(capsys, "repair", "mem://nothing")
     assert rc == 1 and out == "" and "no such directory" in err
