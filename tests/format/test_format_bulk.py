@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptlib.format.bulk_table import build_table_from_columns
-from ckptlib.format.bundle import encode_plain_entries, encode_plain_entry
+from ckptlib.format.bundle import encode_plain_entry
+from ckptlib.format.bundle_columns import encode_plain_entries
 from ckptlib.format.coding import encode_varint
 from ckptlib.format.table import BLOCK_SIZE, TableBuilder
 from ckptlib.format.vector_coding import concat_segments, varints

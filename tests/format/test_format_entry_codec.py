@@ -14,11 +14,10 @@ from ckptlib.format.bundle import (
     _decode_entry_proto,
     _parse_plain_entry,
     decode_entry,
-    decode_plain_entries,
-    decode_plain_entries_at,
     encode_entry,
     encode_plain_entry,
 )
+from ckptlib.format.bundle_columns import decode_plain_entries, decode_plain_entries_at
 from ckptlib.format.proto.tensor_bundle_pb2 import BundleEntryProto
 
 SETTINGS = settings(database=None, deadline=None, max_examples=400)
