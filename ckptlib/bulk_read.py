@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ckptlib.format.crc import crc32c_fast
+from ckptlib.format.crc_columns import crc32c_fast
 from ckptlib.format.crc_combine import combine_runs
 from ckptlib.store import ReadFile
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from ckptlib.format import dtypes
 from ckptlib.format.bulk_table import build_table_from_columns
-from ckptlib.format.bundle import HEADER_KEY, Entry, encode_entry, encode_header, encode_plain_entries, name_to_key
-from ckptlib.format.crc import crc32c_each_releasing, mask_all
+from ckptlib.format.bundle import HEADER_KEY, Entry, encode_entry, encode_header, name_to_key
+from ckptlib.format.bundle_columns import encode_plain_entries
+from ckptlib.format.crc_columns import crc32c_each_releasing, mask_all
 from ckptlib.format.strings import encode_strings
 from ckptlib.format.vector_coding import concat_segments
 

@@ -34,19 +34,10 @@ from ckptlib.errors import (
     UnsupportedFeatureError,
 )
 from ckptlib.format import dtypes
-from ckptlib.format.bundle import (
-    HEADER_KEY,
-    Entry,
-    EntryColumns,
-    Header,
-    decode_entry,
-    decode_header,
-    decode_plain_entries_at,
-    key_to_name,
-    keys_to_names,
-    name_to_key,
-)
-from ckptlib.format.crc import crc32c, unmask, unmask_all
+from ckptlib.format.bundle import HEADER_KEY, Entry, Header, decode_entry, decode_header, key_to_name, name_to_key
+from ckptlib.format.bundle_columns import EntryColumns, decode_plain_entries_at, keys_to_names
+from ckptlib.format.crc import crc32c, unmask
+from ckptlib.format.crc_columns import unmask_all
 from ckptlib.format.filenames import data_filename, index_filename
 from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.format.slices import check_tiling, region, slice_key

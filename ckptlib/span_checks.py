@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ckptlib.format.crc import crc32c_fast
+from ckptlib.format.crc_columns import crc32c_fast
 from ckptlib.format.crc_combine import combine_runs
 
 T = TypeVar("T")

@@ -9,18 +9,21 @@
 ``shared`` is the length of the prefix the key has in common with the previous key; it is
 0 at a *restart point*, one every ``restart_interval`` entries, whose byte offsets are
 listed in ``restart`` so a reader can binary-search. An empty block is ``00000000 01000000``.
+
+``parse_block_columns``'s entry loop is the reference parser; large blocks in the layout every
+writer produces are first tried by ``block_walk.py``, which must give exactly what the loop gives.
 """
 
 from __future__ import annotations
 
 import array
 import itertools
-import operator
 from typing import NamedTuple
 
 import numpy as np
 
 from ckptlib.errors import CorruptCheckpointError
+from ckptlib.format.block_walk import parse_common_block
 from ckptlib.format.coding import Bytes, decode_fixed32, decode_varint32, encode_fixed32, encode_varint
 
 DATA_BLOCK_RESTART_INTERVAL = 16
@@ -130,9 +133,15 @@ def parse_block_columns(contents: Bytes) -> BlockColumns:
     data = bytes(contents[:limit])
     if num_restarts >= _BULK_MIN_RESTARTS and limit <= _BULK_MAX_BYTES:
         restarts = np.frombuffer(bytes(contents[limit : size - 4]), dtype="<u4").astype(np.int64)
-        parsed = _parse_common_block(data, restarts, MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * size)
+        parsed = parse_common_block(
+            data,
+            restarts,
+            MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * size,
+            MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * limit,
+        )
         if parsed is not None:
-            return parsed
+            walked_keys, value_starts, value_ends = parsed
+            return BlockColumns(walked_keys, data, value_starts, value_ends)
     keys: list[bytes] = []
     starts = array.array("q")  # 8 bytes per entry, where a list holds an int object each
     ends = array.array("q")
@@ -166,83 +175,8 @@ def parse_block_columns(contents: Bytes) -> BlockColumns:
     return BlockColumns(keys, data, np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64))
 
 
-# Blocks with at least this many restart points are parsed with numpy first, unless a
-# restart group holds more than _MAX_GROUP entries (TensorFlow's hold 16) or the block is
-# larger than any real one with many entries (TensorFlow closes them near 256 KiB): the
-# numpy walk's temporary columns take some 25 bytes per byte of block.
+# Blocks with at least this many restart points, and no larger than any real one with many
+# entries (TensorFlow closes them near 256 KiB), are parsed by ``block_walk.py`` first: its
+# temporary columns take some 25 bytes per byte of block.
 _BULK_MIN_RESTARTS = 8
 _BULK_MAX_BYTES = 4 << 20
-_MAX_GROUP = 64
-
-
-def _parse_common_block(data: bytes, restarts: np.ndarray, key_budget: int) -> BlockColumns | None:
-    """``parse_block_columns`` for the blocks every writer produces, with the entry walk done on all
-    restart groups at once: restart offsets strictly increasing from 0, every varint one
-    byte, every entry ending inside its group, keys strictly increasing. Anything else
-    returns None and goes through the one-entry-at-a-time loop, which names the problem."""
-    limit = len(data)
-    if restarts[0] != 0 or restarts[-1] >= limit or np.any(np.diff(restarts) <= 0):
-        return None
-    buf = np.frombuffer(data, dtype=np.uint8)
-    group_end = np.append(restarts[1:], limit)
-    cursor = restarts.copy()
-    active = np.arange(len(restarts))
-    starts, headers = [], []
-    while len(active):
-        at = cursor[active]
-        if np.any(at + 3 > group_end[active]):
-            return None
-        header = buf[at[:, None] + np.arange(3)].astype(np.int64)
-        if np.any(header >= 0x80):
-            return None
-        after = at + 3 + header[:, 1] + header[:, 2]
-        if np.any(after > group_end[active]):
-            return None
-        starts.append(at)
-        headers.append(header)
-        cursor[active] = after
-        active = active[after < group_end[active]]
-    order = np.argsort(np.concatenate(starts), kind="stable")
-    start = np.concatenate(starts)[order]
-    shared, non_shared, value_len = np.concatenate(headers)[order].T
-    if int(shared.sum() + non_shared.sum()) > key_budget:
-        return None
-    keys = _rebuild_keys(buf, restarts, start, shared, non_shared)
-    if keys is None or any(map(operator.ge, keys, keys[1:])):
-        return None
-    value_start = start + 3 + non_shared
-    return BlockColumns(keys, data, value_start, value_start + value_len)
-
-
-def _rebuild_keys(
-    buf: np.ndarray, restarts: np.ndarray, start: np.ndarray, shared: np.ndarray, non_shared: np.ndarray
-) -> list[bytes] | None:
-    """Undo prefix compression for every entry at once: each key's own bytes are placed in a
-    matrix row, then the shared prefixes are copied down the rows one restart-group step at
-    a time (a group of 16 entries takes 15 steps, whatever the number of groups). None when
-    a restart entry shares a prefix or an entry claims more than its predecessor's key."""
-    n = len(start)
-    group = np.searchsorted(restarts, start, side="right") - 1
-    first = np.searchsorted(group, np.arange(len(restarts)))  # each group's first entry
-    position = np.arange(n) - first[group]
-    key_len = shared + non_shared
-    if np.any(shared[position == 0] != 0) or np.any(shared[1:] > key_len[:-1]):
-        return None
-    if n and position.max() > _MAX_GROUP:  # a step per entry of the longest group would cost more than the loop
-        return None
-    width = int(key_len.max()) if n else 0
-    if n * width > MAX_KEY_BYTES_SLACK + MAX_KEY_EXPANSION * len(buf):  # one long key among many short
-        return None
-    matrix = np.zeros((n, width), dtype=np.uint8)
-    total = int(non_shared.sum())
-    rows = np.repeat(np.arange(n), non_shared)
-    offset = np.arange(total) - np.repeat(np.cumsum(non_shared) - non_shared, non_shared)
-    matrix[rows, shared[rows] + offset] = buf[start[rows] + 3 + offset]
-    columns = np.arange(width)
-    for step in range(1, int(position.max()) + 1 if n else 0):
-        at = np.flatnonzero(position == step)
-        inherited = columns < shared[at, None]
-        matrix[at] = np.where(inherited, matrix[at - 1], matrix[at])
-    joined = matrix[columns < key_len[:, None]].tobytes()
-    ends = np.cumsum(key_len)
-    return list(map(joined.__getitem__, map(slice, (ends - key_len).tolist(), ends.tolist())))

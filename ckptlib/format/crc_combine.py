@@ -10,6 +10,15 @@ in a shard combine into the checksum of the whole run, and one crc32c call over 
 Each map "advance over 2**k zero bytes" is kept as four 256-entry tables, one per byte of
 the register, so ``shift`` handles many registers at once with numpy: one table step per
 bit of the lengths.
+
+The reference they must equal: ``crc.crc32c`` of the concatenated bytes (and ``shift(c, n)``
+``crc.crc32c(bytes(n), c) ^ crc.crc32c(bytes(n))``). The tests that prove it, on random parts
+and runs:
+
+    tests/format/test_format_crc_combine.py::test_shift_joins_two_checksums_into_that_of_the_concatenation
+    tests/format/test_format_crc_combine.py::test_shift_over_megabytes_of_zeros
+    tests/format/test_format_crc_combine.py::test_shifts_compose_up_to_the_top_bit_of_a_64_bit_length
+    tests/format/test_format_crc_combine.py::test_combined_runs_equal_the_checksum_of_each_run
 """
 
 from __future__ import annotations

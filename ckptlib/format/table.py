@@ -14,6 +14,9 @@ TensorFlow does, so the files it writes are byte-identical to TensorFlow's.
 
 The builder writes through ``append(bytes)``; the reader reads through a ``ByteSource``
 (size + read at an offset). Neither ever sees a path.
+
+``TableBuilder`` is the reference writer; ``bulk_table.py`` builds a whole table from columns
+with numpy and must give exactly its bytes.
 """
 
 from __future__ import annotations

@@ -8,6 +8,15 @@ at a time costs more than writing their data. These helpers work on whole column
     varints([1, 300])        ->  [[01 .. ..]          lengths [1, 2]
                                   [ac 02 ..]]
     concat_segments(src, starts, lengths)  ->  src[s0:s0+l0] + src[s1:s1+l1] + ...
+
+What each must equal, and the test that proves it on random inputs:
+
+    varints          ``coding.encode_varint`` of each value
+                     tests/format/test_format_bulk.py::test_varints_match_encode_varint
+    concat_segments  slicing and ``b"".join``
+                     tests/format/test_format_bulk.py::test_concat_segments_matches_slicing
+    row_prefixes,    slicing each row and joining (``place``: writing each prefix at the cursor)
+    place            tests/format/test_format_bulk.py::test_row_prefixes_and_place_match_slicing
 """
 
 from __future__ import annotations

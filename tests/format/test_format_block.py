@@ -191,13 +191,13 @@ def test_the_numpy_walk_takes_real_blocks(monkeypatch: pytest.MonkeyPatch) -> No
         builder.add(key, value)
     block = builder.finish()
     calls = []
-    real = block_module._parse_common_block
+    real = block_module.parse_common_block
 
     def spy(*args: object) -> object:
         result = real(*args)  # type: ignore[arg-type]
         calls.append(result is not None)
         return result
 
-    monkeypatch.setattr(block_module, "_parse_common_block", spy)
+    monkeypatch.setattr(block_module, "parse_common_block", spy)
     assert parse_block(block) == entries
     assert calls == [True]

@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptlib.format.bulk_table import build_table_from_columns
-from ckptlib.format.bundle import encode_plain_entries, encode_plain_entry
+from ckptlib.format.bundle import encode_plain_entry
+from ckptlib.format.bundle_columns import encode_plain_entries
 from ckptlib.format.coding import encode_varint
 from ckptlib.format.table import BLOCK_SIZE, TableBuilder
-from ckptlib.format.vector_coding import concat_segments, varints
+from ckptlib.format.vector_coding import concat_segments, place, row_prefixes, varints
 
 SETTINGS = settings(database=None, deadline=None, max_examples=150)
 
@@ -103,3 +104,24 @@ def test_entries_encoded_together_match_entries_encoded_alone(entries: list[tupl
     alone = [encode_plain_entry(*e) for e in entries]
     assert lengths.tolist() == [len(v) for v in alone]
     assert values.tobytes() == b"".join(alone)
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=6), max_size=12), st.data())
+def test_row_prefixes_and_place_match_slicing(rows: list[bytes], data: st.DataObject) -> None:
+    """``row_prefixes`` and ``place`` against plain slicing and concatenation, row by row."""
+    width = 6
+    matrix = np.zeros((len(rows), width), dtype=np.uint8)
+    for i, row in enumerate(rows):
+        matrix[i, : len(row)] = np.frombuffer(row, np.uint8)
+    lengths = np.array([data.draw(st.integers(0, len(row))) for row in rows], dtype=np.int64)
+    prefixes = [row[:n] for row, n in zip(rows, lengths.tolist())]
+    assert row_prefixes(matrix, lengths).tobytes() == b"".join(prefixes)
+    before = [data.draw(st.binary(max_size=4)) for _ in rows]
+    out = np.zeros((len(rows), 4 + width), dtype=np.uint8)
+    for i, head in enumerate(before):
+        out[i, : len(head)] = np.frombuffer(head, np.uint8)
+    cursor = np.array([len(head) for head in before], dtype=np.int64)
+    place(out, cursor, matrix, lengths)
+    assert cursor.tolist() == [len(head) + len(prefix) for head, prefix in zip(before, prefixes)]
+    assert [bytes(out[i, : cursor[i]]) for i in range(len(rows))] == [h + p for h, p in zip(before, prefixes)]

@@ -23,8 +23,8 @@ from ckptlib.format.bundle import (
     encode_entry,
     encode_header,
     key_to_name,
-    keys_to_names,
 )
+from ckptlib.format.bundle_columns import keys_to_names
 from ckptlib.format.proto.tensor_bundle_pb2 import BundleEntryProto, BundleHeaderProto
 from ckptlib.format.slices import TensorSlice
 from ckptlib.tree import STRUCTURE_KEY
