@@ -57,15 +57,23 @@ class FaultyStore(MemoryStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.faults: dict[str, tuple[int, BaseException, str]] = {}
+        self.faults: dict[str, tuple[int, BaseException, str, int | None]] = {}
         self.calls: dict[str, int] = {}
         self.small_writes: list[tuple[str, bytes]] = []  # every write_small, in order
 
     def fail(
-        self, operation: str, *, after: int = 0, error: BaseException | None = None, match: str = ""
+        self,
+        operation: str,
+        *,
+        after: int = 0,
+        times: int | None = None,
+        error: BaseException | None = None,
+        match: str = "",
     ) -> None:
-        """Fail ``operation`` on paths containing ``match`` after ``after`` such calls."""
-        self.faults[operation] = (after, error or OSError(errno.EIO, f"injected failure of {operation}"), match)
+        """Fail ``operation`` on paths containing ``match`` after ``after`` such calls, for
+        ``times`` calls (None: every one)."""
+        error = error or OSError(errno.EIO, f"injected failure of {operation}")
+        self.faults[operation] = (after, error, match, times)
         self.calls[operation] = 0
 
     def check(self, operation: str, path: str) -> None:
@@ -73,8 +81,9 @@ class FaultyStore(MemoryStore):
         if fault is None or fault[2] not in path:
             return
         self.calls[operation] = self.calls.get(operation, 0) + 1
-        if self.calls[operation] > fault[0]:
-            raise fault[1]
+        after, error, _, times = fault
+        if self.calls[operation] > after and (times is None or self.calls[operation] <= after + times):
+            raise error
 
     def write_small(self, path: str, data: bytes, sync: bool) -> None:
         self.small_writes.append((path, bytes(data)))
@@ -116,6 +125,7 @@ def mem_store():
     register("mem", store)
     yield store
     register("mem", None)
+
 
 # --- S3: a moto server in a subprocess, buckets, and a fault-injecting proxy (tests/s3_server.py).
 # Skipped, with a reason, where s3fs or moto[server] is not installed.

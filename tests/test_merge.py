@@ -39,7 +39,7 @@ def test_a_failed_merge_puts_every_data_file_back(mem_store: Any, fail_at: str) 
     if fail_at == "index":
         mem_store.fail("finish", error=OSError(28, "No space left on device"))
     else:
-        mem_store.fail("rename", after=1)
+        mem_store.fail("rename", after=1, times=1)
     with pytest.raises(OSError):
         ckptlib.merge_bundles(parts, "mem://run/merged")
     mem_store.faults.clear()

@@ -49,7 +49,7 @@ def test_verdicts_match_one_checksum_per_span(monkeypatch: pytest.MonkeyPatch, s
             views[shard][int(rng.integers(0, len(views[shard])))] ^= 1 << int(rng.integers(0, 8))
     for row in rng.integers(0, 200, int(rng.integers(0, 3))).tolist():  # and some stored checksums
         expected[row] ^= np.uint32(1) << np.uint32(rng.integers(0, 32))
-    intact, _ = span_checks.check_spans(views, shard_ids, offsets, sizes, expected, lambda: None)
+    intact, _ = span_checks.check_spans(views, shard_ids, offsets, sizes, expected, lambda: None, threads=2)
     assert intact.tolist() == (direct(views, shard_ids, offsets, sizes) == expected).tolist()
 
 
@@ -60,7 +60,13 @@ def test_meanwhile_runs_on_the_calling_thread_and_its_result_comes_back() -> Non
     expected = direct(views, np.zeros(3, np.int64), offsets, sizes)
     threads = []
     intact, result = span_checks.check_spans(
-        views, np.zeros(3, np.int64), offsets, sizes, expected, lambda: threads.append(threading.current_thread()) or 42
+        views,
+        np.zeros(3, np.int64),
+        offsets,
+        sizes,
+        expected,
+        lambda: threads.append(threading.current_thread()) or 42,
+        threads=2,
     )
     assert intact.tolist() == [True, True, True]
     assert result == 42 and threads == [threading.main_thread()]
@@ -68,7 +74,13 @@ def test_meanwhile_runs_on_the_calling_thread_and_its_result_comes_back() -> Non
 
 def test_no_spans() -> None:
     intact, result = span_checks.check_spans(
-        {}, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint32), lambda: "x"
+        {},
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.uint32),
+        lambda: "x",
+        threads=2,
     )
     assert intact.shape == (0,) and result == "x"
 
@@ -82,5 +94,7 @@ def test_one_large_span_is_checked_in_pieces(monkeypatch: pytest.MonkeyPatch, da
     if damage_at is not None:
         data[damage_at] ^= 0x10
     one = np.zeros(1, np.int64)
-    intact, _ = span_checks.check_spans({0: memoryview(data)}, one, one, np.array([5_000]), expected, lambda: None)
+    intact, _ = span_checks.check_spans(
+        {0: memoryview(data)}, one, one, np.array([5_000]), expected, lambda: None, threads=2
+    )
     assert intact.tolist() == [damage_at is None]
