@@ -1,6 +1,7 @@
 """ckptlib on S3 against plain s3fs transfers of the same bytes, on a local moto server.
 
     python benchmarks/bench_s3.py                       # 1 GiB in 64 float32 tensors, --repeat 3
+    python benchmarks/bench_s3.py --repeat 1 --warmup 0 # 1 GiB once (moto grows to ~10 GiB)
     python benchmarks/bench_s3.py --gib 0.25 --repeat 5
     python benchmarks/bench_s3.py --cases open-one      # only the 100,000-tensor open + read one
 
@@ -181,7 +182,12 @@ def bench_open_one(moto: MotoServer, bucket: str, args: argparse.Namespace) -> N
     print("|---|---:|---:|---:|---:|")
     name = "ckptlib open + get one"
     print(f"| {name} (via counting proxy) | {medians[name]:.3f} | {BEST[name]:.3f} | {requests} | {nbytes:,} |")
-    print("\nrequests of the last round: " + ", ".join(f"{m} {p.split('?')[0]} {s}" for m, p, s in log))
+    described = []
+    for method, path, status in log:
+        where, _, query = path.partition("?")
+        name = where.rsplit("/", 1)[-1] + ("?" + query.split("=")[0] if query else "")
+        described.append(f"{method} {name} {status}")
+    print("\nrequests of the last round: " + ", ".join(described))
     if len({c for c in counts}) > 1:
         print(f"(counts differed between rounds: {sorted(set(counts))})")
 
