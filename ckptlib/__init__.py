@@ -27,6 +27,7 @@ from ckptlib.errors import (
     ReadOnlyTargetError,
     RestoreMismatchError,
     ShapeMismatchError,
+    StorageError,
     TensorNotFoundError,
     UnsupportedFeatureError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "RestoreReport",
     "Saver",
     "ShapeMismatchError",
+    "StorageError",
     "TensorNotFoundError",
     "TensorSlice",
     "UnsupportedFeatureError",

@@ -55,6 +55,7 @@ def test_public_api_is_pinned() -> None:
             "RestoreReport",
             "Saver",
             "ShapeMismatchError",
+            "StorageError",
             "TensorNotFoundError",
             "TensorSlice",
             "UnsupportedFeatureError",
