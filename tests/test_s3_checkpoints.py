@@ -439,3 +439,160 @@ def test_save_killed_mid_save_leaves_step_1_and_repair_removes_leftovers(s3_endp
     assert fetch(s3_endpoint, f"{run}/checkpoint") == state_before
     assert {name: fetch(s3_endpoint, f"{run}/{name}") for name in step1} == step1_before
     assert_tree_equal(ckptlib.restore(f"{run}/model.ckpt-1"), {"w": np.arange(1000, dtype=np.float32)})
+
+
+# --- 4. two savers sharing one directory
+
+_MANAGER = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+
+    import ckptlib
+
+    run, name = sys.argv[1], sys.argv[2]
+    manager = ckptlib.CheckpointManager(run, max_to_keep=2, checkpoint_name=name)
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start saving at once
+    lost = []
+    for step in range(1, 6):
+        manager.save({"who": name, "step": np.array(step), "w": np.full(1000, step, np.float32)})
+        # The other manager's updates keep this one's entries: none is ever missing.
+        listed = ckptlib.get_checkpoint_state(run).all_model_checkpoint_paths
+        lost += [prefix for prefix in manager.checkpoints if prefix not in listed]
+    print(" ".join(manager.checkpoints), flush=True)
+    print("lost:", " ".join(lost), flush=True)
+    """
+)
+
+
+def test_two_managers_saving_into_one_directory_lose_nothing(s3_endpoint, s3_bucket):
+    """Two processes, each a CheckpointManager (max_to_keep=2) with its own checkpoint_name
+    in one S3 directory, save 5 times at once: the state file lists both managers' kept
+    checkpoints (no update lost to the other's conditional writes), each rotation deleted
+    only its own checkpoints, and every listed checkpoint restores to its saver's values."""
+    run = f"{s3_bucket}/run"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MANAGER, run, name],
+            env={**os.environ, "PYTHONPATH": REPO},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("alpha", "beta")
+    ]
+    try:
+        for process in processes:
+            assert process.stdout.readline() == "ready\n"
+        for process in processes:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=45)[0].splitlines() for process in processes]
+        assert [process.returncode for process in processes] == [0, 0]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(10)
+
+    assert [lines[1:] for lines in outputs] == [["lost: "], ["lost: "]]  # no entry of a saver ever went missing
+    kept = [lines[0].split() for lines in outputs]
+    assert kept == [[f"{run}/{name}-4", f"{run}/{name}-5"] for name in ("alpha", "beta")]
+    state = ckptlib.get_checkpoint_state(run)
+    assert sorted(state.all_model_checkpoint_paths) == sorted(kept[0] + kept[1])
+    assert state.model_checkpoint_path in (f"{run}/alpha-5", f"{run}/beta-5")
+    names = names_in(s3_endpoint, run)
+    assert names == {"checkpoint"} | {n for p in kept[0] + kept[1] for n in bundle_names(p.rsplit("/", 1)[1])}
+    for prefix in kept[0] + kept[1]:
+        name, step = prefix.rsplit("/", 1)[1].split("-")
+        restored = ckptlib.restore(prefix, object_paths=False)
+        assert restored["who"] == name and int(restored["step"]) == int(step)
+
+
+# --- 6. injected faults at the Saver level
+
+
+def _statuses(proxy) -> list[int]:
+    return [status for _, _, status in list(proxy.log)]
+
+
+def test_a_few_503s_during_a_save_are_retried(s3_endpoint, s3_bucket, proxied):
+    """503s answered once each to a part upload, the index's PUT, the state file's read and its
+    conditional PUT are retried: the save succeeds and restores exactly."""
+    proxy = proxied
+    run = f"{s3_bucket}/run"
+    tree = {**state_tree(1), "big": np.arange(40_000, dtype=np.float64)}  # 5 parts of 64 KiB
+    proxy.fail_next(1, method="PUT", path="model.ckpt-1.data")
+    proxy.fail_next(1, method="PUT", path="model.ckpt-1.index")
+    proxy.fail_next(1, method="GET", path="run/checkpoint")
+    proxy.fail_next(1, method="PUT", path="run/checkpoint")
+    assert ckptlib.Saver().save(tree, f"{run}/model.ckpt", global_step=1) == f"{run}/model.ckpt-1"
+    assert _statuses(proxy).count(503) == 4
+    assert ckptlib.latest_checkpoint(run) == f"{run}/model.ckpt-1"
+    assert_tree_equal(ckptlib.restore(run), tree)
+    assert unfinished_under(s3_endpoint, run) == []
+
+
+@pytest.mark.parametrize("kind", ["503", "drop"])
+def test_persistent_data_upload_failures_end_the_save_in_storage_error(s3_endpoint, s3_bucket, proxied, kind):
+    """Every part upload of step 2's data answered 503 (or its connection dropped): Saver.save raises StorageError (a
+    CheckpointError and an OSError) within a bounded time, step 1 stays the latest and
+    restores, the state file is unchanged, and no unfinished multipart upload remains."""
+    proxy = proxied
+    run = f"{s3_bucket}/run"
+    saver = ckptlib.Saver(max_to_keep=1)
+    saver.save(state_tree(1), f"{run}/model.ckpt", global_step=1)
+    state_before = fetch(s3_endpoint, f"{run}/checkpoint")
+    names_before = names_in(s3_endpoint, run)
+
+    proxy.fail_next(100_000, kind, method="PUT", path="model.ckpt-2.data")  # the parts, not the upload's start (POST)
+    big = {**state_tree(2), "big": np.arange(40_000, dtype=np.float64)}  # 5 parts of 64 KiB
+    started = time.monotonic()
+    with pytest.raises(ckptlib.StorageError) as caught:
+        saver.save(big, f"{run}/model.ckpt", global_step=2)
+    assert time.monotonic() - started < 30  # 3 tries per part, backoff at most 1 + 2 s
+    assert isinstance(caught.value, ckptlib.CheckpointError) and isinstance(caught.value, OSError)
+    assert "model.ckpt-2.data" in str(caught.value)
+    failed = 503 if kind == "503" else 0
+    assert any(method == "PUT" and "partNumber" in path and status == failed for method, path, status in proxy.log)
+    assert any(method == "POST" and "model.ckpt-2.data" in path for method, path, _ in proxy.log)  # it started
+    assert unfinished_under(s3_endpoint, run) == []
+    assert fetch(s3_endpoint, f"{run}/checkpoint") == state_before
+    assert names_in(s3_endpoint, run) == names_before
+    assert ckptlib.latest_checkpoint(run) == f"{run}/model.ckpt-1"
+    assert_tree_equal(ckptlib.restore(run), state_tree(1))
+
+
+def test_persistent_state_file_failures_leave_step_1_named(s3_endpoint, s3_bucket, proxied):
+    """Every conditional PUT of the state file answered 503: Saver.save raises StorageError;
+    the state file still names step 1 only, and step 1 (which max_to_keep=1 would have
+    rotated out) still exists and restores. Step 2's bundle may exist but is not listed; the
+    next save, the fault gone, lists step 3 and deletes steps 1 and 2."""
+    proxy = proxied
+    run = f"{s3_bucket}/run"
+    saver = ckptlib.Saver(max_to_keep=1)
+    saver.save(state_tree(1), f"{run}/model.ckpt", global_step=1)
+    state_before = fetch(s3_endpoint, f"{run}/checkpoint")
+
+    proxy.fail_next(100_000, method="PUT", path="run/checkpoint")
+    started = time.monotonic()
+    with pytest.raises(ckptlib.StorageError) as caught:
+        saver.save(state_tree(2), f"{run}/model.ckpt", global_step=2)
+    assert time.monotonic() - started < 30
+    assert "checkpoint" in str(caught.value)
+    assert fetch(s3_endpoint, f"{run}/checkpoint") == state_before
+    state = ckptlib.get_checkpoint_state(run)
+    assert (state.model_checkpoint_path, list(state.all_model_checkpoint_paths)) == (
+        f"{run}/model.ckpt-1",
+        [f"{run}/model.ckpt-1"],
+    )
+    assert ckptlib.latest_checkpoint(run) == f"{run}/model.ckpt-1"
+    assert_tree_equal(ckptlib.restore(run), state_tree(1))
+
+    proxy.reset()
+    saver.save(state_tree(3), f"{run}/model.ckpt", global_step=3)
+    state = ckptlib.get_checkpoint_state(run)
+    assert list(state.all_model_checkpoint_paths) == [f"{run}/model.ckpt-3"]
+    assert names_in(s3_endpoint, run) == {"checkpoint"} | bundle_names("model.ckpt-3")  # steps 1 and 2 rotated out
+    assert_tree_equal(ckptlib.restore(run), state_tree(3))
