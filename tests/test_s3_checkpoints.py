@@ -534,9 +534,10 @@ def test_a_few_503s_during_a_save_are_retried(s3_endpoint, s3_bucket, proxied):
     assert unfinished_under(s3_endpoint, run) == []
 
 
-@pytest.mark.parametrize("kind", ["503", "drop"])
+@pytest.mark.parametrize("kind", ["503", "drop", "hang"])
 def test_persistent_data_upload_failures_end_the_save_in_storage_error(s3_endpoint, s3_bucket, proxied, kind):
-    """Every part upload of step 2's data answered 503 (or its connection dropped): Saver.save raises StorageError (a
+    """Every part upload of step 2's data answered 503 (or its connection dropped, or left
+    unanswered until the client's read timeout): Saver.save raises StorageError (a
     CheckpointError and an OSError) within a bounded time, step 1 stays the latest and
     restores, the state file is unchanged, and no unfinished multipart upload remains."""
     proxy = proxied
@@ -551,10 +552,11 @@ def test_persistent_data_upload_failures_end_the_save_in_storage_error(s3_endpoi
     started = time.monotonic()
     with pytest.raises(ckptlib.StorageError) as caught:
         saver.save(big, f"{run}/model.ckpt", global_step=2)
-    assert time.monotonic() - started < 30  # 3 tries per part, backoff at most 1 + 2 s
+    # 3 tries per part, each at most the read timeout (4 s) when hanging, backoff at most 1 + 2 s
+    assert time.monotonic() - started < 30
     assert isinstance(caught.value, ckptlib.CheckpointError) and isinstance(caught.value, OSError)
     assert "model.ckpt-2.data" in str(caught.value)
-    failed = 503 if kind == "503" else 0
+    failed = 503 if kind == "503" else 0  # (0: dropped or left hanging)
     assert any(method == "PUT" and "partNumber" in path and status == failed for method, path, status in proxy.log)
     assert any(method == "POST" and "model.ckpt-2.data" in path for method, path, _ in proxy.log)  # it started
     assert unfinished_under(s3_endpoint, run) == []
@@ -596,3 +598,32 @@ def test_persistent_state_file_failures_leave_step_1_named(s3_endpoint, s3_bucke
     assert list(state.all_model_checkpoint_paths) == [f"{run}/model.ckpt-3"]
     assert names_in(s3_endpoint, run) == {"checkpoint"} | bundle_names("model.ckpt-3")  # steps 1 and 2 rotated out
     assert_tree_equal(ckptlib.restore(run), state_tree(3))
+
+
+def test_persistent_index_upload_failures_remove_the_uploaded_data(s3_endpoint, s3_bucket, proxied):
+    """Step 2's data shards uploaded, every PUT of its index answered 503: Saver.save raises
+    StorageError naming the index, and the data objects already complete are deleted again
+    (nothing of step 2 remains, no unfinished upload), step 1 still the latest."""
+    proxy = proxied
+    run = f"{s3_bucket}/run"
+    saver = ckptlib.Saver(max_to_keep=1, num_shards=2)
+    saver.save(state_tree(1), f"{run}/model.ckpt", global_step=1)
+    state_before = fetch(s3_endpoint, f"{run}/checkpoint")
+    names_before = names_in(s3_endpoint, run)
+
+    proxy.reset()
+    proxy.fail_next(100_000, method="PUT", path="model.ckpt-2.index")
+    big = {**state_tree(2), "big": np.arange(40_000, dtype=np.float64)}
+    started = time.monotonic()
+    with pytest.raises(ckptlib.StorageError) as caught:
+        saver.save(big, f"{run}/model.ckpt", global_step=2)
+    assert time.monotonic() - started < 30
+    assert "model.ckpt-2.index" in str(caught.value)
+    # both data shards were complete objects before the index failed, and were deleted again
+    deleted = {path.rsplit("/", 1)[1] for method, path, _ in proxy.log if method == "DELETE" and "?" not in path}
+    assert deleted == bundle_names("model.ckpt-2", 2) - {"model.ckpt-2.index"}, proxy.log
+    assert names_in(s3_endpoint, run) == names_before
+    assert unfinished_under(s3_endpoint, run) == []
+    assert fetch(s3_endpoint, f"{run}/checkpoint") == state_before
+    assert ckptlib.latest_checkpoint(run) == f"{run}/model.ckpt-1"
+    assert_tree_equal(ckptlib.restore(run), state_tree(1))
