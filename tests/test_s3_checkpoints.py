@@ -627,3 +627,22 @@ def test_persistent_index_upload_failures_remove_the_uploaded_data(s3_endpoint, 
     assert fetch(s3_endpoint, f"{run}/checkpoint") == state_before
     assert ckptlib.latest_checkpoint(run) == f"{run}/model.ckpt-1"
     assert_tree_equal(ckptlib.restore(run), state_tree(1))
+
+
+def test_repair_of_a_directory_leaves_its_subdirectories_alone(s3_endpoint, s3_bucket):
+    """repair(run, assume_idle=True) vouches for ``run`` only: the unfinished upload and the
+    unindexed data object of a save into ``run/eval`` (a directory of its own, where a save
+    may be running) stay, while those directly in ``run`` go."""
+    run = f"{s3_bucket}/run"
+    ckptlib.Saver().save(state_tree(1), f"{run}/model.ckpt", global_step=1)
+    ckptlib.Saver().save(state_tree(1), f"{run}/eval/model.ckpt", global_step=1)
+    bucket, key = _split(run)
+    client = _client(s3_endpoint)
+    for directory in (key, f"{key}/eval"):
+        client.put_object(Bucket=bucket, Key=f"{directory}/model.ckpt-2.data-00000-of-00002", Body=b"x")
+        client.create_multipart_upload(Bucket=bucket, Key=f"{directory}/model.ckpt-2.data-00001-of-00002")
+
+    assert ckptlib.repair(run, assume_idle=True) is True
+    assert unfinished_under(s3_endpoint, run) == [f"{key}/eval/model.ckpt-2.data-00001-of-00002"]
+    assert "model.ckpt-2.data-00000-of-00002" not in names_in(s3_endpoint, run)
+    assert "eval/model.ckpt-2.data-00000-of-00002" in names_in(s3_endpoint, run)
