@@ -290,7 +290,7 @@ def test_lazy_reads_fetch_little_and_restore_fetches_each_byte_once(s3_endpoint,
     # every entry, see the size check below); get_tensor: the data shard's tail (1 GET, at its
     # opening) and the tensor's bytes (1 ranged GET: they lie before that tail). 5 in all.
     assert sizes["model.ckpt.index"] < TAIL_BYTES
-    assert requests <= 5, proxy.log
+    assert requests <= 5, list(proxy.log)
     assert fetched < 0.05 * total, (fetched, total)
     # Fetched: the index (tens of KB) and the data shard's tail (64 KiB), not the 8 MiB tensor.
 
@@ -332,8 +332,10 @@ def test_reading_makes_only_get_head_and_list_requests(s3_endpoint, s3_bucket, p
     target = state_tree(0)
     ckptlib.restore(f"{run}/model.ckpt-1", into=target)
     assert_tree_equal(target, state_tree(1))
-    methods = {method for method, _, _ in proxy.log}
-    assert methods <= {"GET", "HEAD"}, [entry for entry in proxy.log if entry[0] not in ("GET", "HEAD")]
+    log = list(proxy.log)
+    assert {method for method, _, _ in log} <= {"GET", "HEAD"}, [
+        entry for entry in log if entry[0] not in ("GET", "HEAD")
+    ]
     assert len(unfinished_under(s3_endpoint, run)) == 1
     assert "model.ckpt-3.data-00000-of-00001" in names_in(s3_endpoint, run)
 
@@ -557,8 +559,9 @@ def test_persistent_data_upload_failures_end_the_save_in_storage_error(s3_endpoi
     assert isinstance(caught.value, ckptlib.CheckpointError) and isinstance(caught.value, OSError)
     assert "model.ckpt-2.data" in str(caught.value)
     failed = 503 if kind == "503" else 0  # (0: dropped or left hanging)
-    assert any(method == "PUT" and "partNumber" in path and status == failed for method, path, status in proxy.log)
-    assert any(method == "POST" and "model.ckpt-2.data" in path for method, path, _ in proxy.log)  # it started
+    log = list(proxy.log)
+    assert any(method == "PUT" and "partNumber" in path and status == failed for method, path, status in log)
+    assert any(method == "POST" and "model.ckpt-2.data" in path for method, path, _ in log)  # it started
     assert unfinished_under(s3_endpoint, run) == []
     assert fetch(s3_endpoint, f"{run}/checkpoint") == state_before
     assert names_in(s3_endpoint, run) == names_before
@@ -620,8 +623,9 @@ def test_persistent_index_upload_failures_remove_the_uploaded_data(s3_endpoint, 
     assert time.monotonic() - started < 30
     assert "model.ckpt-2.index" in str(caught.value)
     # both data shards were complete objects before the index failed, and were deleted again
-    deleted = {path.rsplit("/", 1)[1] for method, path, _ in proxy.log if method == "DELETE" and "?" not in path}
-    assert deleted == bundle_names("model.ckpt-2", 2) - {"model.ckpt-2.index"}, proxy.log
+    log = list(proxy.log)
+    deleted = {path.rsplit("/", 1)[1] for method, path, _ in log if method == "DELETE" and "?" not in path}
+    assert deleted == bundle_names("model.ckpt-2", 2) - {"model.ckpt-2.index"}, log
     assert names_in(s3_endpoint, run) == names_before
     assert unfinished_under(s3_endpoint, run) == []
     assert fetch(s3_endpoint, f"{run}/checkpoint") == state_before
