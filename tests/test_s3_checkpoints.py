@@ -215,20 +215,14 @@ def test_checkpoint_manager_rotates_and_restores_over_s3(s3_endpoint, s3_bucket)
 
 
 @pytest.mark.parametrize("num_shards", [1, 3])
-def test_s3_files_equal_local_files_byte_for_byte(s3_endpoint, s3_bucket, tmp_path, num_shards):
+def test_s3_files_equal_local_files_byte_for_byte(s3_endpoint, s3_bucket, small_parts, tmp_path, num_shards):
     """The same state saved to S3 (in small multipart parts) and to a local directory gives
     the same files, each downloaded object equal to the local file byte for byte; and
     TensorFlow's own reader, given the downloaded copy, reads every tensor as ckptlib does."""
-    from s3_server import TEST_PART_BYTES, make_store
+    from s3_server import TEST_PART_BYTES
 
     tree = {**state_tree(3), "big": np.arange(3 * TEST_PART_BYTES // 8 + 5, dtype=np.float64)}  # multipart
-    store = make_store(s3_endpoint)
-    store.part_bytes = TEST_PART_BYTES
-    register("s3", store)
-    try:
-        remote = ckptlib.save(tree, f"{s3_bucket}/run/model.ckpt", num_shards=num_shards)
-    finally:
-        register("s3", None)
+    remote = ckptlib.save(tree, f"{s3_bucket}/run/model.ckpt", num_shards=num_shards)
     local_dir = tmp_path / "local"
     local_dir.mkdir()
     ckptlib.save(tree, str(local_dir / "model.ckpt"), num_shards=num_shards)
