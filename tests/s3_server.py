@@ -243,6 +243,9 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self._answer(response.status, kept, data, method, path)
 
         def _answer(self, status: int, headers: list[tuple[str, str]], data: bytes, method: str, path: str) -> None:
+            # Recorded before the client can see the answer: a test reading the log once its
+            # call returned finds every request of that call in it.
+            proxy._record(method, path, status, len(data))
             self.send_response_only(status)
             for key, value in headers:
                 if key.lower() != "content-length":
@@ -256,7 +259,6 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if method != "HEAD":
                 self.wfile.write(data)
             self.wfile.flush()
-            proxy._record(method, path, status, len(data))
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 

@@ -490,8 +490,9 @@ class FsspecStore:
         return False
 
     def discard_unfinished(self, directory: str, owns: Callable[[str], bool]) -> list[str]:
-        """Abort the incomplete multipart uploads under ``directory`` whose final path
-        (``s3://bucket/key``) ``owns`` accepts; their final paths, sorted. [] off S3."""
+        """Abort the incomplete multipart uploads directly in ``directory`` (not in its
+        subdirectories) whose final path (``s3://bucket/key``) ``owns`` accepts; their final
+        paths, sorted. [] off S3."""
         if not self._s3:
             return []
         bucket, prefix = self._prefix(directory)
@@ -499,7 +500,9 @@ class FsspecStore:
         try:
             for key, upload_id in self._unfinished(directory, bucket, prefix):
                 path = f"s3://{bucket}/{key}"
-                if owns(path):
+                # Directly in ``directory`` only: the listing also holds its subdirectories'
+                # uploads, which may be saves running there.
+                if "/" not in key[len(prefix) :] and owns(path):
                     with contextlib.suppress(*self._errors):
                         self._call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
                         dropped.add(path)
