@@ -14,9 +14,9 @@ is running, puts back (or drops, if the new index made it)::
 
 On a store without rename (object stores) the shards were uploaded straight to their
 final names, and the index, uploaded last, is the commit mark: a bundle without its index
-does not exist. Replacing a bundle there deletes the old index before the first shard
-goes up: an interrupted overwrite leaves no checkpoint at that prefix, never a torn one
-(checkpoints numbered by step are never overwritten).
+does not exist. A bundle there cannot be replaced without a moment when neither the old
+nor the new one is whole, so saving over an existing checkpoint is refused
+(``UnsupportedFeatureError``) before anything is written.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import logging
 import os
 from collections.abc import Callable, Collection, Sequence
 
-from ckptlib.errors import CheckpointError
+from ckptlib.errors import CheckpointError, UnsupportedFeatureError
 from ckptlib.format.bundle import HEADER_KEY, decode_header
 from ckptlib.format.filenames import bundle_prefix, data_filename, index_filename, is_data_file_of
 from ckptlib.format.table import TableReader
@@ -47,13 +47,18 @@ def write_bundle(
 
     ``write_data(final_paths)`` writes the ``num_shards`` data files (``shard_writer``)
     and returns them, finished, with the index's bytes. On failure nothing new remains
-    and, on a store with rename, an existing bundle at ``prefix`` is left as it was.
+    and an existing bundle at ``prefix`` is left as it was; on a store without rename, an
+    existing bundle is refused (``UnsupportedFeatureError``) before anything is written.
     """
     finals = [data_filename(prefix, i, num_shards) for i in range(num_shards)]
     index = index_filename(prefix)
     if not store.atomic_rename and store.exists(index):
-        logger.info("replacing checkpoint %s: it stops existing until the new one is complete", prefix)
-        store.delete(index)
+        raise UnsupportedFeatureError(
+            "a checkpoint already exists here, and this store cannot replace one atomically (it has no "
+            "rename): a failed save would lose both; save under a new prefix (a new step), or delete "
+            "the old checkpoint first",
+            path=prefix,
+        )
     files, index_bytes = write_data(finals)
     try:
         index_file = store.create(index, len(index_bytes), sync=sync)

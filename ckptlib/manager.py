@@ -18,7 +18,7 @@ from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.rotation import deletion_journal, owner
-from ckptlib.store import store_for
+from ckptlib.store import is_url, store_for
 from ckptlib.tree import tensors_of
 from ckptlib.writer import BundleWriter
 
@@ -69,6 +69,8 @@ class CheckpointManager:
         if not checkpoint_name or os.path.basename(checkpoint_name) != checkpoint_name:
             raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
         self._directory = os.fspath(directory)
+        if is_url(self._directory):  # one spelling: "s3://b/run/" names the same directory
+            self._directory = self._directory.rstrip("/")
         self._max_to_keep = max_to_keep
         self._keep_every_hours = keep_checkpoint_every_n_hours
         self._name = checkpoint_name

@@ -190,7 +190,8 @@ def format_state_bytes(state: CheckpointState) -> bytes:
 def relative_to(directory: str, path: str) -> str:
     """``path`` as recorded in the state file of ``directory``: relative when it lies inside."""
     if is_url(path) or is_url(directory):
-        return path[len(directory) + 1 :] if path.startswith(directory.rstrip("/") + "/") else path
+        parent = directory.rstrip("/") + "/"
+        return path[len(parent) :] if path.startswith(parent) else path
     if not os.path.isabs(path) and not os.path.isabs(directory):
         return os.path.relpath(path, directory or ".")
     return os.path.relpath(os.path.abspath(path), os.path.abspath(directory or "."))

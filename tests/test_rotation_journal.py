@@ -199,3 +199,24 @@ def test_a_failed_manager_save_keeps_managing_what_it_would_have_deleted(mem_sto
     manager.save(values(3))
     assert steps_on_disk(RUN, "ckpt") == [3] and listed(RUN) == ["ckpt-3"]
     assert ckptlib.CheckpointManager(RUN, max_to_keep=1).checkpoints == [f"{RUN}/ckpt-3"]
+
+
+def test_an_unreadable_state_file_is_a_storage_error_and_lists_nothing_new(tmp_path: Path) -> None:
+    """A state file the saver cannot read (a symlink loop) fails the save with a ckptlib
+    error naming it; the new checkpoint is complete but not listed, and nothing is deleted."""
+    saver = ckptlib.Saver(max_to_keep=1)
+    saver.save(values(1), tmp_path / "model.ckpt", global_step=1)
+    (tmp_path / "checkpoint").unlink()
+    (tmp_path / "checkpoint").symlink_to("checkpoint")
+    with pytest.raises(ckptlib.StorageError, match="checkpoint"):
+        saver.save(values(2), tmp_path / "model.ckpt", global_step=2)
+    assert steps_on_disk(tmp_path) == [1, 2]
+
+
+def test_a_state_file_too_large_to_read_is_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    saver = ckptlib.Saver(max_to_keep=1)
+    (tmp_path / "checkpoint").write_bytes(b"x" * ((64 << 20) + 1))
+    with caplog.at_level(logging.WARNING, logger="ckptlib"):
+        saver.save(values(1), tmp_path / "model.ckpt", global_step=1)
+    assert "unreadable" in caplog.text
+    assert listed(tmp_path) == ["model.ckpt-1"]

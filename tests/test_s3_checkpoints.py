@@ -647,3 +647,34 @@ def test_repair_of_a_directory_leaves_its_subdirectories_alone(s3_endpoint, s3_b
     assert unfinished_under(s3_endpoint, run) == [f"{key}/eval/model.ckpt-2.data-00001-of-00002"]
     assert "model.ckpt-2.data-00000-of-00002" not in names_in(s3_endpoint, run)
     assert "eval/model.ckpt-2.data-00000-of-00002" in names_in(s3_endpoint, run)
+
+
+# --- review findings
+
+
+def test_a_directory_url_with_a_trailing_slash_is_the_same_directory(s3_bucket: str) -> None:
+    """``CheckpointManager("s3://b/run/")`` records names relative to the directory, exactly
+    as without the slash, so a restart finds its checkpoints."""
+    for i in range(3):
+        ckptlib.CheckpointManager(f"{s3_bucket}/run/", max_to_keep=2).save({"w": np.full(2, i, np.float32)})
+    state = ckptlib.get_checkpoint_state(f"{s3_bucket}/run")
+    assert state is not None
+    assert state.model_checkpoint_path == f"{s3_bucket}/run/ckpt-3"
+    assert [p.rsplit("/", 1)[1] for p in state.all_model_checkpoint_paths] == ["ckpt-2", "ckpt-3"]
+    assert ckptlib.CheckpointManager(f"{s3_bucket}/run", max_to_keep=2).checkpoints == [
+        f"{s3_bucket}/run/ckpt-2",
+        f"{s3_bucket}/run/ckpt-3",
+    ]
+
+
+def test_saving_over_an_existing_checkpoint_is_refused_before_anything_is_written(s3_bucket: str) -> None:
+    """Without a rename, a checkpoint cannot be replaced so that a failed save leaves the
+    old one whole: the second save of one prefix raises and the first stays as it was."""
+    prefix = f"{s3_bucket}/run/best"
+    ckptlib.save({"w": np.arange(4.0)}, prefix)
+    with pytest.raises(ckptlib.UnsupportedFeatureError, match="cannot replace"):
+        ckptlib.save({"w": np.zeros(8)}, prefix)
+    assert_tree_equal(ckptlib.restore(prefix), {"w": np.arange(4.0)})
+    with pytest.raises(ckptlib.UnsupportedFeatureError):
+        ckptlib.Saver().save({"w": np.zeros(8)}, prefix)
+    assert_tree_equal(ckptlib.restore(prefix), {"w": np.arange(4.0)})

@@ -10,12 +10,13 @@ abandoned.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 
 from filelock import FileLock
 
-from ckptlib.errors import CorruptCheckpointError
+from ckptlib.errors import CorruptCheckpointError, StorageError
 from ckptlib.store.base import Buffer
 from ckptlib.store.local_io import (
     LocalFile,
@@ -30,6 +31,8 @@ from ckptlib.store.local_io import (
     write_temp,
 )
 from ckptlib.store.local_lock import repair_if_idle, saving
+
+logger = logging.getLogger("ckptlib")
 
 
 class LocalNewFile:
@@ -149,7 +152,14 @@ class LocalStore:
         """Under a ``filelock`` (a hidden ``.<name>.lock`` beside ``path``, which TensorFlow
         ignores), so every updater sees the last one's bytes."""
         with self.update_lock(path):
-            new = change(self.read_small(path, _UPDATE_LIMIT))
+            try:
+                current = self.read_small(path, _UPDATE_LIMIT)
+            except CorruptCheckpointError as e:  # not a file, or huge: replaced, as TF would
+                logger.warning("replacing an unreadable %s", e)
+                current = None
+            except OSError as e:
+                raise StorageError(f"cannot read it to update it: {e.strerror or e}", path=path) from e
+            new = change(current)
             if new is not None:
                 self.write_small(path, new, sync)
 

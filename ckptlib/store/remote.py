@@ -66,6 +66,8 @@ MAX_ATTEMPTS = 4
 # Connections per S3 client: more than ``io_threads`` so that a file's parallel reads and a
 # few small requests beside them never queue for a connection.
 MAX_CONNECTIONS = 32
+# update() is for state files and journals; a larger object is refused unread.
+UPDATE_LIMIT_BYTES = 64 << 20
 # Attempts of a conditional ``update`` losing to other writers before giving up.
 UPDATE_TRIES = 20
 # A response body cut short is fetched again, once (botocore retries only up to the headers;
@@ -346,8 +348,12 @@ class FsspecStore:
         bucket, key = self._split(path)
         for attempt in range(UPDATE_TRIES):
             try:
-                response, old = self._get(path)
+                response, old = self._get(path, max_bytes=UPDATE_LIMIT_BYTES)
                 etag: str | None = response["ETag"]
+            except _TooLarge as exc:
+                raise CorruptCheckpointError(
+                    f"larger than {UPDATE_LIMIT_BYTES} bytes ({exc.size})", path=path
+                ) from None
             except self._errors as exc:
                 if not _is_missing(exc):
                     _fail(exc, path, "reading for an update")
@@ -564,7 +570,10 @@ class S3ReadFile:
         content_range = response.get("ContentRange")
         if content_range:  # "bytes 100-65635/65636"
             span, _, total = str(content_range).partition(" ")[2].partition("/")
-            size, tail_start = int(total), int(span.partition("-")[0])
+            try:
+                size, tail_start = int(total), int(span.partition("-")[0])
+            except ValueError:
+                raise StorageError(f"unexpected Content-Range {content_range!r}", path=path) from None
         else:
             size, tail_start = len(tail), 0
         if tail_start + len(tail) != size:
