@@ -248,8 +248,9 @@ def test_a_damaged_or_oversized_graph_still_lets_inspect_list_the_tensors(tmp_pa
     writer = ckptlib.BundleWriter(tmp_path / "m")
     writer.add_all({"w": np.ones(2), OBJECT_GRAPH_KEY: np.array(b"\x0a\x00" * (600 << 10), dtype=object)})
     writer.finish()
-    with ckptlib.load_checkpoint(tmp_path / "m") as reader, pytest.raises(
-        ckptlib.CorruptCheckpointError, match=r"more than the \d+ allowed beside 2 tensors"
+    with (
+        ckptlib.load_checkpoint(tmp_path / "m") as reader,
+        pytest.raises(ckptlib.CorruptCheckpointError, match=r"more than the \d+ allowed beside 2 tensors"),
     ):
         reader.object_graph  # noqa: B018
     assert main(["inspect", str(tmp_path / "m")]) == 0

@@ -7,6 +7,7 @@ restores, passes full verification, and holds exactly one of the states the chil
 started saving: never a torn mix. Then it starts the child again, and so on.
 
     python tools/kill_test.py --kills 500            # prints a JSON summary; exit 1 on any failure
+    python tools/kill_test.py --kills 500 --async    # the child saves with Saver(async_save=True)
 
 The test suite runs this with a smaller count (tests/test_crash.py).
 """
@@ -29,19 +30,23 @@ import ckptlib
 from ckptlib.store.temp_names import ASIDE_MARKER, TEMP_MARKER
 from ckptlib.tree import STRUCTURE_KEY
 
+# The state is one set of arrays changed in place for the next step right after each save
+# returns, as an optimizer does: an asynchronous save must have copied it by then.
 CHILD = r"""
 import sys, numpy as np, ckptlib
 sys.path.insert(0, {tools!r})
-from kill_test import make_state
+from kill_test import make_state, refill
 directory, log = sys.argv[1], sys.argv[2]
 latest = ckptlib.latest_checkpoint(directory)
 step = int(latest.rsplit("-", 1)[1]) + 1 if latest else 0
-saver = ckptlib.Saver(max_to_keep=3, num_shards=3)
+saver = ckptlib.Saver(max_to_keep=3, num_shards=3, async_save={async_save})
+state = make_state(step)
 with open(log, "a") as out:
     while True:
         out.write(f"{{step}}\n"); out.flush()
-        saver.save(make_state(step), directory + "/model.ckpt", global_step=step)
+        saver.save(state, directory + "/model.ckpt", global_step=step)
         step += 1
+        refill(state, make_state(step))
 """
 
 
@@ -54,6 +59,17 @@ def make_state(step: int) -> dict[str, object]:
         "step": np.int64(step),
         "note": f"state {step}".encode() * (step % 7 + 1),
     }
+
+
+def refill(state: dict[str, object], new: dict[str, object]) -> None:
+    """Give ``state`` the values of ``new``: arrays in place, other leaves replaced."""
+    for key, value in new.items():
+        if isinstance(value, dict):
+            refill(state[key], value)  # type: ignore[arg-type]
+        elif isinstance(value, np.ndarray) and value.ndim:
+            np.copyto(state[key], value)  # type: ignore[arg-type]
+        else:
+            state[key] = value
 
 
 def check_directory(directory: str, started: set[int]) -> int | None:
@@ -114,12 +130,12 @@ def _wait_for_growth(log: str, size: int, proc: subprocess.Popen[bytes], timeout
         time.sleep(0.005)
 
 
-def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, object]:
+def run(directory: str, kills: int, seed: int, max_delay: float, async_save: bool = False) -> dict[str, object]:
     rng = random.Random(seed)
     tools = os.path.dirname(os.path.abspath(__file__))
     log = os.path.join(os.path.dirname(directory), "started.log")
     open(log, "a").close()  # a child killed before it starts writes nothing
-    child = CHILD.format(tools=tools)
+    child = CHILD.format(tools=tools, async_save=async_save)
     survivors = mid_write = mid_rotation = mid_rotation_files = 0
     steps_seen = []
     known_orphans: set[str] = set()
@@ -184,6 +200,7 @@ def run(directory: str, kills: int, seed: int, max_delay: float) -> dict[str, ob
         "stranded_at_the_end": len(stranded),
         "kills_with_listed_incomplete": mid_rotation,
         "seconds": round(time.monotonic() - t0, 1),
+        "async": async_save,
     }
 
 
@@ -193,12 +210,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=1.0, help="longest wait before a kill, seconds")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
+    parser.add_argument("--async", dest="async_save", action="store_true", help="the child saves asynchronously")
     args = parser.parse_args()
     base = args.dir or tempfile.mkdtemp(prefix="ckptlib-kill-")
     directory = os.path.join(base, "run")
     os.makedirs(directory, exist_ok=True)
     try:
-        summary = run(directory, args.kills, args.seed, args.max_delay)
+        summary = run(directory, args.kills, args.seed, args.max_delay, args.async_save)
     except AssertionError as e:
         print(json.dumps({"failure": str(e)}))
         return 1

@@ -131,7 +131,8 @@ class LocalStore:
     def read_small(self, path: str, limit: int) -> bytes | None:
         try:
             with os.fdopen(open_regular(path), "rb") as f:
-                data = f.read(limit + 1)
+                # not read(limit + 1): that allocates the limit, 64 MiB, for every state file
+                data = f.read(min(os.fstat(f.fileno()).st_size, limit) + 1)
         except (FileNotFoundError, NotADirectoryError):
             return None
         if len(data) > limit:
