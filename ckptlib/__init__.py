@@ -7,6 +7,7 @@ TensorFlow installed.
 
 from __future__ import annotations
 
+from ckptlib.background import save_async
 from ckptlib.checkpoint import (
     checkpoint_exists,
     latest_checkpoint,
@@ -78,4 +79,5 @@ __all__ = [
     "repair",
     "restore",
     "save",
+    "save_async",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckptlib import commit
+from ckptlib.background import BackgroundSaves, background_policy
 from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
 from ckptlib.commit import Naming, Retention, read_listing
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
@@ -46,6 +47,11 @@ class CheckpointManager:
     ``tf.train.CheckpointManager`` manages the directory; its ``save_counter`` is the number
     of saves, which is the checkpoint number unless ``checkpoint_number`` was given.
     ``object_graph=False`` writes the state's tensors by path alone, as TF1's ``Saver`` does.
+
+    ``async_save=True``: ``save`` returns once the state is copied; the checkpoint is
+    written and committed in the background, in order, and ``latest_checkpoint`` and
+    ``checkpoints`` show it once committed (``wait()`` waits for that). See ``Saver`` for
+    ``max_pending_saves`` and ``max_snapshot_bytes``.
     """
 
     def __init__(
@@ -61,6 +67,9 @@ class CheckpointManager:
         sync: bool = True,
         object_graph: bool = True,
         io: IOPolicy = DEFAULT,
+        async_save: bool = False,
+        max_pending_saves: int = 1,
+        max_snapshot_bytes: int | None = None,
     ):
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
@@ -82,6 +91,7 @@ class CheckpointManager:
         self._sync = sync
         self._object_graph = object_graph
         self._io = io
+        self._background = BackgroundSaves(max_pending_saves, max_snapshot_bytes) if async_save else None
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
         self._store = store_for(self._directory)
         self._owner = owner(self._store, self._directory, self._pattern)
@@ -145,27 +155,48 @@ class CheckpointManager:
                 if check_interval and step < self._last_checkpoint_step + self._checkpoint_interval:
                     return None
             self._last_checkpoint_step = step
+        if self._background is not None:
+            self._background.raise_error()
         tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
         number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
-        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync, io=self._io)
-        writer.add_all(tensors)
+        io = self._io if self._background is None else background_policy(self._io)
+        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync, io=io)
 
         def retain() -> Retention:
-            self._counter += 1
+            if self._background is None:  # else counted when queued
+                self._counter += 1
             return self._retention(prefix)
 
-        commit.save(self._store, self._naming, writer, retain, sync=self._sync)
+        def commit_it() -> str:
+            commit.save(self._store, self._naming, writer, retain, sync=self._sync)
+            return prefix
+
+        if self._background is None:
+            writer.add_all(tensors)
+            commit_it()
+        else:
+            self._background.submit(writer, tensors, commit_it)
+            self._counter += 1
         return prefix
+
+    def wait(self) -> None:
+        """Block until every pending asynchronous save is committed and durable; raise the
+        first error a background save met (then forgotten). A no-op when saves are synchronous."""
+        if self._background is not None:
+            self._background.wait()
 
     def _retention(self, prefix: str) -> Retention:
         """Name ``prefix`` in the state file; delete what rotation dropped."""
         timestamp = time.time()
-        self._managed.pop(prefix, None)
-        self._managed[prefix] = timestamp
+        # replaced, not changed in place: the caller's thread may be reading it (async saves)
+        managed = self._managed.copy()
+        managed.pop(prefix, None)
+        managed[prefix] = timestamp
+        before = managed.copy(), self._last_preserved
+        doomed = self._sweep(managed)
+        self._managed = managed
         self._latest = prefix
-        before = self._managed.copy(), self._last_preserved
-        doomed = self._sweep()
 
         def undo() -> None:
             # still listed: they stay managed (the new checkpoint too), deleted by a later save
@@ -189,6 +220,7 @@ class CheckpointManager:
         holds either one whole checkpoint or what it held before. Without ``into``, each
         candidate is verified instead (every checksum read).
         """
+        self._settle()
         candidates = [self._latest] if self._latest is not None else []
         candidates += [p for p in reversed(self._managed) if p != self._latest]
         for prefix in candidates:
@@ -216,10 +248,16 @@ class CheckpointManager:
 
     def restore(self, into: Any, save_path: str | None = None) -> RestoreReport:
         """Fill ``into`` from ``save_path`` (default: the latest checkpoint); strict."""
+        self._settle()
         path = save_path or self.latest_checkpoint
         if path is None:
             raise CheckpointNotFoundError("no checkpoint to restore", path=self._directory)
         return restore(path, into=into)
+
+    def _settle(self) -> None:
+        """Let pending background saves finish, so that what they commit is seen."""
+        if self._background is not None:
+            self._background.drain()
 
     def _owns(self, prefix: str) -> bool:
         return self._owner(prefix)
@@ -228,14 +266,14 @@ class CheckpointManager:
         match = self._pattern.fullmatch(os.path.basename(prefix))
         return int(match.group(1)) if match else None
 
-    def _sweep(self) -> list[str]:
-        """Drop the oldest checkpoints beyond ``max_to_keep`` from management; returns those
+    def _sweep(self, managed: OrderedDict[str, float]) -> list[str]:
+        """Drop the oldest checkpoints beyond ``max_to_keep`` from ``managed``; returns those
         to delete (one per ``keep_checkpoint_every_n_hours`` period is preserved instead)."""
         doomed: list[str] = []
         if not self._max_to_keep:
             return doomed
-        while len(self._managed) > self._max_to_keep:
-            prefix, timestamp = self._managed.popitem(last=False)
+        while len(managed) > self._max_to_keep:
+            prefix, timestamp = managed.popitem(last=False)
             if self._keep_every_hours and timestamp - self._keep_every_hours * 3600 >= self._last_preserved:
                 self._last_preserved = timestamp
                 continue

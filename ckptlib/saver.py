@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ckptlib import commit
+from ckptlib.background import BackgroundSaves, background_policy
 from ckptlib.checkpoint import checkpoint_exists, present
 from ckptlib.commit import Naming, Record, Retention, path_key, read_listing, saver_owner
 from ckptlib.errors import CheckpointNotFoundError
@@ -48,6 +49,12 @@ class Saver:
     ``object_graph=True`` also writes each state as a TF2 object graph (see
     ``ckptlib.object_tree``), with ``save_counter`` the ``global_step`` or, without one, the
     number of saves this saver has made.
+
+    ``async_save=True``: ``save`` returns once the state is copied, and the checkpoint is
+    written and committed in a background thread (see ``save``). ``max_pending_saves``
+    saves may be copied and not yet committed (a further ``save`` waits for the oldest);
+    ``max_snapshot_bytes`` caps the memory their copies hold. ``io`` sets the writers'
+    threads; a background save never changes process-wide settings.
     """
 
     def __init__(
@@ -64,6 +71,9 @@ class Saver:
         sync: bool = True,
         object_graph: bool = False,
         io: IOPolicy = DEFAULT,
+        async_save: bool = False,
+        max_pending_saves: int = 1,
+        max_snapshot_bytes: int | None = None,
     ):
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -86,6 +96,7 @@ class Saver:
         self._sync = sync
         self._object_graph = object_graph
         self._io = io
+        self._background = BackgroundSaves(max_pending_saves, max_snapshot_bytes) if async_save else None
         self._saves = 0
         self._track = _Track()
         self._tracks: dict[str, _Track] = {}  # by state file
@@ -94,7 +105,7 @@ class Saver:
     @property
     def last_checkpoints(self) -> list[str]:
         """Prefixes of the checkpoints this saver tracks in the state file it saved to
-        last, oldest first."""
+        last, oldest first (saves committed so far: asynchronous ones once written)."""
         return [path for path, _ in self._track.last]
 
     def save(
@@ -111,6 +122,12 @@ class Saver:
         The checkpoint is complete on disk before the state file names it; old checkpoints
         are deleted only afterwards. An empty ``state`` saves a checkpoint of no tensors,
         as ``save`` and TensorFlow's ``tf.train.Checkpoint`` do.
+
+        Asynchronous (``async_save=True``): returns as soon as ``state`` is copied, so
+        changing its arrays afterwards, in place or not, never reaches the file; the
+        checkpoint is written, then committed as above, in the background, after every
+        save made before it. ``wait()`` waits for that. A save that failed in the background
+        raises its error here, in the next call, which then saves nothing.
         """
         save_path = os.fspath(save_path)
         latest_filename = latest_filename or DEFAULT_STATE_FILENAME
@@ -124,6 +141,8 @@ class Saver:
         else:
             step = counter = _as_step(global_step)
             prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
+        if self._background is not None:
+            self._background.raise_error()
         tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
         store = store_for(save_path)
         naming = Naming(
@@ -137,9 +156,8 @@ class Saver:
             num_shards=self._shard_count(tensors),
             max_shard_bytes=self._max_shard_bytes,
             sync=self._sync,
-            io=self._io,
+            io=self._io if self._background is None else background_policy(self._io),
         )
-        writer.add_all(tensors)
 
         def before_write() -> None:
             self._switch_to(store, save_dir, latest_filename)
@@ -147,13 +165,32 @@ class Saver:
                 self._recover_from_state_file(store, naming, save_path)
 
         def retain() -> Retention:
-            self._saves += 1
+            if self._background is None:  # else counted when queued
+                self._saves += 1
             return self._retention(store, naming, prefix)
 
-        commit.save(store, naming, writer, retain if write_state else None, sync=self._sync, before_write=before_write)
-        if not write_state:
+        def commit_it() -> str:
+            commit.save(
+                store, naming, writer, retain if write_state else None, sync=self._sync, before_write=before_write
+            )
+            return prefix
+
+        if self._background is None:
+            writer.add_all(tensors)
+            commit_it()
+            if not write_state:
+                self._saves += 1
+        else:
+            self._background.submit(writer, tensors, commit_it)
             self._saves += 1
         return prefix
+
+    def wait(self) -> None:
+        """Block until every pending asynchronous save is committed, durable and named by
+        its state file; raise the first error a background save met (then forgotten). A
+        no-op for a synchronous saver."""
+        if self._background is not None:
+            self._background.wait()
 
     def _retention(self, store: Store, naming: Naming, prefix: str) -> Retention:
         """Name ``prefix`` in the state file; delete what rotation dropped."""
@@ -179,12 +216,14 @@ class Saver:
         """Fill ``state`` in place from ``save_path`` (TF's argument order); strict."""
         if save_path is None:
             raise ValueError("Can't load save_path when it is None.")
+        self._settle()  # a checkpoint this saver is still writing becomes readable first
         if not store_for(os.fspath(save_path)).is_dir(os.fspath(save_path)) and not checkpoint_exists(save_path):
             raise CheckpointNotFoundError("not a valid checkpoint", path=os.fspath(save_path))
         return restore(save_path, into=state)
 
     def recover_last_checkpoints(self, checkpoint_paths: Sequence[str]) -> None:
         """Track existing checkpoints (timestamps from their index files); missing ones are skipped."""
+        self._settle()
         records = []
         for path in checkpoint_paths:
             try:
@@ -197,9 +236,15 @@ class Saver:
 
     def set_last_checkpoints_with_time(self, last_checkpoints_with_time: Sequence[tuple[str, float]]) -> None:
         """Replace the tracked ``(prefix, timestamp)`` list, oldest first."""
+        self._settle()
         self._track.last = [(os.fspath(p), float(t)) for p, t in last_checkpoints_with_time]
 
     # -- internals ----------------------------------------------------------------
+    def _settle(self) -> None:
+        """Let pending background saves finish before the caller changes what they use."""
+        if self._background is not None:
+            self._background.drain()
+
     def _switch_to(self, store: Store, save_dir: str, latest_filename: str) -> None:
         """Track the checkpoints of this state file: rotation counts each state file's
         checkpoints apart (TF's Saver mixes them, and lists them all in each)."""

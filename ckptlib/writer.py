@@ -69,6 +69,12 @@ class BundleWriter:
         self._keys: set[bytes] = set()
         self._sliced: dict[str, Entry] = {}  # full entries of partitioned tensors
 
+    @property
+    def pending(self) -> Pending:
+        """The tensors added so far, not yet written (an asynchronous save swaps them for
+        private copies)."""
+        return self._pending
+
     def add_all(self, tensors: Mapping[str, Any]) -> None:
         """``add`` every ``name: value`` of a flat mapping, in order. C-contiguous ndarrays
         of plain numeric types (the usual state) are taken in bulk, not one call each."""

@@ -70,6 +70,7 @@ def test_public_api_is_pinned() -> None:
             "repair",
             "restore",
             "save",
+            "save_async",
         ]
     )
     for name in ckptlib.__all__:

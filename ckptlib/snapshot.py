@@ -1,0 +1,148 @@
+"""Snapshots for asynchronous saves: a private copy of a writer's tensors, in reusable buffers.
+
+An asynchronous save copies the state once, in the caller's thread, and writes the copy in
+the background, so that a training loop changing its arrays in place right after ``save``
+returns cannot reach the file. The copy lands in one arena per save: a single allocation
+carved into aligned views, one per tensor. Arenas are kept after the save that used them
+and reused by the next one, so a loop saving a state of the same size every epoch pays for
+the copy alone (a fresh allocation pays the kernel's first touch of every page as well,
+about as much again). CUDA torch tensors are copied into page-locked (pinned) host memory,
+which the GPU writes at full speed, once, with no pageable copy in between.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ckptlib.frameworks import framework_of
+from ckptlib.index_builder import Pending
+
+ALIGN = 64  # each tensor starts on a cache line
+
+
+@dataclass(eq=False)
+class Arena:
+    """One block of host memory holding one snapshot (``pinned``: page-locked, via torch)."""
+
+    memory: np.ndarray  # uint8
+    pinned: bool
+    owner: Any = None  # the torch tensor owning pinned memory, kept alive with it
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.memory.nbytes)
+
+    def holds(self, array: np.ndarray) -> bool:
+        start = self.memory.ctypes.data
+        address = array.__array_interface__["data"][0]
+        return start <= address < start + self.nbytes
+
+
+class Arenas:
+    """The arenas of one saver: those in use by pending saves and idle ones kept for reuse,
+    at most ``limit`` bytes in all (None: no limit beyond what the pending saves need)."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self._idle: list[Arena] = []
+        self._in_use = 0  # bytes
+        self._lock = threading.Lock()
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether an arena of ``nbytes`` may be taken now without passing the limit."""
+        return self.limit is None or self._in_use + nbytes <= self.limit
+
+    def take(self, nbytes: int, *, pinned: bool = False) -> Arena:
+        """An arena of at least ``nbytes``: the smallest idle one that is large enough, or
+        a new one (idle arenas are dropped first where the limit needs their memory)."""
+        with self._lock:
+            fitting = [a for a in self._idle if a.nbytes >= nbytes and a.pinned == pinned]
+            if fitting:
+                arena = min(fitting, key=lambda a: a.nbytes)
+                self._idle.remove(arena)
+            else:
+                if self.limit is not None:
+                    while self._idle and self._in_use + sum(a.nbytes for a in self._idle) + nbytes > self.limit:
+                        self._idle.remove(min(self._idle, key=lambda a: a.nbytes))
+                self._idle = [a for a in self._idle if a.pinned != pinned or a.nbytes > nbytes]
+                arena = _pinned_arena(nbytes) if pinned else Arena(np.empty(nbytes, np.uint8), pinned=False)
+            self._in_use += arena.nbytes
+            return arena
+
+    def give_back(self, arena: Arena) -> None:
+        with self._lock:
+            self._in_use -= arena.nbytes
+            self._idle.append(arena)
+
+    def clear(self) -> None:
+        """Free the idle arenas."""
+        with self._lock:
+            self._idle.clear()
+
+
+def copy_to_device_host(tensors: dict[str, Any], arenas: Arenas) -> tuple[list[Arena], Callable[[], None]]:
+    """Replace every CUDA torch tensor of a flat ``{name: leaf}`` mapping with a copy in
+    pinned host memory. Returns the arenas used and a function that waits for the copies
+    (they run asynchronously on the device's stream) and is a no-op without CUDA tensors."""
+    on_device = [name for name, leaf in tensors.items() if _is_cuda_tensor(leaf)]
+    if not on_device:
+        return [], lambda: None
+    import torch
+
+    sizes = [tensors[name].numel() * tensors[name].element_size() for name in on_device]
+    arena = arenas.take(_carved_size(sizes), pinned=True)
+    assert arena.owner is not None
+    offset = 0
+    for name, size in zip(on_device, sizes, strict=True):
+        source = tensors[name].detach()
+        host = arena.owner[offset : offset + size].view(source.dtype).view(source.shape)
+        host.copy_(source, non_blocking=True)
+        tensors[name] = host
+        offset += _aligned(size)
+    return [arena], torch.cuda.synchronize
+
+
+def snapshot(pending: Pending, arena: Arena, already_private: Iterable[Arena] = ()) -> None:
+    """Replace every array ``pending`` holds with a private copy in ``arena`` (at least
+    ``snapshot_bytes(pending)`` large). Arrays already in ``already_private`` arenas (CUDA
+    tensors copied to the host) and string tensors (their own object arrays of immutable
+    ``bytes``, made when added) are kept as they are."""
+    private = list(already_private)
+    memory = arena.memory
+    offset = 0
+    for i, source in enumerate(pending.arrays):
+        if source.dtype == object or not source.nbytes or any(a.holds(source) for a in private):
+            continue
+        copy = memory[offset : offset + source.nbytes].view(source.dtype).reshape(source.shape)
+        np.copyto(copy, source, casting="no")
+        pending.arrays[i] = copy
+        offset += _aligned(source.nbytes)
+
+
+def snapshot_bytes(pending: Pending) -> int:
+    """The size of the arena ``snapshot`` would take for ``pending`` (an upper bound)."""
+    return _carved_size([a.nbytes for a in pending.arrays if a.dtype != object])
+
+
+def _carved_size(sizes: list[int]) -> int:
+    return sum(_aligned(s) for s in sizes)
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGN) * ALIGN
+
+
+def _is_cuda_tensor(leaf: Any) -> bool:
+    return framework_of(leaf) == "torch" and getattr(getattr(leaf, "device", None), "type", None) == "cuda"
+
+
+def _pinned_arena(nbytes: int) -> Arena:
+    import torch
+
+    owner = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
+    return Arena(owner.numpy(), pinned=True, owner=owner)
