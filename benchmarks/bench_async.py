@@ -184,14 +184,14 @@ class StandIn(Contender):
         self.wait()
         self.waited = time.perf_counter() - t0
         if self.buffers is None:
-            self.buffers = {k: np.empty_like(a) for k, a in zip(state, arrays_of(state))}
-        for dst, src in zip(self.buffers.values(), arrays_of(state)):
+            self.buffers = {k: np.empty_like(a) for k, a in zip(state, arrays_of(state), strict=True)}
+        for dst, src in zip(self.buffers.values(), arrays_of(state), strict=True):
             np.copyto(dst, src)
 
         def write() -> None:
             try:
                 self.saver.save(self.buffers, self.prefix, global_step=step)
-            except BaseException as e:  # noqa: BLE001 - raised again by wait()
+            except BaseException as e:  # raised again by wait()
                 self.error = e
 
         self.thread = threading.Thread(target=write)
@@ -241,10 +241,14 @@ class DCP(Contender):
             self.dcp.save(state, checkpoint_id=path, no_dist=True)
             rotate()
             return
-        extra = {"async_stager": self.stager} if self.stager is not None else {}
-        future = self.dcp.async_save(state, checkpoint_id=path, no_dist=True, **extra)
+        future: Any = self.dcp.async_save(state, checkpoint_id=path, no_dist=True, async_stager=self.stager)
         future = getattr(future, "upload_completion", future)  # an AsyncSaveResponse with async staging
-        future.add_done_callback(lambda f: f.exception() is None and rotate())
+
+        def done(f: Any) -> None:
+            if f.exception() is None:
+                rotate()
+
+        future.add_done_callback(done)
         self.future = future
 
     def wait(self) -> None:
@@ -268,7 +272,7 @@ class Floor:
         self.copy()
 
     def copy(self) -> None:
-        for dst, src in zip(self.dst, self.src):
+        for dst, src in zip(self.dst, self.src, strict=True):
             np.copyto(dst, src)
 
 
@@ -278,12 +282,12 @@ class TorchCopy(Floor):
     def __init__(self, state: dict[str, Any]):
         import torch
 
-        self.src = list(state.values())
-        self.dst = [torch.empty_like(t) for t in self.src]
+        self.src: list[Any] = list(state.values())
+        self.dst: list[Any] = [torch.empty_like(t) for t in self.src]
         self.copy()
 
     def copy(self) -> None:
-        for dst, src in zip(self.dst, self.src):
+        for dst, src in zip(self.dst, self.src, strict=True):
             dst.copy_(src)
 
 
@@ -350,8 +354,10 @@ def bench_loop(
     else:
         seconds = float(step_s)
     step = Step(state, args.compute, seconds)
-    print(f"  a step: {seconds:.3f} s of '{args.compute}' compute; {args.steps} steps, a save every {args.save_every}",
-          file=sys.stderr)
+    print(
+        f"  a step: {seconds:.3f} s of '{args.compute}' compute; {args.steps} steps, a save every {args.save_every}",
+        file=sys.stderr,
+    )
     saves_per_loop = len([i for i in range(1, args.steps + 1) if i % args.save_every == 0 and i < args.steps])
     made = {name: make(os.path.join(work, f"{title}-{i}")) for i, (name, make) in enumerate(contenders.items())}
     for i in range(len(made)):
@@ -365,8 +371,9 @@ def bench_loop(
             for name, result in results.items():
                 contender = made.get(name)
                 prepare(nbytes)
-                loop, blocked, waited, final = run_loop(step, state, contender, args.steps, args.save_every,
-                                                counters.get(name, [0]))
+                loop, blocked, waited, final = run_loop(
+                    step, state, contender, args.steps, args.save_every, counters.get(name, [0])
+                )
                 if contender is not None and result.first is None:
                     result.first = blocked[0]
                     if timed:  # no warm-up: the first save is not a steady-state one
@@ -389,20 +396,29 @@ def bench_loop(
             contender.close()
     if os.environ.get("BENCH_VERBOSE"):
         for name, r in results.items():
-            print(f"  {name}: loops {' '.join(f'{t:.3f}' for t in r.loops)}; "
-                  f"saves {' '.join(f'{t:.3f}' for t in r.blocked)}", file=sys.stderr)
+            print(
+                f"  {name}: loops {' '.join(f'{t:.3f}' for t in r.loops)}; "
+                f"saves {' '.join(f'{t:.3f}' for t in r.blocked)}",
+                file=sys.stderr,
+            )
         for name, ts in floor_times.items():
             print(f"  {name}: {' '.join(f'{t:.3f}' for t in ts)}", file=sys.stderr)
     report(title, nbytes, seconds, args, results, {n: statistics.median(ts) for n, ts in floor_times.items()})
 
 
 def report(
-    title: str, nbytes: int, seconds: float, args: argparse.Namespace, results: dict[str, Result],
+    title: str,
+    nbytes: int,
+    seconds: float,
+    args: argparse.Namespace,
+    results: dict[str, Result],
     floors: dict[str, float],
 ) -> None:
     base = statistics.median(results["no saves"].loops)
-    print(f"\n## {title}: {nbytes / MIB:.0f} MiB; {args.steps} steps of {seconds:.3f} s ({args.compute}), "
-          f"a save every {args.save_every}; medians of {args.repeat} rounds\n")
+    print(
+        f"\n## {title}: {nbytes / MIB:.0f} MiB; {args.steps} steps of {seconds:.3f} s ({args.compute}), "
+        f"a save every {args.save_every}; medians of {args.repeat} rounds\n"
+    )
     print(
         "| mode | loop s | step s | slowdown from saving | blocked per save s (steady) "
         "| of which waiting for the previous save | first save s | final wait s |"
