@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ckptlib.checkpoint import present
+from ckptlib.distributed.coordinator import Coordinator
+from ckptlib.distributed.together import write_together
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.format.filenames import index_filename
 from ckptlib.install import recover_interrupted_saves, remove_unindexed_data
@@ -94,42 +96,57 @@ def save(
     *,
     sync: bool,
     before_write: Callable[[], None] | None = None,
+    coordinator: Coordinator | None = None,
 ) -> None:
-    """Write ``writer``'s bundle and, with ``retain``, commit it (steps 1 to 3)."""
+    """Write ``writer``'s bundle and, with ``retain``, commit it (steps 1 to 3).
+
+    With a ``coordinator``, every process of a job makes this call with its own part of
+    the state: each writes its own data file, rank 0 the index and steps 2 and 3 (see
+    ``ckptlib.distributed.together``); the others run ``retain`` only to keep their books
+    as rank 0 does."""
     store.makedirs(naming.directory)
     with store.saving(naming.directory, lambda: repair_own(store, naming)):
         if before_write is not None:
             before_write()
-        writer.write_to(store)
-        if retain is None:
+        if coordinator is None:
+            writer.write_to(store)
+            if retain is not None:
+                _commit(store, naming, retain(), sync)
             return
-        retention = retain()
-        try:
-            note_deletions(store, naming.journal, retention.doomed, sync)
-            update_state(
-                store,
-                naming.directory,
-                naming.state_name,
-                latest=retention.latest,
-                mine=retention.mine,
-                owns=retention.owns,
-                relative=retention.relative,
-                last_preserved=retention.last_preserved,
-                sync=sync,
-            )
-        except BaseException:  # a KeyboardInterrupt too: still listed, deleted by a later save
-            retention.undo()
-            raise
-        # Interrupted from here on, the journal still notes them: a later save deletes them.
-        finish_deletions(
+        commit = None if retain is None else lambda: _commit(store, naming, retain(), sync)
+        write_together(coordinator, store, writer, sync, commit)
+        if retain is not None and coordinator.rank != 0:
+            retain()
+
+
+def _commit(store: Store, naming: Naming, retention: Retention, sync: bool) -> None:
+    """Steps 2 and 3 for a bundle in place: the state file names it, rotation deletes."""
+    try:
+        note_deletions(store, naming.journal, retention.doomed, sync)
+        update_state(
             store,
             naming.directory,
-            lambda: listed_names(store, naming.directory, naming.state_name),
-            naming.journal,
-            retention.owns,
-            also=retention.doomed,
-            meta=naming.meta,
+            naming.state_name,
+            latest=retention.latest,
+            mine=retention.mine,
+            owns=retention.owns,
+            relative=retention.relative,
+            last_preserved=retention.last_preserved,
+            sync=sync,
         )
+    except BaseException:  # a KeyboardInterrupt too: still listed, deleted by a later save
+        retention.undo()
+        raise
+    # Interrupted from here on, the journal still notes them: a later save deletes them.
+    finish_deletions(
+        store,
+        naming.directory,
+        lambda: listed_names(store, naming.directory, naming.state_name),
+        naming.journal,
+        retention.owns,
+        also=retention.doomed,
+        meta=naming.meta,
+    )
 
 
 def repair_own(store: Store, naming: Naming) -> None:

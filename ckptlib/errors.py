@@ -114,6 +114,11 @@ class StorageError(CheckpointError, OSError):
         CheckpointError.__init__(self, message, path=path, tensor=tensor)
 
 
+class CoordinationError(CheckpointError, RuntimeError):
+    """A save coordinated across processes failed: another process failed or died, or the
+    processes did not answer in time. No checkpoint became visible."""
+
+
 class InvalidTensorError(CheckpointError, ValueError):
     """A value or name that cannot be written to a checkpoint."""
 

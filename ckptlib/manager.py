@@ -15,6 +15,7 @@ from ckptlib import commit
 from ckptlib.background import BackgroundSaves, background_policy
 from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
 from ckptlib.commit import Naming, Retention, read_listing
+from ckptlib.distributed.coordinator import Coordinator
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.restore import RestoreReport, restore
@@ -51,7 +52,8 @@ class CheckpointManager:
     ``async_save=True``: ``save`` returns once the state is copied; the checkpoint is
     written and committed in the background, in order, and ``latest_checkpoint`` and
     ``checkpoints`` show it once committed (``wait()`` waits for that). See ``Saver`` for
-    ``max_pending_saves`` and ``max_snapshot_bytes``.
+    ``max_pending_saves`` and ``max_snapshot_bytes``. ``coordinator``: one checkpoint saved by
+    every process of a job together, as with ``Saver``.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class CheckpointManager:
         async_save: bool = False,
         max_pending_saves: int = 1,
         max_snapshot_bytes: int | None = None,
+        coordinator: Coordinator | None = None,
     ):
         if max_to_keep is not None and max_to_keep <= 0:
             raise ValueError(f"Expected a positive integer or `None` for `max_to_keep`, got {max_to_keep}.")
@@ -92,6 +95,7 @@ class CheckpointManager:
         self._object_graph = object_graph
         self._io = io
         self._background = BackgroundSaves(max_pending_saves, max_snapshot_bytes) if async_save else None
+        self._coordinator = coordinator
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
         self._store = store_for(self._directory)
         self._owner = owner(self._store, self._directory, self._pattern)
@@ -169,7 +173,7 @@ class CheckpointManager:
             return self._retention(prefix)
 
         def commit_it() -> str:
-            commit.save(self._store, self._naming, writer, retain, sync=self._sync)
+            commit.save(self._store, self._naming, writer, retain, sync=self._sync, coordinator=self._coordinator)
             return prefix
 
         if self._background is None:

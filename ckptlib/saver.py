@@ -14,6 +14,7 @@ from ckptlib import commit
 from ckptlib.background import BackgroundSaves, background_policy
 from ckptlib.checkpoint import checkpoint_exists, present
 from ckptlib.commit import Naming, Record, Retention, path_key, read_listing, saver_owner
+from ckptlib.distributed.coordinator import Coordinator
 from ckptlib.errors import CheckpointNotFoundError
 from ckptlib.format.filenames import index_filename
 from ckptlib.io_policy import DEFAULT, IOPolicy
@@ -55,6 +56,10 @@ class Saver:
     saves may be copied and not yet committed (a further ``save`` waits for the oldest);
     ``max_snapshot_bytes`` caps the memory their copies hold. ``io`` sets the writers'
     threads; a background save never changes process-wide settings.
+
+    ``coordinator`` (``ckptlib.distributed``): every process of a job saves its own part
+    of the state, making the same calls; each writes its own data file, replicas once, and
+    rank 0 commits, once every part is durable (see ``ckptlib.distributed``).
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class Saver:
         async_save: bool = False,
         max_pending_saves: int = 1,
         max_snapshot_bytes: int | None = None,
+        coordinator: Coordinator | None = None,
     ):
         if max_to_keep is not None and max_to_keep < 0:
             raise ValueError(f"max_to_keep must be None or >= 0, got {max_to_keep}")
@@ -97,6 +103,7 @@ class Saver:
         self._object_graph = object_graph
         self._io = io
         self._background = BackgroundSaves(max_pending_saves, max_snapshot_bytes) if async_save else None
+        self._coordinator = coordinator
         self._saves = 0
         self._track = _Track()
         self._tracks: dict[str, _Track] = {}  # by state file
@@ -171,7 +178,13 @@ class Saver:
 
         def commit_it() -> str:
             commit.save(
-                store, naming, writer, retain if write_state else None, sync=self._sync, before_write=before_write
+                store,
+                naming,
+                writer,
+                retain if write_state else None,
+                sync=self._sync,
+                before_write=before_write,
+                coordinator=self._coordinator,
             )
             return prefix
 

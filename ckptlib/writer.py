@@ -14,11 +14,12 @@ import functools
 import itertools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
 
+from ckptlib.distributed.coordinator import Coordinator
 from ckptlib.errors import InvalidTensorError
 from ckptlib.format import dtypes
 from ckptlib.format.bundle import HEADER_KEY, Entry, name_to_key
@@ -28,7 +29,7 @@ from ckptlib.install import recover_interrupted_saves, write_bundle
 from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.shard_plan import assign_shards
 from ckptlib.shard_writer import write_shards
-from ckptlib.store import Store, store_for
+from ckptlib.store import NewFile, Store, store_for
 from ckptlib.tree import tensors_of
 from ckptlib.values import to_array
 
@@ -75,6 +76,16 @@ class BundleWriter:
         private copies)."""
         return self._pending
 
+    @property
+    def sync(self) -> bool:
+        """Whether files are made durable before they become visible."""
+        return self._sync
+
+    @property
+    def sliced(self) -> dict[str, Entry]:
+        """The full entries of the partitioned tensors added so far, by name."""
+        return self._sliced
+
     def add_all(self, tensors: Mapping[str, Any]) -> None:
         """``add`` every ``name: value`` of a flat mapping, in order. C-contiguous ndarrays
         of plain numeric types (the usual state) are taken in bulk, not one call each."""
@@ -103,6 +114,16 @@ class BundleWriter:
             self._pending.keys += keys[start:stop]
             self._pending.dtypes += cast("list[int]", enums[start:stop])  # all plain in a run
             self._pending.arrays += values[start:stop]
+
+    def keep_only(self, keys: set[bytes]) -> None:
+        """Forget every tensor added whose index key is not in ``keys`` (a coordinated save
+        writes a replica once, from one process)."""
+        kept = [i for i, key in enumerate(self._pending.keys) if key in keys]
+        pending = self._pending
+        self._keys -= {key for key in pending.keys if key not in keys}
+        pending.keys = [pending.keys[i] for i in kept]
+        pending.dtypes = [pending.dtypes[i] for i in kept]
+        pending.arrays = [pending.arrays[i] for i in kept]
 
     def add(self, name: str, value: Any, *, dtype: str | None = None) -> None:
         """Add a whole tensor. ``dtype`` names a TF type to store instead of the array's own
@@ -187,24 +208,39 @@ class BundleWriter:
 
     def write_to(self, store: Store) -> None:
         """``finish``, for a caller already holding the store's save lock for the directory."""
+        write_data = self._data_writer(store)
+        with self._io.applied():
+            write_bundle(store, self.prefix, write_data, self._num_shards, self._sync)
+
+    def write_data_to(self, store: Store, final_paths: list[str]) -> tuple[list[NewFile], bytes]:
+        """Write the data shards only, to new files that are to become ``final_paths`` (one
+        per shard); return them, finished, and the bytes of the index they need (a
+        coordinated save merges the indexes of several processes)."""
+        write_data = self._data_writer(store)
+        if len(final_paths) != self._num_shards:
+            raise ValueError(f"{self._num_shards} shards to write, {len(final_paths)} paths given")
+        with self._io.applied():
+            return write_data(final_paths)
+
+    def _data_writer(self, store: Store) -> Callable[[list[str]], tuple[list[NewFile], bytes]]:
+        """Size the shards; return what writes them and builds the index (``write_bundle``'s
+        ``write_data``)."""
         nbytes = self._pending.nbytes() if self._num_shards > 1 or self._requested_shards is None else None
         if self._requested_shards is None:
             assert self._max_shard_bytes is not None and nbytes is not None
             total = int(nbytes.sum())
             self._num_shards = max(1, min(len(self._pending), math.ceil(total / self._max_shard_bytes)))
-        with self._io.applied():
+
+        def write_data(finals: list[str]) -> tuple[list[NewFile], bytes]:
             shards = None if nbytes is None else assign_shards(nbytes, self._num_shards)
             layout = Layout(self._pending, shards)
             # given each shard's buffer sizes
-            index_of = functools.partial(index_bytes, num_shards=self._num_shards, sliced=self._sliced)
+            meanwhile = functools.partial(index_bytes, layout, num_shards=self._num_shards, sliced=self._sliced)
             known = None if nbytes is None or layout.string_crcs else layout.sizes_of(nbytes)
+            threads = self._io.threads_for(store.io_threads)
+            return write_shards(store, finals, layout.contents, self._sync, meanwhile, known, threads=threads)
 
-            def write_data(finals: list[str]) -> tuple[list[Any], bytes]:
-                meanwhile = functools.partial(index_of, layout)
-                threads = self._io.threads_for(store.io_threads)
-                return write_shards(store, finals, layout.contents, self._sync, meanwhile, known, threads=threads)
-
-            write_bundle(store, self.prefix, write_data, self._num_shards, self._sync)
+        return write_data
 
     def _key(self, name: str | bytes) -> bytes:
         key = name_to_key(name) if isinstance(name, str) else name
@@ -251,6 +287,7 @@ def save(
     sync: bool = True,
     object_graph: bool = False,
     io: IOPolicy = DEFAULT,
+    coordinator: Coordinator | None = None,
 ) -> str:
     """Write ``tree`` (a training state: nested dicts, lists, tuples, namedtuples or dataclasses
     of arrays, scalars, strings and None; see ``ckptlib.tree``) as a bundle at ``prefix``.
@@ -266,7 +303,16 @@ def save(
 
     ``prefix`` may be a URL (``s3://bucket/run/model.ckpt``; see ``ckptlib.store``). ``io``
     sets the threads and process-wide settings the save may use (``IOPolicy``).
+
+    With a ``coordinator`` (``ckptlib.distributed``), every process of a job calls this with
+    its own part of the state and the same ``prefix``: each writes its own data file, and
+    the bundle appears, whole, once all have (see ``Saver`` for checkpoints with a state file).
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync, io=io)
     writer.add_all(tensors_of(tree, object_graph=object_graph))
-    return writer.finish()
+    if coordinator is None:
+        return writer.finish()
+    from ckptlib.distributed.together import save_together  # it builds on this module
+
+    save_together(coordinator, writer)
+    return writer.prefix

@@ -1,0 +1,15 @@
+"""Checkpoints saved by many processes together: each writes its own part, one commits.
+
+Pass a coordinator as ``coordinator=`` to ``Saver``, ``CheckpointManager`` or ``ckptlib.save``
+on every process of the job, each with its own part of the state (replicas are written
+once; tensors split across processes are given as ``ckptlib.Slice`` values). The result is
+one ordinary TensorFlow checkpoint. ``TorchCoordinator`` runs on ``torch.distributed``; any
+engine with an all-gather fits ``Coordinator``.
+"""
+
+from __future__ import annotations
+
+from ckptlib.distributed.coordinator import Coordinator, SingleProcess
+from ckptlib.distributed.torch import TorchCoordinator
+
+__all__ = ["Coordinator", "SingleProcess", "TorchCoordinator"]

@@ -1,0 +1,196 @@
+"""A bundle written by several processes at once, becoming visible as one checkpoint.
+
+::
+
+    every process                               rank 0
+    1  manifest of what it holds   -- gather -> the same plan everywhere (``plan``)
+    2  writes its own data file, durable (a temporary name where the store renames)
+                                   -- gather -> every process's index entries
+    3  puts its file in place      -- gather
+    4                                           merges the entries, writes the index (the
+                                                commit mark), then state file and rotation
+                                   -- gather -> the outcome, on every process
+
+Every gather also carries each process's outcome so far: a process that fails raises its
+own error, and every other one raises ``CoordinationError`` naming it, at the same step,
+after taking its own file away again; a process that dies makes the gather raise (the
+coordinator's timeout bounds the wait). Until rank 0 writes the index nothing is visible,
+so a failure at any step leaves the previous checkpoints as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from ckptlib.distributed.coordinator import Coordinator
+from ckptlib.distributed.plan import Manifest, make_plan, manifest_of
+from ckptlib.errors import CoordinationError, CorruptCheckpointError, InvalidTensorError, UnsupportedFeatureError
+from ckptlib.format.bundle import HEADER_KEY, Entry, decode_entry, encode_entry, encode_header
+from ckptlib.format.filenames import data_filename, index_filename
+from ckptlib.format.table import BytesSource, TableReader, build_table
+from ckptlib.install import recover_interrupted_saves
+from ckptlib.store import Store, store_for
+from ckptlib.writer import BundleWriter
+
+logger = logging.getLogger("ckptlib")
+
+_OK, _FAILED = b"\x00", b"\x01"
+
+
+def exchange(coordinator: Coordinator, step: Callable[[], bytes], what: str) -> list[bytes]:
+    """Run ``step`` here, then gather every process's result; raise this process's error,
+    or a ``CoordinationError`` naming the processes that failed."""
+    error: BaseException | None = None
+    try:
+        payload = _OK + step()
+    except Exception as e:
+        error = e
+        payload = _FAILED + f"{type(e).__name__}: {e}".encode("utf-8", "replace")[:4000]
+    gathered = coordinator.all_gather(payload)
+    if error is not None:
+        raise error
+    failed = [(rank, data[1:].decode("utf-8", "replace")) for rank, data in enumerate(gathered) if data[:1] != _OK]
+    if failed:
+        detail = "; ".join(f"rank {rank}: {message}" for rank, message in failed)
+        raise CoordinationError(f"the coordinated save failed while {what}: {detail}")
+    return [data[1:] for data in gathered]
+
+
+def write_together(
+    coordinator: Coordinator, store: Store, writer: BundleWriter, sync: bool, commit: Callable[[], None] | None
+) -> None:
+    """Write ``writer``'s tensors, together with the same call on every other process, as
+    one bundle at its prefix; then, on rank 0, run ``commit`` (state file, rotation). Every
+    process returns once the checkpoint is committed, or raises."""
+    prefix = writer.prefix
+    rank = coordinator.rank
+
+    def describe() -> bytes:
+        if store.exists(index_filename(prefix)):
+            raise UnsupportedFeatureError(
+                "a checkpoint already exists here; a coordinated save does not replace one "
+                "(save under a new step, or delete it first)",
+                path=prefix,
+            )
+        return manifest_of(prefix, writer.pending, writer.sliced).encode()
+
+    manifests = [Manifest.decode(m) for m in exchange(coordinator, describe, "describing the state")]
+    plan = make_plan(manifests)
+    writer.keep_only(plan.owned[rank])
+    if rank == 0:
+        for name, record in plan.merged.items():
+            writer.add(name, np.array(record, dtype=object))
+        if plan.dropped:
+            logger.warning(
+                "the processes saved conflicting parts of a tree: %s left out of %s (it restores as {name: array})",
+                ", ".join(sorted(plan.dropped)),
+                prefix,
+            )
+    undo: list[Callable[[], None]] = []  # takes this process's data file away again
+    written_path: list[str] = []
+    final = data_filename(prefix, plan.shard_of[rank], plan.num_shards) if rank in plan.shard_of else None
+
+    def write() -> bytes:
+        if final is None:
+            return b""
+        written, index = writer.write_data_to(store, [final])
+        undo.append(written[0].abort)
+        written_path.append(written[0].path)
+        return index
+
+    def install() -> bytes:
+        if undo and store.atomic_rename:
+            assert final is not None
+            store.rename(written_path[0], final)
+            undo[:] = [lambda: store.delete(final)]
+        return b""
+
+    try:
+        indexes = exchange(coordinator, write, "writing the data files")
+        exchange(coordinator, install, "putting the data files in place")
+    except BaseException:
+        for take_away in undo:  # no index can exist yet: nothing else needs them
+            with contextlib.suppress(OSError):
+                take_away()
+        raise
+
+    # From here on the data files stay, whatever happens: once rank 0 has written the index
+    # they are the checkpoint's (a failure before that leaves them unindexed, invisible).
+    def write_index() -> bytes:
+        if rank == 0:
+            if sync and store.atomic_rename:
+                store.sync_dir(os.path.dirname(prefix))  # every process's rename, before the index
+            _write_index(store, prefix, merged_index(indexes, plan.shard_of, plan.num_shards), sync)
+        return b""
+
+    exchange(coordinator, write_index, "writing the index")
+
+    def commit_it() -> bytes:
+        if rank == 0 and commit is not None:
+            commit()
+        return b""
+
+    exchange(coordinator, commit_it, "committing")
+
+
+def merged_index(indexes: list[bytes], shard_of: dict[int, int], num_shards: int) -> bytes:
+    """One index from every process's (each of a one-shard bundle): shard numbers made the
+    global ones, and the slice lists of partitioned tensors joined."""
+    entries: dict[bytes, Entry] = {}
+    for rank, index in enumerate(indexes):
+        if not index:
+            continue
+        for key, value in TableReader(BytesSource(index)).items():
+            if key == HEADER_KEY:
+                continue
+            entry = decode_entry(value)
+            known = entries.get(key)
+            if entry.slices:
+                if known is None:
+                    entries[key] = entry
+                else:
+                    extra = tuple(s for s in entry.slices if s not in known.slices)
+                    entries[key] = known._replace(slices=known.slices + extra)
+                continue
+            if known is not None:
+                raise InvalidTensorError("written by two processes", tensor=key.decode("utf-8", "replace"))
+            if rank not in shard_of:
+                raise CorruptCheckpointError(f"rank {rank} sent index entries but writes no data file")
+            entries[key] = entry._replace(shard_id=shard_of[rank])
+    items = [(HEADER_KEY, encode_header(num_shards))]
+    items += sorted((key, encode_entry(entry)) for key, entry in entries.items())
+    return build_table(items)
+
+
+def _write_index(store: Store, prefix: str, index: bytes, sync: bool) -> None:
+    """The index, last: the commit mark of the bundle."""
+    path = index_filename(prefix)
+    new = store.create(path, len(index), sync=sync)
+    try:
+        new.write_at(0, [memoryview(index)], len(index))
+        new.finish(sync)
+        if store.atomic_rename:
+            store.rename(new.path, path)
+    except BaseException:
+        new.abort()
+        raise
+    if sync and store.atomic_rename:
+        store.sync_dir(os.path.dirname(prefix))
+
+
+def save_together(coordinator: Coordinator, writer: BundleWriter) -> None:
+    """``BundleWriter.finish`` for a bundle written by several processes (``ckptlib.save``)."""
+    store = store_for(writer.prefix)
+    directory, name = os.path.split(writer.prefix)
+    store.makedirs(directory)
+
+    def repair() -> None:
+        recover_interrupted_saves(store, directory, lambda prefix: os.path.basename(prefix) == name)
+
+    with store.saving(directory, repair):
+        write_together(coordinator, store, writer, writer.sync, None)
