@@ -16,6 +16,7 @@ from ckptlib.background import BackgroundSaves, background_policy
 from ckptlib.checkpoint import checkpoint_exists, load_checkpoint
 from ckptlib.commit import Naming, Retention, read_listing
 from ckptlib.distributed.coordinator import Coordinator
+from ckptlib.distributed.together import failing_together
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.restore import RestoreReport, restore
@@ -161,7 +162,8 @@ class CheckpointManager:
             self._last_checkpoint_step = step
         if self._background is not None:
             self._background.raise_error()
-        tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
+        with failing_together(self._coordinator):
+            tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
         number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
         prefix = f"{self._prefix}-{number}"
         io = self._io if self._background is None else background_policy(self._io)
@@ -177,10 +179,12 @@ class CheckpointManager:
             return prefix
 
         if self._background is None:
-            writer.add_all(tensors)
+            with failing_together(self._coordinator):
+                writer.add_all(tensors)
             commit_it()
         else:
-            self._background.submit(writer, tensors, commit_it)
+            with failing_together(self._coordinator):
+                self._background.submit(writer, tensors, commit_it)
             self._counter += 1
         return prefix
 

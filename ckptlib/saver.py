@@ -15,6 +15,7 @@ from ckptlib.background import BackgroundSaves, background_policy
 from ckptlib.checkpoint import checkpoint_exists, present
 from ckptlib.commit import Naming, Record, Retention, path_key, read_listing, saver_owner
 from ckptlib.distributed.coordinator import Coordinator
+from ckptlib.distributed.together import failing_together
 from ckptlib.errors import CheckpointNotFoundError
 from ckptlib.format.filenames import index_filename
 from ckptlib.io_policy import DEFAULT, IOPolicy
@@ -150,7 +151,8 @@ class Saver:
             prefix = f"{save_path}-{step:08d}" if self._pad_step_number else f"{save_path}-{step}"
         if self._background is not None:
             self._background.raise_error()
-        tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
+        with failing_together(self._coordinator):
+            tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
         store = store_for(save_path)
         naming = Naming(
             save_dir,
@@ -189,12 +191,14 @@ class Saver:
             return prefix
 
         if self._background is None:
-            writer.add_all(tensors)
+            with failing_together(self._coordinator):
+                writer.add_all(tensors)
             commit_it()
             if not write_state:
                 self._saves += 1
         else:
-            self._background.submit(writer, tensors, commit_it)
+            with failing_together(self._coordinator):
+                self._background.submit(writer, tensors, commit_it)
             self._saves += 1
         return prefix
 

@@ -309,10 +309,12 @@ def save(
     the bundle appears, whole, once all have (see ``Saver`` for checkpoints with a state file).
     """
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync, io=io)
-    writer.add_all(tensors_of(tree, object_graph=object_graph))
     if coordinator is None:
+        writer.add_all(tensors_of(tree, object_graph=object_graph))
         return writer.finish()
-    from ckptlib.distributed.together import save_together  # it builds on this module
+    from ckptlib.distributed.together import failing_together, save_together  # they build on this module
 
+    with failing_together(coordinator):
+        writer.add_all(tensors_of(tree, object_graph=object_graph))
     save_together(coordinator, writer)
     return writer.prefix

@@ -21,9 +21,10 @@ so a failure at any step leaves the previous checkpoints as they were.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -59,6 +60,23 @@ def exchange(coordinator: Coordinator, step: Callable[[], bytes], what: str) -> 
         detail = "; ".join(f"rank {rank}: {message}" for rank, message in failed)
         raise CoordinationError(f"the coordinated save failed while {what}: {detail}")
     return [data[1:] for data in gathered]
+
+
+@contextlib.contextmanager
+def failing_together(coordinator: Coordinator | None) -> Iterator[None]:
+    """Around what a process does before a coordinated save starts (flattening its state,
+    copying it): an error there is raised here and, through the save's first exchange, as
+    ``CoordinationError`` on every other process, instead of leaving them waiting."""
+    try:
+        yield
+    except Exception as error:
+        if coordinator is not None:
+            exchange(coordinator, functools.partial(_reraise, error), "describing the state")
+        raise
+
+
+def _reraise(error: Exception) -> bytes:
+    raise error
 
 
 def write_together(
