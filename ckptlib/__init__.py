@@ -40,6 +40,7 @@ from ckptlib.object_graph_view import ObjectGraph
 from ckptlib.reader import CheckpointReader
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.saver import Saver
+from ckptlib.slice_value import Slice
 from ckptlib.state import CheckpointState, get_checkpoint_state
 from ckptlib.writer import BundleWriter, save
 
@@ -65,6 +66,7 @@ __all__ = [
     "RestoreReport",
     "Saver",
     "ShapeMismatchError",
+    "Slice",
     "StorageError",
     "TensorNotFoundError",
     "TensorSlice",

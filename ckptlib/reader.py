@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 import mmap
 import os
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -40,7 +41,7 @@ from ckptlib.format.crc import crc32c, unmask
 from ckptlib.format.crc_columns import unmask_all
 from ckptlib.format.filenames import data_filename, index_filename
 from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
-from ckptlib.format.slices import check_tiling, region, slice_key
+from ckptlib.format.slices import check_tiling, intersection, region, shifted, slice_key
 from ckptlib.format.strings import decode_strings
 from ckptlib.format.table import TableReader
 from ckptlib.io_policy import DEFAULT, IOPolicy
@@ -207,6 +208,23 @@ class CheckpointReader(Mapping[str, np.ndarray]):
         np.copyto(out, self.get_tensor(name), casting="no")
         return out
 
+    def get_slice(
+        self, name: str, offsets: Sequence[int], shape: Sequence[int], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The block of tensor ``name`` that starts at ``offsets`` and spans ``shape``, into
+        ``out`` (same shape and dtype as the block) or new memory.
+
+        The tensor may be stored whole or as slices of any split; only the stored pieces the
+        block overlaps are read, each whole, so its checksum is verified. Raises
+        ``ShapeMismatchError`` for a block outside the tensor (or ``out`` of another shape),
+        ``DtypeMismatchError`` for ``out`` of another dtype, ``CorruptCheckpointError`` when
+        the stored slices do not cover the block exactly, all before anything is read.
+        """
+        bounds = _block_bounds(self.shape(name), offsets, shape, name)
+        if out is not None:
+            _check_out(out, tuple(stop - start for start, stop in bounds), self.dtype(name), name)
+        return _into(out, self.get_tensor(name)[region(bounds)])
+
     def dtype(self, name: str) -> np.dtype:
         """The numpy dtype ``get_tensor(name)`` returns (``object`` for strings)."""
         row = dtypes.by_name(self.dtype_name(name))
@@ -357,6 +375,22 @@ class BundleReader(CheckpointReader):
             if entry.slices:
                 return self._assemble(name, entry)
             return self._read(entry)
+        except CheckpointError as e:
+            raise e.with_context(path=self._index_path, tensor=name) from None
+
+    @too_large_if_out_of_memory
+    def get_slice(
+        self, name: str, offsets: Sequence[int], shape: Sequence[int], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        entry = self.entry(name)
+        bounds = _block_bounds(entry.shape, offsets, shape, name)
+        if out is not None:
+            _check_out(out, tuple(stop - start for start, stop in bounds), self.dtype(name), name)
+        try:
+            check_numpy_rank(entry.shape)
+            if entry.slices:
+                return self._gather(name, entry, bounds, out)
+            return _into(out, self._read(entry)[region(bounds)])
         except CheckpointError as e:
             raise e.with_context(path=self._index_path, tensor=name) from None
 
@@ -695,10 +729,19 @@ class BundleReader(CheckpointReader):
 
     def _assemble(self, name: str, full: Entry) -> np.ndarray:
         """Build a partitioned tensor from its slices, after checking that they tile it."""
+        return self._gather(name, full, tuple((0, dim) for dim in full.shape), None)
+
+    def _gather(
+        self, name: str, full: Entry, bounds: tuple[tuple[int, int], ...], out: np.ndarray | None
+    ) -> np.ndarray:
+        """The block ``bounds`` of a partitioned tensor, from the slices it overlaps (read
+        whole, checksums verified), after checking that those tile the block exactly."""
         if dtypes.numpy_dtype(full.dtype) is None and full.dtype != dtypes.DT_STRING:
             # Checked first: without an item size, nothing bounds the pieces by real bytes.
             raise UnsupportedFeatureError(f"partitioned {dtypes.lookup(full.dtype).name} tensors are not supported")
-        pieces = []
+        origin = [start for start, _ in bounds]
+        block_shape = tuple(stop - start for start, stop in bounds)
+        hits = []
         for tensor_slice in full.slices:
             key = slice_key(name, tensor_slice)
             try:
@@ -712,14 +755,64 @@ class BundleReader(CheckpointReader):
                     f"slice {tensor_slice} is stored with dtype {piece.dtype} shape {list(piece.shape)}, "
                     f"expected dtype {full.dtype} shape {list(expected)}"
                 )
-            self._check_location(piece)
-            pieces.append((tensor_slice.bounds(full.shape), piece))
-        check_tiling([bounds for bounds, _ in pieces], full.shape)
-        row = dtypes.lookup(full.dtype)
-        out = np.empty(full.shape, dtype=row.numpy if row.numpy is not None else object)
-        for bounds, piece in pieces:
-            out[region(bounds)] = self._read(piece)
+            piece_bounds = tensor_slice.bounds(full.shape)
+            common = intersection(piece_bounds, bounds)
+            if common is not None:  # pieces the block does not touch are never read
+                self._check_location(piece)
+                hits.append((common, piece_bounds, piece))
+        try:
+            check_tiling([shifted(common, origin) for common, _, _ in hits], block_shape)
+        except CorruptCheckpointError as e:
+            whole = all(d == stop - start for d, (start, stop) in zip(full.shape, bounds, strict=True))
+            asked = "the whole tensor" if whole else f"the block {[list(b) for b in bounds]}"
+            held = sum(math.prod(stop - start for start, stop in common) for common, _, _ in hits)
+            raise CorruptCheckpointError(
+                f"{e.reason}: {len(full.slices)} slice(s) stored, covering {held} of the "
+                f"{math.prod(block_shape)} elements of {asked} (a part of a checkpoint saved by several processes?)"
+            ) from None
+        if out is None:
+            row = dtypes.lookup(full.dtype)
+            out = np.empty(block_shape, dtype=row.numpy if row.numpy is not None else object)
+        for common, piece_bounds, piece in hits:
+            out[region(shifted(common, origin))] = self._read(piece)[
+                region(shifted(common, [s for s, _ in piece_bounds]))
+            ]
         return out
+
+
+def _block_bounds(
+    full_shape: Sequence[int], offsets: Sequence[int], shape: Sequence[int], name: str
+) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` per dimension of the block at ``offsets`` spanning ``shape``; raises
+    ``ShapeMismatchError`` unless it lies inside a tensor of ``full_shape``."""
+    offsets, shape = tuple(int(o) for o in offsets), tuple(int(d) for d in shape)
+    bounds = tuple((start, start + n) for start, n in zip(offsets, shape, strict=False))
+    fits = len(offsets) == len(shape) == len(full_shape) and all(
+        0 <= start <= stop <= dim for (start, stop), dim in zip(bounds, full_shape, strict=False)
+    )
+    if not fits:
+        raise ShapeMismatchError(
+            f"a block at offsets {list(offsets)} of shape {list(shape)} does not lie inside the "
+            f"checkpoint's shape {list(full_shape)}",
+            tensor=name,
+        )
+    return bounds
+
+
+def _check_out(out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+    if out.shape != shape:
+        raise ShapeMismatchError(f"target shape {list(out.shape)}, the block has {list(shape)}", tensor=name)
+    if out.dtype != dtype:
+        raise DtypeMismatchError(f"target dtype {out.dtype}, checkpoint has {dtype}", tensor=name)
+
+
+def _into(out: np.ndarray | None, block: np.ndarray) -> np.ndarray:
+    """``block`` copied into ``out`` or into new memory of its own (not a view that would
+    keep the whole tensor it was cut from alive)."""
+    if out is None:
+        return block.copy()
+    out[...] = block
+    return out
 
 
 def _check_target(reader: CheckpointReader, name: str, out: np.ndarray) -> None:

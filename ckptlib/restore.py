@@ -15,6 +15,7 @@ from ckptlib.checkpoint import load_checkpoint
 from ckptlib.errors import (
     DtypeMismatchError,
     InvalidStructureError,
+    InvalidTensorError,
     ReadOnlyTargetError,
     RestoreMismatchError,
     ShapeMismatchError,
@@ -24,6 +25,7 @@ from ckptlib.format.object_graph import OBJECT_GRAPH_KEY
 from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.object_graph_view import path_text
 from ckptlib.reader import CheckpointReader
+from ckptlib.slice_value import Slice
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,11 @@ def restore(
     listing every offending path with what was expected and found. ``into`` that is not a
     container raises ``InvalidStructureError``.
 
+    A ``ckptlib.Slice(full_shape, offsets, target)`` leaf is filled with the block of its
+    tensor that starts at ``offsets`` and spans ``target``'s shape, whether the tensor was
+    stored whole or as slices of any split; only the stored pieces the block overlaps are
+    read. Its ``full_shape`` must be the stored shape.
+
     A restore is all or nothing: every tensor a target takes is read and its checksum
     verified, and every target checked, before the first target is written, so a damaged
     checkpoint (``ChecksumMismatchError``) or a mismatch leaves every target as it was.
@@ -140,12 +147,17 @@ def restore(
             object_graph = tree.names_objects(record)  # leaves named by object-graph keys
             stored -= tree.added_tensors(record, kinds)
         targets = tree.target_leaves(into, object_graph=object_graph)
-        values = reader.read_all([name for name in targets if name in stored])
         shown = tree.tree_path_of if object_graph else str  # messages and the report speak of tree paths
-        report, replacements = _check(reader, targets, stored, strict, values, kinds, shown)
+        blocks = {name: leaf for name, leaf in targets.items() if isinstance(leaf, Slice) and name in stored}
+        unfit = {name: _block_problems(reader, name, shown(name), leaf) for name, leaf in blocks.items()}
+        values = reader.read_all([name for name in targets if name in stored and name not in blocks])
+        for name, leaf in blocks.items():
+            if not unfit[name]:  # only the stored pieces the block overlaps are read
+                values[name] = reader.get_slice(name, leaf.offsets, leaf.shape)
+        report, replacements = _check(reader, targets, stored, strict, values, kinds, shown, unfit)
         for name, leaf in targets.items():
             if name in values and name not in replacements:
-                frameworks.fill(leaf, values[name])
+                frameworks.fill(leaf.value if isinstance(leaf, Slice) else leaf, values[name])
         restored = tree.rebuild(into, lambda name, leaf: replacements.get(name, leaf), object_graph=object_graph)
         return dataclasses.replace(report, tree=restored)
 
@@ -192,11 +204,13 @@ def _check(
     values: Mapping[str, np.ndarray],
     kinds: Mapping[str, str],
     shown: Callable[[str], str] = str,
+    unfit: Mapping[str, list[tuple[str, str]]] | None = None,
 ) -> tuple[RestoreReport, dict[str, Any]]:
     """Every problem with the targets at once, as one error, found before anything is
     written; else the report and the new value of every target that is replaced rather than
     filled in place (made here, so that making one cannot fail halfway through the writes).
-    ``kinds`` are the structure record's leaf kinds, which give ``None`` placeholders their types."""
+    ``kinds`` are the structure record's leaf kinds, which give ``None`` placeholders their types;
+    ``unfit``, what keeps each ``Slice`` target from its block (found before reading it)."""
     wanted = set(targets)
     missing = sorted(name for name in wanted - stored if targets[name] is not None)  # None: a placeholder
     unexpected = sorted(stored - wanted)
@@ -204,6 +218,13 @@ def _check(
     replacements: dict[str, Any] = {}
     for name, leaf in targets.items():
         if name not in stored:
+            continue
+        if isinstance(leaf, Slice):
+            block_problems = (unfit or {}).get(name) or _array_target_problems(shown(name), leaf.value, values[name])
+            for problem, message in block_problems:
+                problems[problem].append(message)
+            if not frameworks.is_in_place(leaf.value):
+                replacements[name] = leaf
             continue
         value = values[name]
         if frameworks.target_spec(leaf) is not None:
@@ -231,7 +252,9 @@ def _check(
             kind = DtypeMismatchError
         raise kind(f"{len(found)} tensor(s) do not fit:\n  {detail}", path=reader.prefix)
     for name, leaf in replacements.items():
-        if leaf is targets[name] and frameworks.target_spec(leaf) is not None:
+        if leaf is targets[name] and isinstance(leaf, Slice):
+            replacements[name] = dataclasses.replace(leaf, value=frameworks.replacement(leaf.value, values[name]))
+        elif leaf is targets[name] and frameworks.target_spec(leaf) is not None:
             replacements[name] = frameworks.replacement(leaf, values[name])
     report = RestoreReport(*(sorted(map(shown, names)) for names in (wanted & stored, missing, unexpected)))
     return report, replacements
@@ -258,6 +281,25 @@ def _array_target_problems(name: str, leaf: Any, value: np.ndarray) -> list[tupl
     why = frameworks.cannot_fill(leaf)
     if why is not None:
         found.append(("readonly", f"{name}: {why}"))
+    return found
+
+
+def _block_problems(reader: CheckpointReader, name: str, path: str, leaf: Slice) -> list[tuple[str, str]]:
+    """``(kind, message)`` for each way the stored tensor ``name`` has no block for the
+    ``Slice`` target ``leaf``, from the index alone (nothing read yet)."""
+    stored_shape, stored_dtype = tuple(reader.shape(name)), reader.dtype(name)
+    spec = frameworks.target_spec(leaf.value)
+    if spec is None:
+        return [("readonly", f"{path}: a Slice target must hold an array to fill, got {type(leaf.value).__name__}")]
+    if leaf.full_shape != stored_shape:
+        return [("shape", f"{path}: Slice of full shape {list(leaf.full_shape)}, checkpoint has {list(stored_shape)}")]
+    found = []
+    try:
+        leaf.bounds()
+    except InvalidTensorError as e:
+        found.append(("shape", f"{path}: {e.reason}"))
+    if spec[1] is not None and spec[1] != stored_dtype:
+        found.append(("dtype", f"{path}: target dtype {spec[1]}, checkpoint has {stored_dtype}"))
     return found
 
 

@@ -33,6 +33,9 @@ says so by its version, 2, and its root, ``["object_graph", NODE]``; the graph e
 ``save_counter`` written beside the leaves are not of the tree. Restore targets are named the
 same way (``target_leaves(tree, object_graph=True)``) for such a record.
 
+A ``ckptlib.Slice`` leaf (a dataclass, but a leaf) is one block of the tensor its path names,
+written as a slice of it; its kind is ``"array"``: the tensor comes back whole.
+
 Namedtuple and dataclass types come back only if their module is already imported (nothing
 is imported or run on behalf of a file); otherwise a namedtuple comes back as a namedtuple
 type made from the stored field names, and a dataclass as a dict with a warning.
@@ -62,6 +65,7 @@ from ckptlib.format.object_graph import (
     escape_local_name,
     unescape_local_name,
 )
+from ckptlib.slice_value import Slice
 
 STRUCTURE_KEY = "_CKPTLIB_STRUCTURE"
 FORMAT = "ckptlib.structure"
@@ -284,7 +288,8 @@ def _children(node: Any) -> list[tuple[str | int, Any]]:
 
 
 def _is_dataclass(node: Any) -> bool:
-    return dataclasses.is_dataclass(node) and not isinstance(node, type)
+    # a Slice is a leaf: one block of the tensor its path names
+    return dataclasses.is_dataclass(node) and not isinstance(node, (type, Slice))
 
 
 def _is_namedtuple(cls: type) -> bool:

@@ -29,6 +29,7 @@ from ckptlib.install import recover_interrupted_saves, write_bundle
 from ckptlib.io_policy import DEFAULT, IOPolicy
 from ckptlib.shard_plan import assign_shards
 from ckptlib.shard_writer import write_shards
+from ckptlib.slice_value import Slice
 from ckptlib.store import NewFile, Store, store_for
 from ckptlib.tree import tensors_of
 from ckptlib.values import to_array
@@ -126,13 +127,17 @@ class BundleWriter:
         pending.arrays = [pending.arrays[i] for i in kept]
 
     def add(self, name: str, value: Any, *, dtype: str | None = None) -> None:
-        """Add a whole tensor. ``dtype`` names a TF type to store instead of the array's own
-        (only for types sharing its layout, e.g. ``"qint8"`` for an int8 array)."""
+        """Add a whole tensor, or one block of it given as a ``Slice`` (see ``add_slice``).
+        ``dtype`` names a TF type to store instead of the array's own (only for types sharing
+        its layout, e.g. ``"qint8"`` for an int8 array)."""
         if dtype is None and type(value) is np.ndarray and value.flags.c_contiguous:
             enum = dtypes.plain_enum(value.dtype)  # the common case, kept lean
             if enum is not None:
                 self._pending.append(self._key(name), enum, value)
                 return
+        if isinstance(value, Slice):
+            self.add_slice(name, value.full_shape, value.tensor_slice(name), value.value, dtype=dtype)
+            return
         array = to_array(value, name)
         entry = self._entry_for(array, name, dtype)  # first: a refused value reserves no name
         self._add_entry(self._key(name), entry, array)
@@ -300,6 +305,11 @@ def save(
     With ``object_graph=True`` the tree is also written as a TF2 object graph (see
     ``ckptlib.object_tree``): ``tf.train.Checkpoint(**mirror).restore(prefix)`` restores a
     mirror of the tree, with ``save_counter`` 1, as after one ``tf.train.Checkpoint.save``.
+
+    A ``ckptlib.Slice`` leaf is written as one slice of the tensor its path names, in the
+    layout of TF's partitioned variables: TensorFlow (and ``restore``) read that tensor whole
+    once every slice of it is in the checkpoint (merged from several saves), and ``restore``
+    reads any block of it into a ``Slice`` target.
 
     ``prefix`` may be a URL (``s3://bucket/run/model.ckpt``; see ``ckptlib.store``). ``io``
     sets the threads and process-wide settings the save may use (``IOPolicy``).

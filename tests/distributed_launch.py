@@ -9,6 +9,7 @@ Each rank prints ``RESULT <json>`` as its last line; ``RankResult.value`` is tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -56,45 +57,44 @@ def run_ranks(
 ) -> list[RankResult]:
     """Start ``world_size`` ranks of ``scenario`` and wait for all of them; raise
     ``AssertionError`` (after killing every rank) if they are not done within ``timeout``."""
-    port = free_port()
-    env_base = {
+    env = {
         **os.environ,
         "PYTHONPATH": str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
+        "MASTER_PORT": str(free_port()),
         "WORLD_SIZE": str(world_size),
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     }
     logs = Path(directory).parent / f".{scenario}-{time.monotonic_ns()}"
-    procs = []
-    files = []
-    for rank in range(world_size):
-        out = open(f"{logs}.{rank}.out", "w+")  # files, not pipes: a full pipe would stall a rank
-        err = open(f"{logs}.{rank}.err", "w+")
-        files.append((out, err))
-        argv = [sys.executable, str(WORKER), scenario, str(directory), *args]
-        procs.append(subprocess.Popen(argv, stdout=out, stderr=err, env={**env_base, "RANK": str(rank)}, cwd=str(ROOT)))
-    deadline = time.monotonic() + timeout
-    try:
-        for proc in procs:
-            left = deadline - time.monotonic()
-            try:
-                proc.wait(timeout=max(left, 0.1))
-            except subprocess.TimeoutExpired:
-                raise AssertionError(f"{scenario}: the ranks did not finish within {timeout} s (a hang)") from None
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    results = []
-    for rank, (proc, (out, err)) in enumerate(zip(procs, files, strict=True)):
-        out.seek(0)
-        err.seek(0)
-        results.append(RankResult(rank, proc.returncode, out.read(), err.read()))
-        out.close()
-        err.close()
+    argv = [sys.executable, str(WORKER), scenario, str(directory), *args]
+    with contextlib.ExitStack() as stack:
+        # files, not pipes: a full pipe would stall a rank
+        files = [
+            (stack.enter_context(open(f"{logs}.{r}.out", "w+")), stack.enter_context(open(f"{logs}.{r}.err", "w+")))
+            for r in range(world_size)
+        ]
+        procs = [
+            subprocess.Popen(argv, stdout=out, stderr=err, env={**env, "RANK": str(r)}, cwd=str(ROOT))
+            for r, (out, err) in enumerate(files)
+        ]
+        deadline = time.monotonic() + timeout
+        try:
+            for proc in procs:
+                try:
+                    proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"{scenario}: the ranks did not finish within {timeout} s (a hang)") from None
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        results = []
+        for rank, (proc, (out, err)) in enumerate(zip(procs, files, strict=True)):
+            out.seek(0)
+            err.seek(0)
+            results.append(RankResult(rank, proc.returncode, out.read(), err.read()))
     return results
 
 

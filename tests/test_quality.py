@@ -56,6 +56,7 @@ def test_public_api_is_pinned() -> None:
             "RestoreReport",
             "Saver",
             "ShapeMismatchError",
+            "Slice",
             "StorageError",
             "TensorNotFoundError",
             "TensorSlice",

@@ -229,6 +229,17 @@ def overlaps(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> bool
     return all(max(a0, b0) < min(a1, b1) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
 
 
+def intersection(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...] | None:
+    """The bounds two slices share, or None when they share no element."""
+    both = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
+    return both if all(start < stop for start, stop in both) else None
+
+
+def shifted(bounds: Sequence[tuple[int, int]], origin: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``bounds`` relative to ``origin`` (the start of the region holding them)."""
+    return tuple((start - o, stop - o) for (start, stop), o in zip(bounds, origin, strict=True))
+
+
 def check_tiling(pieces: Sequence[tuple[tuple[int, int], ...]], shape: Sequence[int]) -> None:
     """Raise unless the slice bounds ``pieces`` (each inside ``shape``) cover it exactly once.
 
