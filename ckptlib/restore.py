@@ -12,6 +12,7 @@ import numpy as np
 
 from ckptlib import frameworks, tree
 from ckptlib.checkpoint import load_checkpoint
+from ckptlib.dtensor import as_slice, is_dtensor
 from ckptlib.errors import (
     DtypeMismatchError,
     InvalidStructureError,
@@ -147,6 +148,7 @@ def restore(
             object_graph = tree.names_objects(record)  # leaves named by object-graph keys
             stored -= tree.added_tensors(record, kinds)
         targets = tree.target_leaves(into, object_graph=object_graph)
+        targets = {name: as_slice(leaf, name) if is_dtensor(leaf) else leaf for name, leaf in targets.items()}
         shown = tree.tree_path_of if object_graph else str  # messages and the report speak of tree paths
         blocks = {name: leaf for name, leaf in targets.items() if isinstance(leaf, Slice) and name in stored}
         unfit = {name: _block_problems(reader, name, shown(name), leaf) for name, leaf in blocks.items()}

@@ -20,6 +20,7 @@ from typing import Any, cast
 import numpy as np
 
 from ckptlib.distributed.coordinator import Coordinator
+from ckptlib.dtensor import as_slice, is_dtensor
 from ckptlib.errors import InvalidTensorError
 from ckptlib.format import dtypes
 from ckptlib.format.bundle import HEADER_KEY, Entry, name_to_key
@@ -135,6 +136,8 @@ class BundleWriter:
             if enum is not None:
                 self._pending.append(self._key(name), enum, value)
                 return
+        if is_dtensor(value):
+            value = as_slice(value, name)
         if isinstance(value, Slice):
             self.add_slice(name, value.full_shape, value.tensor_slice(name), value.value, dtype=dtype)
             return

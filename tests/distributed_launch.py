@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,8 @@ def run_ranks(
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     }
-    logs = Path(directory).parent / f".{scenario}-{time.monotonic_ns()}"
+    local = "://" not in str(directory)
+    logs = (Path(directory).parent if local else Path(tempfile.gettempdir())) / f".{scenario}-{time.monotonic_ns()}"
     argv = [sys.executable, str(WORKER), scenario, str(directory), *args]
     with contextlib.ExitStack() as stack:
         # files, not pipes: a full pipe would stall a rank

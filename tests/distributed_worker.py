@@ -143,7 +143,8 @@ def reshard(directory: str, saved_ranks: str, axis: str) -> dict[str, Any]:
 
 def failing(directory: str, how: str) -> dict[str, Any]:
     """A good save of step 1; then, at step 2, rank 1 dies (``kill``: SIGKILL as it creates
-    its data file) or raises (``raise``: a value that cannot be saved)."""
+    its data file), raises (``raise``: a value that cannot be saved) or stalls (``stall``:
+    it waits longer than the coordinator's timeout before writing)."""
     coord = coordinator()
     saver = ckptlib.Saver(max_to_keep=3, coordinator=coord)
     state: dict[str, Any] = {"w": np.full((64, 64), RANK, np.float32), "shared": np.ones(4)}
@@ -159,6 +160,17 @@ def failing(directory: str, how: str) -> dict[str, Any]:
             return create(self, final_path, *a, **k)
 
         LocalStore.create = create_and_die  # type: ignore[method-assign]
+    if RANK == 1 and how == "stall":
+        from ckptlib.store.local import LocalStore
+
+        create_slowly = LocalStore.create
+
+        def stall(self: Any, final_path: str, *a: Any, **k: Any) -> Any:
+            if ".data-" in final_path:
+                time.sleep(float(os.environ["COORD_TIMEOUT_S"]) + 5)
+            return create_slowly(self, final_path, *a, **k)
+
+        LocalStore.create = stall  # type: ignore[method-assign]
     if RANK == 1 and how == "raise":
         state["bad"] = object()
     started = time.monotonic()
@@ -172,7 +184,32 @@ def failing(directory: str, how: str) -> dict[str, Any]:
     return outcome
 
 
-SCENARIOS = {"data_parallel": data_parallel, "sharded": sharded, "reshard": reshard, "failing": failing}
+def dtensor(directory: str, *args: str) -> dict[str, Any]:
+    """A DTensor sharded by rows is saved as slices; restored into a DTensor sharded by
+    columns (another split of the same tensor), and into a plain whole tensor."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    coord = coordinator()
+    mesh = init_device_mesh("cpu", (WORLD,))
+    rows = ROWS_PER_RANK * WORLD + 1  # uneven on purpose
+    full = torch.from_numpy(full_matrix(rows))
+    state = {"W": distribute_tensor(full, mesh, [Shard(0)]), "b": distribute_tensor(torch.ones(4), mesh, [Replicate()])}
+    prefix = ckptlib.save(state, f"{directory}/model.ckpt", coordinator=coord)
+    target = {"W": distribute_tensor(torch.zeros(rows, COLS), mesh, [Shard(1)]), "b": torch.zeros(4)}
+    ckptlib.restore(prefix, into=target)
+    assert torch.equal(target["W"].full_tensor(), full), "resharded DTensor differs"
+    assert torch.equal(target["b"], torch.ones(4))
+    return {"prefix": prefix, "local": list(target["W"].to_local().shape)}
+
+
+SCENARIOS = {
+    "data_parallel": data_parallel,
+    "sharded": sharded,
+    "reshard": reshard,
+    "failing": failing,
+    "dtensor": dtensor,
+}
 
 
 def main() -> None:
