@@ -95,6 +95,9 @@ class CheckpointManager:
         self._sync = sync
         self._object_graph = object_graph
         self._io = io
+        if coordinator is not None and async_save and max_pending_saves != 1:
+            # the caller's thread and the background one would both exchange with the other processes
+            raise ValueError("coordinated asynchronous saves run one at a time: max_pending_saves must be 1")
         self._background = BackgroundSaves(max_pending_saves, max_snapshot_bytes) if async_save else None
         self._coordinator = coordinator
         self._pattern = re.compile(re.escape(checkpoint_name) + r"-(-?\d+)")
@@ -161,6 +164,8 @@ class CheckpointManager:
                     return None
             self._last_checkpoint_step = step
         if self._background is not None:
+            if self._coordinator is not None:
+                self._background.drain()  # no exchange of this save while the last one's runs
             self._background.raise_error()
         with failing_together(self._coordinator):
             tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
