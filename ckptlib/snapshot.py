@@ -70,7 +70,7 @@ class Arenas:
                     while self._idle and self._in_use + sum(a.nbytes for a in self._idle) + nbytes > self.limit:
                         self._idle.remove(min(self._idle, key=lambda a: a.nbytes))
                 self._idle = [a for a in self._idle if a.pinned != pinned or a.nbytes > nbytes]
-                arena = _pinned_arena(nbytes) if pinned else Arena(np.empty(nbytes, np.uint8), pinned=False)
+                arena = _pinned_arena(nbytes) if pinned else Arena(_aligned_memory(nbytes), pinned=False)
             self._in_use += arena.nbytes
             return arena
 
@@ -135,6 +135,13 @@ def _carved_size(sizes: list[int]) -> int:
 
 def _aligned(size: int) -> int:
     return -(-size // ALIGN) * ALIGN
+
+
+def _aligned_memory(nbytes: int) -> np.ndarray:
+    """``nbytes`` of host memory starting on an ``ALIGN`` boundary (numpy promises 16)."""
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + nbytes]
 
 
 def _is_cuda_tensor(leaf: Any) -> bool:
