@@ -89,7 +89,6 @@ def nbytes_of(state: dict[str, Any]) -> int:
 
 # -- one rank --------------------------------------------------------------------------------
 def rank_main(args: argparse.Namespace) -> int:
-    import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
