@@ -56,23 +56,38 @@ class BackgroundSaves:
     cap beyond ``max_pending`` states); a save too large for the cap alone is written
     synchronously, from the caller's arrays, once earlier saves are done. With
     ``keep_errors`` a failed save's error is also raised by the next ``submit`` or ``wait``
-    (the savers' contract); without it, only its future carries it (``save_async``).
+    (the savers' contract); without it, only its future carries it (``save_async``). Every
+    failure is logged as it happens too, so that one nobody waits for is not lost.
+    ``keep_buffers``: keep the snapshot buffers for the next save (freed with this object).
     """
 
-    def __init__(self, max_pending: int = 1, max_snapshot_bytes: int | None = None, *, keep_errors: bool = True):
+    def __init__(
+        self,
+        max_pending: int = 1,
+        max_snapshot_bytes: int | None = None,
+        *,
+        keep_errors: bool = True,
+        keep_buffers: bool = True,
+    ):
         if max_pending < 1:
             raise ValueError(f"max_pending_saves must be at least 1, got {max_pending}")
         if max_snapshot_bytes is not None and max_snapshot_bytes < 0:
             raise ValueError(f"max_snapshot_bytes must be None or >= 0, got {max_snapshot_bytes}")
         self._max_pending = max_pending
-        self._arenas = Arenas(max_snapshot_bytes)
+        self._arenas = Arenas(max_snapshot_bytes, keep=keep_buffers)
         self._keep_errors = keep_errors
+        self._reset()
+        _ALL.add(self)
+
+    def _reset(self) -> None:
+        """No save pending (a new saver, or a child process that forked from one: the
+        parent's pending saves, and its worker thread, are not the child's)."""
         self._queue: deque[_Job] = deque()
         self._running: _Job | None = None
         self._worker: threading.Thread | None = None
         self._changed = threading.Condition()
         self._errors: list[BaseException] = []
-        _ALL.add(self)
+        self._arenas.forget_in_use()
 
     @property
     def pending(self) -> int:
@@ -97,13 +112,14 @@ class BackgroundSaves:
         pending error first, before anything of this save is done."""
         self.raise_error()
         self._wait_until(lambda: self._pending_locked() < self._max_pending)
-        arenas, device_copies_done = copy_to_device_host(tensors, self._arenas)
+        arenas: list[Arena] = []
         try:
+            device_copies_done = copy_to_device_host(tensors, self._arenas, arenas)
             writer.add_all(tensors)
             device_copies_done()
-            needed = snapshot_bytes(writer.pending)
+            needed = snapshot_bytes(writer.pending, arenas)
             if self._arenas.limit is not None and needed > self._arenas.limit:
-                return self._write_now(writer.prefix, commit, needed, arenas)
+                return self._write_now(writer.prefix, commit, needed)
             if needed:
                 self._wait_until(lambda: self._arenas.fits(needed) or self._pending_locked() == 0)
                 arenas.append(self._arenas.take(needed))
@@ -131,7 +147,7 @@ class BackgroundSaves:
                 self._start_worker_locked()  # in case an interrupt came between queue and start
         self._wait_until(lambda: self._pending_locked() == 0)
 
-    def _write_now(self, label: str, commit: Callable[[], str], needed: int, arenas: list[Arena]) -> Future[str]:
+    def _write_now(self, label: str, commit: Callable[[], str], needed: int) -> Future[str]:
         logger.warning(
             "writing %s synchronously: its snapshot (%d bytes) exceeds max_snapshot_bytes=%d",
             label,
@@ -141,11 +157,7 @@ class BackgroundSaves:
         self._wait_until(lambda: self._pending_locked() == 0)
         self.raise_error()
         future: Future[str] = Future()
-        try:
-            future.set_result(commit())
-        finally:
-            for used in arenas:
-                self._arenas.give_back(used)
+        future.set_result(commit())
         return future
 
     def _wait_until(self, ready: Callable[[], bool]) -> None:
@@ -171,6 +183,7 @@ class BackgroundSaves:
             try:
                 job.future.set_result(job.run())
             except BaseException as e:  # kept for the caller, who decides what is fatal
+                logger.error("ckptlib: the asynchronous save of %s failed: %s", job.label, e)
                 job.future.set_exception(e)
                 if self._keep_errors:
                     with self._changed:
@@ -209,6 +222,13 @@ def finish_pending_saves() -> None:
     logger.warning("ckptlib: pending checkpoint saves finished")
 
 
+def _forget_parents_saves() -> None:
+    for saves in list(_ALL):
+        saves._reset()
+
+
+os.register_at_fork(after_in_child=_forget_parents_saves)
+
 # At exit the worker still needs thread pools to write: finish before concurrent.futures
 # refuses new work. Its hook is registered when ``concurrent.futures.thread`` is imported
 # (above); these hooks run last registered first, so ours runs before it. (``atexit`` would
@@ -237,7 +257,7 @@ def save_async(
     global _MODULE_SAVES
     with _MODULE_LOCK:
         if _MODULE_SAVES is None:
-            _MODULE_SAVES = BackgroundSaves(keep_errors=False)
+            _MODULE_SAVES = BackgroundSaves(keep_errors=False, keep_buffers=False)
         saves = _MODULE_SAVES
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync, io=background_policy(io))
     return saves.submit(writer, tensors_of(tree, object_graph=object_graph), writer.finish)

@@ -19,6 +19,7 @@ running: reading never writes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 from ckptlib.checkpoint import present
 from ckptlib.distributed.coordinator import Coordinator
-from ckptlib.distributed.together import write_together
+from ckptlib.distributed.together import failing_together, write_together
 from ckptlib.errors import CheckpointNotFoundError, CorruptCheckpointError
 from ckptlib.format.filenames import index_filename
 from ckptlib.install import recover_interrupted_saves, remove_unindexed_data
@@ -104,8 +105,9 @@ def save(
     the state: each writes its own data file, rank 0 the index and steps 2 and 3 (see
     ``ckptlib.distributed.together``); the others run ``retain`` only to keep their books
     as rank 0 does."""
-    store.makedirs(naming.directory)
-    with store.saving(naming.directory, lambda: repair_own(store, naming)):
+    with contextlib.ExitStack() as held, failing_together(coordinator):
+        store.makedirs(naming.directory)
+        held.enter_context(store.saving(naming.directory, lambda: repair_own(store, naming)))
         if before_write is not None:
             before_write()
         if coordinator is None:
@@ -114,7 +116,11 @@ def save(
                 _commit(store, naming, retain(), sync)
             return
         commit = None if retain is None else lambda: _commit(store, naming, retain(), sync)
-        write_together(coordinator, store, writer, sync, commit)
+
+        def unlisted(prefix: str) -> bool:  # an earlier attempt that never committed
+            return os.path.basename(prefix) not in (listed_names(store, naming.directory, naming.state_name) or ())
+
+        write_together(coordinator, store, writer, sync, commit, replaceable=unlisted)
         if retain is not None and coordinator.rank != 0:
             retain()
 
@@ -294,8 +300,8 @@ def saver_owner(store: Store, directory: str, name: str) -> Callable[[str], bool
 
 def repair(directory: str | os.PathLike[str], *, assume_idle: bool = False) -> bool:
     """Repair everything interrupted saves left in ``directory``, whichever saver made them:
-    put back checkpoints whose overwrite was killed, delete temporary files and (object
-    stores) unfinished uploads and data files without an index, finish the deletions
+    put back checkpoints whose overwrite was killed, delete temporary files, unfinished
+    uploads (object stores) and data files without an index, finish the deletions
     savers noted. Saves repair their own checkpoints' leftovers as they go where the store
     can tell no other save is running (local files); this is for the rest (a killed
     one-off ``save``, a saver that never runs again, and object stores).
@@ -312,8 +318,8 @@ def repair(directory: str | os.PathLike[str], *, assume_idle: bool = False) -> b
 
     def everything() -> None:
         recover_interrupted_saves(store, directory, lambda prefix: True, _metadata_names(store, directory))
-        if not store.atomic_rename:
-            remove_unindexed_data(store, directory, lambda prefix: True)
+        # object stores' killed uploads; anywhere, a coordinated save that failed before its index
+        remove_unindexed_data(store, directory, lambda prefix: True)
         for name in store.listdir(directory):
             match = JOURNAL_NAME.fullmatch(name)
             if match is not None:

@@ -72,10 +72,10 @@ def write_bundle(
     if store.atomic_rename:
         _install(store, prefix, [file.path for file in files], [*finals, index], sync)
     else:
-        _remove_stale_shards(store, prefix, finals)
+        remove_stale_shards(store, prefix, finals)
 
 
-def _remove_stale_shards(store: Store, prefix: str, keep: Collection[str]) -> None:
+def remove_stale_shards(store: Store, prefix: str, keep: Collection[str]) -> None:
     """Data files of ``prefix`` of another shard count than the new bundle's (leftovers of
     the bundle it replaced)."""
     directory, name = os.path.split(prefix)
@@ -164,8 +164,9 @@ def recover_interrupted_saves(
 
 
 def remove_unindexed_data(store: Store, directory: str, owns: Callable[[str], bool]) -> list[str]:
-    """Delete the data files of bundles ``owns`` accepts that have no index: on a store
-    without rename, what a save killed before its index went up leaves. Returns their
+    """Delete the data files of bundles ``owns`` accepts that have no index: what a save
+    killed before its index went up leaves on a store without rename, and what a failed
+    coordinated save (``ckptlib.distributed``) leaves on any store. Returns their
     prefixes. Only for a caller that knows no save of those bundles is running."""
     names = set(store.listdir(directory))
     removed: dict[str, None] = {}

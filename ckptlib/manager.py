@@ -95,6 +95,8 @@ class CheckpointManager:
         self._sync = sync
         self._object_graph = object_graph
         self._io = io
+        if coordinator is not None and num_shards != 1:
+            raise ValueError("a coordinated save writes one data file per process: num_shards must be 1")
         if coordinator is not None and async_save and max_pending_saves != 1:
             # the caller's thread and the background one would both exchange with the other processes
             raise ValueError("coordinated asynchronous saves run one at a time: max_pending_saves must be 1")
@@ -169,13 +171,17 @@ class CheckpointManager:
             self._background.raise_error()
         with failing_together(self._coordinator):
             tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
-        number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
-        prefix = f"{self._prefix}-{number}"
-        io = self._io if self._background is None else background_policy(self._io)
-        writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync, io=io)
+            number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
+            prefix = f"{self._prefix}-{number}"
+            io = self._io if self._background is None else background_policy(self._io)
+            writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync, io=io)
+
+        # Counted when made where the save may finish (or fail) elsewhere: in the background,
+        # or on rank 0 alone; every process of a coordinated save must count alike.
+        count_when_made = self._background is not None or self._coordinator is not None
 
         def retain() -> Retention:
-            if self._background is None:  # else counted when queued
+            if not count_when_made:
                 self._counter += 1
             return self._retention(prefix)
 
@@ -186,6 +192,8 @@ class CheckpointManager:
         if self._background is None:
             with failing_together(self._coordinator):
                 writer.add_all(tensors)
+            if count_when_made:
+                self._counter += 1
             commit_it()
         else:
             with failing_together(self._coordinator):

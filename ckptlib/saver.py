@@ -103,6 +103,8 @@ class Saver:
         self._sync = sync
         self._object_graph = object_graph
         self._io = io
+        if coordinator is not None and (sharded or num_shards not in (None, 1) or max_shard_bytes is not None):
+            raise ValueError("a coordinated save writes one data file per process: leave sharding unset")
         if coordinator is not None and async_save and max_pending_saves != 1:
             # the caller's thread and the background one would both exchange with the other processes
             raise ValueError("coordinated asynchronous saves run one at a time: max_pending_saves must be 1")
@@ -158,20 +160,23 @@ class Saver:
             self._background.raise_error()
         with failing_together(self._coordinator):
             tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
-        store = store_for(save_path)
-        naming = Naming(
-            save_dir,
-            latest_filename,
-            deletion_journal(save_dir, latest_filename, os.path.basename(save_path)),
-            saver_owner(store, save_dir, os.path.basename(save_path)),
-        )
-        writer = BundleWriter(
-            prefix,
-            num_shards=self._shard_count(tensors),
-            max_shard_bytes=self._max_shard_bytes,
-            sync=self._sync,
-            io=self._io if self._background is None else background_policy(self._io),
-        )
+            store = store_for(save_path)
+            naming = Naming(
+                save_dir,
+                latest_filename,
+                deletion_journal(save_dir, latest_filename, os.path.basename(save_path)),
+                saver_owner(store, save_dir, os.path.basename(save_path)),
+            )
+            writer = BundleWriter(
+                prefix,
+                num_shards=self._shard_count(tensors),
+                max_shard_bytes=self._max_shard_bytes,
+                sync=self._sync,
+                io=self._io if self._background is None else background_policy(self._io),
+            )
+        # Counted when made where the save may finish (or fail) elsewhere: in the background,
+        # or on rank 0 alone; every process of a coordinated save must count alike.
+        count_when_made = self._background is not None or self._coordinator is not None
 
         def before_write() -> None:
             self._switch_to(store, save_dir, latest_filename)
@@ -179,7 +184,7 @@ class Saver:
                 self._recover_from_state_file(store, naming, save_path)
 
         def retain() -> Retention:
-            if self._background is None:  # else counted when queued
+            if not count_when_made:
                 self._saves += 1
             return self._retention(store, naming, prefix)
 
@@ -198,8 +203,10 @@ class Saver:
         if self._background is None:
             with failing_together(self._coordinator):
                 writer.add_all(tensors)
+            if count_when_made:
+                self._saves += 1
             commit_it()
-            if not write_state:
+            if not write_state and not count_when_made:
                 self._saves += 1
         else:
             with failing_together(self._coordinator):

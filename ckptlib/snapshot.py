@@ -12,6 +12,7 @@ which the GPU writes at full speed, once, with no pageable copy in between.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from ckptlib.dtensor import as_slice, is_dtensor
 from ckptlib.frameworks import framework_of
 from ckptlib.index_builder import Pending
+from ckptlib.slice_value import Slice
 
 ALIGN = 64  # each tensor starts on a cache line
 
@@ -47,11 +50,17 @@ class Arenas:
     """The arenas of one saver: those in use by pending saves and idle ones kept for reuse,
     at most ``limit`` bytes in all (None: no limit beyond what the pending saves need)."""
 
-    def __init__(self, limit: int | None):
+    def __init__(self, limit: int | None, *, keep: bool = True):
         self.limit = limit
+        self._keep = keep  # idle arenas kept for reuse, or freed
         self._idle: list[Arena] = []
         self._in_use = 0  # bytes
         self._lock = threading.Lock()
+
+    def forget_in_use(self) -> None:
+        """Count none in use (after a fork: the parent's saves hold them, not ours)."""
+        self._lock = threading.Lock()
+        self._in_use = 0
 
     def fits(self, nbytes: int) -> bool:
         """Whether an arena of ``nbytes`` may be taken now without passing the limit."""
@@ -77,34 +86,46 @@ class Arenas:
     def give_back(self, arena: Arena) -> None:
         with self._lock:
             self._in_use -= arena.nbytes
-            self._idle.append(arena)
-
-    def clear(self) -> None:
-        """Free the idle arenas."""
-        with self._lock:
-            self._idle.clear()
+            if self._keep:
+                self._idle.append(arena)
 
 
-def copy_to_device_host(tensors: dict[str, Any], arenas: Arenas) -> tuple[list[Arena], Callable[[], None]]:
-    """Replace every CUDA torch tensor of a flat ``{name: leaf}`` mapping with a copy in
-    pinned host memory. Returns the arenas used and a function that waits for the copies
-    (they run asynchronously on the device's stream) and is a no-op without CUDA tensors."""
-    on_device = [name for name, leaf in tensors.items() if _is_cuda_tensor(leaf)]
+def copy_to_device_host(tensors: dict[str, Any], arenas: Arenas, taken: list[Arena]) -> Callable[[], None]:
+    """Replace every CUDA torch tensor of a flat ``{name: leaf}`` mapping (a DTensor's
+    block, a ``Slice``'s value) with a copy in pinned host memory, appending the arena used
+    to ``taken``. Returns a function that waits for the copies (they run asynchronously on
+    the devices' streams); a no-op without CUDA tensors."""
+    for name, leaf in tensors.items():
+        if is_dtensor(leaf):
+            tensors[name] = as_slice(leaf, name)
+    on_device = [name for name, leaf in tensors.items() if _is_cuda_tensor(_value(leaf))]
     if not on_device:
-        return [], lambda: None
+        return lambda: None
     import torch
 
-    sizes = [tensors[name].numel() * tensors[name].element_size() for name in on_device]
+    sources = [_value(tensors[name]).detach() for name in on_device]
+    sizes = [source.numel() * source.element_size() for source in sources]
     arena = arenas.take(_carved_size(sizes), pinned=True)
+    taken.append(arena)
     assert arena.owner is not None
     offset = 0
-    for name, size in zip(on_device, sizes, strict=True):
-        source = tensors[name].detach()
+    for name, source, size in zip(on_device, sources, sizes, strict=True):
         host = arena.owner[offset : offset + size].view(source.dtype).view(source.shape)
         host.copy_(source, non_blocking=True)
-        tensors[name] = host
+        leaf = tensors[name]
+        tensors[name] = dataclasses.replace(leaf, value=host) if isinstance(leaf, Slice) else host
         offset += _aligned(size)
-    return [arena], torch.cuda.synchronize
+    devices = {source.device for source in sources}
+
+    def wait() -> None:
+        for device in devices:
+            torch.cuda.synchronize(device)
+
+    return wait
+
+
+def _value(leaf: Any) -> Any:
+    return leaf.value if isinstance(leaf, Slice) else leaf
 
 
 def snapshot(pending: Pending, arena: Arena, already_private: Iterable[Arena] = ()) -> None:
@@ -124,9 +145,12 @@ def snapshot(pending: Pending, arena: Arena, already_private: Iterable[Arena] = 
         offset += _aligned(source.nbytes)
 
 
-def snapshot_bytes(pending: Pending) -> int:
-    """The size of the arena ``snapshot`` would take for ``pending`` (an upper bound)."""
-    return _carved_size([a.nbytes for a in pending.arrays if a.dtype != object])
+def snapshot_bytes(pending: Pending, already_private: Iterable[Arena] = ()) -> int:
+    """The size of the arena ``snapshot`` needs for ``pending``."""
+    private = list(already_private)
+    return _carved_size(
+        [a.nbytes for a in pending.arrays if a.dtype != object and not any(p.holds(a) for p in private)]
+    )
 
 
 def _carved_size(sizes: list[int]) -> int:
@@ -145,7 +169,8 @@ def _aligned_memory(nbytes: int) -> np.ndarray:
 
 
 def _is_cuda_tensor(leaf: Any) -> bool:
-    return framework_of(leaf) == "torch" and getattr(getattr(leaf, "device", None), "type", None) == "cuda"
+    device = getattr(leaf, "device", None)
+    return framework_of(leaf) == "torch" and getattr(device, "type", None) == "cuda" and not is_dtensor(leaf)
 
 
 def _pinned_arena(nbytes: int) -> Arena:

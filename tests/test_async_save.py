@@ -449,3 +449,54 @@ def test_structure_record_and_types_come_back_from_async_saves(tmp_path: Path) -
     back = ckptlib.restore(prefix)
     assert back["betas"] == (0.9, 0.99) and back["step"] == 7 and back["name"] == "run" and back["none"] is None
     assert STRUCTURE_KEY in dict(ckptlib.list_variables(prefix))
+
+
+# -- found in review ----------------------------------------------------------------------
+
+
+def test_a_child_forked_during_a_pending_save_exits_at_once(gated: GatedStore) -> None:
+    import multiprocessing
+
+    saver = ckptlib.Saver(async_save=True)
+    gated.gate.clear()
+    saver.save(_state(1.0), "gated://k/model.ckpt", global_step=1)
+    assert gated.writing.wait(10)
+    child = multiprocessing.get_context("fork").Process(target=int)
+    child.start()
+    child.join(20)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    gated.gate.set()
+    saver.wait()
+    assert not alive, "the forked child waited for its parent's pending save at exit"
+    assert child.exitcode == 0
+
+
+def test_a_failed_save_nobody_waits_for_is_logged(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    script = textwrap.dedent(
+        f"""
+        import time, numpy as np, ckptlib
+        saver = ckptlib.Saver(async_save=True)
+        saver.save({{"w": np.ones(3)}}, {str(blocker / "model.ckpt")!r}, global_step=1)
+        time.sleep(1)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert "the asynchronous save of" in result.stderr and "failed" in result.stderr, result.stderr
+
+
+def test_a_failed_synchronous_fallback_gives_its_buffers_back_once(mem_store: FaultyStore) -> None:
+    saver = ckptlib.Saver(async_save=True, max_snapshot_bytes=1024)
+    mem_store.fail("create", error=OSError(errno.EIO, "injected"))
+    with pytest.raises(OSError, match="injected"):
+        saver.save(_state(1.0), "mem://w/model.ckpt", global_step=1)
+    assert saver._background is not None and saver._background._arenas._in_use == 0

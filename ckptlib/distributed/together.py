@@ -34,7 +34,7 @@ from ckptlib.errors import CoordinationError, CorruptCheckpointError, InvalidTen
 from ckptlib.format.bundle import HEADER_KEY, Entry, decode_entry, encode_entry, encode_header
 from ckptlib.format.filenames import data_filename, index_filename
 from ckptlib.format.table import BytesSource, TableReader, build_table
-from ckptlib.install import recover_interrupted_saves
+from ckptlib.install import recover_interrupted_saves, remove_stale_shards
 from ckptlib.store import Store, store_for
 from ckptlib.writer import BundleWriter
 
@@ -46,31 +46,42 @@ _OK, _FAILED = b"\x00", b"\x01"
 def exchange(coordinator: Coordinator, step: Callable[[], bytes], what: str) -> list[bytes]:
     """Run ``step`` here, then gather every process's result; raise this process's error,
     or a ``CoordinationError`` naming the processes that failed."""
-    error: BaseException | None = None
+    error: Exception | None = None
     try:
         payload = _OK + step()
     except Exception as e:
         error = e
         payload = _FAILED + f"{type(e).__name__}: {e}".encode("utf-8", "replace")[:4000]
-    gathered = coordinator.all_gather(payload)
+    try:
+        gathered = coordinator.all_gather(payload)
+    except Exception as e:
+        raise _shared(e) from error
     if error is not None:
-        raise error
+        raise _shared(error)
     failed = [(rank, data[1:].decode("utf-8", "replace")) for rank, data in enumerate(gathered) if data[:1] != _OK]
     if failed:
         detail = "; ".join(f"rank {rank}: {message}" for rank, message in failed)
-        raise CoordinationError(f"the coordinated save failed while {what}: {detail}")
+        raise _shared(CoordinationError(f"the coordinated save failed while {what}: {detail}"))
     return [data[1:] for data in gathered]
+
+
+def _shared(error: Exception) -> Exception:
+    """Mark an error every process of the save has raised or will raise at this step."""
+    error._ckptlib_exchanged = True  # type: ignore[attr-defined]
+    return error
 
 
 @contextlib.contextmanager
 def failing_together(coordinator: Coordinator | None) -> Iterator[None]:
-    """Around what a process does before a coordinated save starts (flattening its state,
-    copying it): an error there is raised here and, through the save's first exchange, as
-    ``CoordinationError`` on every other process, instead of leaving them waiting."""
+    """Around a coordinated save, from the first thing a process does for it (flattening
+    its state, copying it, taking the save lock): an error raised before the save's first
+    exchange is raised here and, through that exchange, as ``CoordinationError`` on every
+    other process, instead of leaving them waiting. Errors of the exchanges themselves,
+    which every process already sees, pass through."""
     try:
         yield
     except Exception as error:
-        if coordinator is not None:
+        if coordinator is not None and not getattr(error, "_ckptlib_exchanged", False):
             exchange(coordinator, functools.partial(_reraise, error), "describing the state")
         raise
 
@@ -80,52 +91,68 @@ def _reraise(error: Exception) -> bytes:
 
 
 def write_together(
-    coordinator: Coordinator, store: Store, writer: BundleWriter, sync: bool, commit: Callable[[], None] | None
+    coordinator: Coordinator,
+    store: Store,
+    writer: BundleWriter,
+    sync: bool,
+    commit: Callable[[], None] | None,
+    *,
+    replaceable: Callable[[str], bool] | None = None,
 ) -> None:
     """Write ``writer``'s tensors, together with the same call on every other process, as
     one bundle at its prefix; then, on rank 0, run ``commit`` (state file, rotation). Every
-    process returns once the checkpoint is committed, or raises."""
+    process returns once the checkpoint is committed, or raises.
+
+    A bundle already at the prefix is refused, unless ``replaceable(prefix)`` says it is
+    one an earlier attempt left without committing (rank 0 then removes it first)."""
     prefix = writer.prefix
     rank = coordinator.rank
 
     def describe() -> bytes:
-        if store.exists(index_filename(prefix)):
-            raise UnsupportedFeatureError(
-                "a checkpoint already exists here; a coordinated save does not replace one "
-                "(save under a new step, or delete it first)",
-                path=prefix,
-            )
+        if rank == 0 and store.exists(index_filename(prefix)):
+            if replaceable is None or not replaceable(prefix):
+                raise UnsupportedFeatureError(
+                    "a checkpoint already exists here; a coordinated save does not replace one "
+                    "(save under a new step, or delete it first)",
+                    path=prefix,
+                )
+            logger.warning("replacing %s, which an earlier coordinated save left uncommitted", prefix)
+            store.delete(index_filename(prefix))
         return manifest_of(prefix, writer.pending, writer.sliced).encode()
 
     manifests = [Manifest.decode(m) for m in exchange(coordinator, describe, "describing the state")]
-    plan = make_plan(manifests)
-    writer.keep_only(plan.owned[rank])
-    if rank == 0:
-        for name, record in plan.merged.items():
-            writer.add(name, np.array(record, dtype=object))
-        if plan.dropped:
-            logger.warning(
-                "the processes saved conflicting parts of a tree: %s left out of %s (it restores as {name: array})",
-                ", ".join(sorted(plan.dropped)),
-                prefix,
-            )
     undo: list[Callable[[], None]] = []  # takes this process's data file away again
     written_path: list[str] = []
-    final = data_filename(prefix, plan.shard_of[rank], plan.num_shards) if rank in plan.shard_of else None
+    finals: list[str] = []  # the bundle's data files
+    final: list[str] = []  # this process's, if it writes one
+    shard_of: dict[int, int] = {}
 
     def write() -> bytes:
-        if final is None:
+        plan = make_plan(manifests)  # the same on every process
+        finals.extend(data_filename(prefix, plan.shard_of[r], plan.num_shards) for r in sorted(plan.shard_of))
+        writer.keep_only(plan.owned[rank])
+        if rank == 0:
+            for name, record in plan.merged.items():
+                writer.add(name, np.array(record, dtype=object))
+            if plan.dropped:
+                logger.warning(
+                    "the processes saved conflicting parts of a tree: %s left out of %s (it restores as {name: array})",
+                    ", ".join(sorted(plan.dropped)),
+                    prefix,
+                )
+        shard_of.update(plan.shard_of)
+        if rank not in plan.shard_of:
             return b""
-        written, index = writer.write_data_to(store, [final])
+        final.append(finals[plan.shard_of[rank]])
+        written, index = writer.write_data_to(store, final)
         undo.append(written[0].abort)
         written_path.append(written[0].path)
         return index
 
     def install() -> bytes:
         if undo and store.atomic_rename:
-            assert final is not None
-            store.rename(written_path[0], final)
-            undo[:] = [lambda: store.delete(final)]
+            store.rename(written_path[0], final[0])
+            undo[:] = [lambda: store.delete(final[0])]
         return b""
 
     try:
@@ -143,7 +170,8 @@ def write_together(
         if rank == 0:
             if sync and store.atomic_rename:
                 store.sync_dir(os.path.dirname(prefix))  # every process's rename, before the index
-            _write_index(store, prefix, merged_index(indexes, plan.shard_of, plan.num_shards), sync)
+            _write_index(store, prefix, merged_index(indexes, shard_of, len(finals)), sync)
+            remove_stale_shards(store, prefix, finals)  # of an attempt replaced, with another count
         return b""
 
     exchange(coordinator, write_index, "writing the index")
