@@ -1,10 +1,13 @@
-"""Run a scenario of ``tests/distributed_worker.py`` as a real ``torch.distributed`` job: one
-process per rank, gloo over 127.0.0.1, every run bounded in time (a hang fails the test).
+"""Run a scenario of a worker module as a real multi-process job: one process per rank, over
+127.0.0.1, every run bounded in time (a hang fails the test). The worker is
+``tests/distributed_worker.py`` (``torch.distributed``, gloo) unless ``worker=`` names
+another (``tests/distributed_jax_worker.py``: ``jax.distributed``).
 
     results = run_ranks("data_parallel", 4, tmp_path)
     assert all(r.ok for r in results)
 
-Each rank prints ``RESULT <json>`` as its last line; ``RankResult.value`` is that JSON.
+Each rank gets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (a free port) and prints
+``RESULT <json>`` as its last line; ``RankResult.value`` is that JSON.
 """
 
 from __future__ import annotations
@@ -54,7 +57,12 @@ def free_port() -> int:
 
 
 def run_ranks(
-    scenario: str, world_size: int, directory: str | Path, *args: str, timeout: float = 180.0
+    scenario: str,
+    world_size: int,
+    directory: str | Path,
+    *args: str,
+    timeout: float = 180.0,
+    worker: Path = WORKER,
 ) -> list[RankResult]:
     """Start ``world_size`` ranks of ``scenario`` and wait for all of them; raise
     ``AssertionError`` (after killing every rank) if they are not done within ``timeout``."""
@@ -69,7 +77,7 @@ def run_ranks(
     }
     local = "://" not in str(directory)
     logs = (Path(directory).parent if local else Path(tempfile.gettempdir())) / f".{scenario}-{time.monotonic_ns()}"
-    argv = [sys.executable, str(WORKER), scenario, str(directory), *args]
+    argv = [sys.executable, str(worker), scenario, str(directory), *args]
     with contextlib.ExitStack() as stack:
         # files, not pipes: a full pipe would stall a rank
         files = [
