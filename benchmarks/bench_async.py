@@ -35,7 +35,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -168,43 +167,6 @@ class CkptlibAsync(Contender):
         self.saver.wait()
 
 
-class StandIn(Contender):
-    """Only to try the harness before ``async_save`` exists (``--stand-in``): ``np.copyto`` into
-    buffers of its own, then a synchronous ``Saver`` on one background thread."""
-
-    def __init__(self, directory: str, keep: int):
-        self.saver = ckptlib.Saver(max_to_keep=keep)
-        self.prefix = os.path.join(directory, "model.ckpt")
-        self.buffers: dict[str, np.ndarray] | None = None
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def save(self, state: dict[str, Any], step: int) -> None:
-        t0 = time.perf_counter()
-        self.wait()
-        self.waited = time.perf_counter() - t0
-        if self.buffers is None:
-            self.buffers = {k: np.empty_like(a) for k, a in zip(state, arrays_of(state), strict=True)}
-        for dst, src in zip(self.buffers.values(), arrays_of(state), strict=True):
-            np.copyto(dst, src)
-
-        def write() -> None:
-            try:
-                self.saver.save(self.buffers, self.prefix, global_step=step)
-            except BaseException as e:  # raised again by wait()
-                self.error = e
-
-        self.thread = threading.Thread(target=write)
-        self.thread.start()
-
-    def wait(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-        if self.error is not None:
-            raise self.error
-
-
 class DCP(Contender):
     """``torch.distributed.checkpoint.async_save`` (``sync=False``: ``dcp.save``) into a fresh
     directory per checkpoint, in this process alone (``no_dist=True``); the two newest kept,
@@ -295,7 +257,7 @@ class Result:
     def __init__(self) -> None:
         self.loops: list[float] = []
         self.blocked: list[float] = []  # every timed save's blocked time
-        self.waited: list[float] = []  # of which waiting for the previous save (DCP, stand-in)
+        self.waited: list[float] = []  # of which waiting for the previous save (DCP)
         self.final_waits: list[float] = []
         self.first: float | None = None
 
@@ -453,7 +415,7 @@ def report(
         verdict = "(reported)" if goal is None else f"<= {goal}x {'ok' if ratio <= goal else 'MISSED'}"
         print(f"| {label} | {ratio:.2f}x | {verdict} |")
 
-    ours = next((n for n in results if n.startswith("ckptlib async") or n.startswith("stand-in")), None)
+    ours = next((n for n in results if n.startswith("ckptlib async")), None)
     if ours is not None:
         line(f"{ours}: blocked per save / np.copyto floor", ours, "np.copyto (floor)", 1.25)
         line(f"{ours}: blocked per save / sync durable save", ours, "ckptlib sync save", 0.25)
@@ -484,17 +446,16 @@ def main() -> int:
     parser.add_argument("--compute", choices=["cpu", "sleep"], default="cpu")
     parser.add_argument("--only", choices=["numpy", "torch"], help="one of the two states")
     parser.add_argument("--no-dcp-sync", action="store_true", help="leave out DCP's synchronous dcp.save")
-    parser.add_argument("--stand-in", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help="work directory (default: a temporary one under /tmp)")
     args = parser.parse_args()
     if args.save_every < 1 or args.steps <= args.save_every:
         parser.error("--steps must exceed --save-every")
     work = tempfile.mkdtemp(prefix="ckptlib-bench-async-", dir=args.dir or "/tmp")
-    ours: Callable[[str], Contender]
-    if args.stand_in:
-        ours, our_name = (lambda d: StandIn(d, 2)), "stand-in (copyto + thread; not ckptlib async)"
-    else:
-        ours, our_name = (lambda d: CkptlibAsync(d, 2)), "ckptlib async save"
+    our_name = "ckptlib async save"
+
+    def ours(directory: str) -> Contender:
+        return CkptlibAsync(directory, 2)
+
     try:
         if args.only in (None, "numpy"):
             state = numpy_state(args.gib)
