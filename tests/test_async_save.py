@@ -500,3 +500,29 @@ def test_a_failed_synchronous_fallback_gives_its_buffers_back_once(mem_store: Fa
     with pytest.raises(OSError, match="injected"):
         saver.save(_state(1.0), "mem://w/model.ckpt", global_step=1)
     assert saver._background is not None and saver._background._arenas._in_use == 0
+
+
+def test_a_large_state_copied_on_several_threads_is_copied_exactly(gated: GatedStore) -> None:
+    import ml_dtypes
+
+    rng = np.random.default_rng(3)
+    state = {
+        "a": rng.standard_normal(5_000_003).astype(np.float32),  # 20 MB, not a multiple of a piece
+        "b": rng.integers(0, 2**62, (1_234, 2_049), dtype=np.int64),  # 20 MB, 2-d
+        "c": rng.standard_normal(3_000_001).astype(ml_dtypes.bfloat16),
+        "d": np.arange(7, dtype=np.uint8),
+        "e": np.float64(2.5),
+    }
+    want = {k: np.array(v, copy=True) for k, v in state.items()}
+    saver = ckptlib.Saver(async_save=True)
+    gated.gate.clear()
+    prefix = saver.save(state, "gated://big/model.ckpt", global_step=1)
+    for value in state.values():
+        if isinstance(value, np.ndarray):
+            value.fill(0)
+    gated.gate.set()
+    saver.wait()
+    back = ckptlib.restore(prefix)
+    for name, value in want.items():
+        np.testing.assert_array_equal(back[name], value)
+        assert back[name].dtype == value.dtype
