@@ -119,7 +119,12 @@ class BackgroundSaves:
             device_copies_done()
             needed = snapshot_bytes(writer.pending, arenas)
             if self._arenas.limit is not None and needed > self._arenas.limit:
-                return self._write_now(writer.prefix, commit, needed)
+                try:
+                    return self._write_now(writer.prefix, commit, needed)
+                finally:
+                    for used in arenas:
+                        self._arenas.give_back(used)
+                    arenas.clear()
             if needed:
                 self._wait_until(lambda: self._arenas.fits(needed) or self._pending_locked() == 0)
                 arenas.append(self._arenas.take(needed))

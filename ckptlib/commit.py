@@ -116,13 +116,9 @@ def save(
                 _commit(store, naming, retain(), sync)
             return
         commit = None if retain is None else lambda: _commit(store, naming, retain(), sync)
-
-        def unlisted(prefix: str) -> bool:  # an earlier attempt that never committed
-            return os.path.basename(prefix) not in (listed_names(store, naming.directory, naming.state_name) or ())
-
-        write_together(coordinator, store, writer, sync, commit, replaceable=unlisted)
-        if retain is not None and coordinator.rank != 0:
-            retain()
+        write_together(coordinator, store, writer, sync, commit)
+    if coordinator is not None and retain is not None and coordinator.rank != 0:
+        retain()  # after the last exchange: whatever it raises is this process's alone
 
 
 def _commit(store: Store, naming: Naming, retention: Retention, sync: bool) -> None:
@@ -300,8 +296,8 @@ def saver_owner(store: Store, directory: str, name: str) -> Callable[[str], bool
 
 def repair(directory: str | os.PathLike[str], *, assume_idle: bool = False) -> bool:
     """Repair everything interrupted saves left in ``directory``, whichever saver made them:
-    put back checkpoints whose overwrite was killed, delete temporary files, unfinished
-    uploads (object stores) and data files without an index, finish the deletions
+    put back checkpoints whose overwrite was killed, delete temporary files and (object
+    stores) unfinished uploads and data files without an index, finish the deletions
     savers noted. Saves repair their own checkpoints' leftovers as they go where the store
     can tell no other save is running (local files); this is for the rest (a killed
     one-off ``save``, a saver that never runs again, and object stores).
@@ -318,8 +314,8 @@ def repair(directory: str | os.PathLike[str], *, assume_idle: bool = False) -> b
 
     def everything() -> None:
         recover_interrupted_saves(store, directory, lambda prefix: True, _metadata_names(store, directory))
-        # object stores' killed uploads; anywhere, a coordinated save that failed before its index
-        remove_unindexed_data(store, directory, lambda prefix: True)
+        if not store.atomic_rename:
+            remove_unindexed_data(store, directory, lambda prefix: True)
         for name in store.listdir(directory):
             match = JOURNAL_NAME.fullmatch(name)
             if match is not None:

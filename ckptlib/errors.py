@@ -117,8 +117,8 @@ class StorageError(CheckpointError, OSError):
 class CoordinationError(CheckpointError, RuntimeError):
     """A save coordinated across processes failed: another process failed or died, or the
     processes did not answer in time. The previous checkpoints are intact; the new one is
-    not visible, unless the failure came after rank 0 wrote its index (the new checkpoint is
-    then whole but, like after any failed commit, perhaps not named by the state file)."""
+    not visible, unless the failure came after rank 0 put it in place (it is then whole
+    but, as after any failed commit, perhaps not named by the state file)."""
 
 
 class InvalidTensorError(CheckpointError, ValueError):

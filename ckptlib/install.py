@@ -70,7 +70,7 @@ def write_bundle(
             file.abort()
         raise
     if store.atomic_rename:
-        _install(store, prefix, [file.path for file in files], [*finals, index], sync)
+        install_files(store, prefix, [file.path for file in files], [*finals, index], sync)
     else:
         remove_stale_shards(store, prefix, finals)
 
@@ -85,7 +85,7 @@ def remove_stale_shards(store: Store, prefix: str, keep: Collection[str]) -> Non
             store.delete(os.path.join(directory, other))
 
 
-def _install(store: Store, prefix: str, temps: list[str], finals: list[str], sync: bool) -> None:
+def install_files(store: Store, prefix: str, temps: list[str], finals: list[str], sync: bool) -> None:
     """Rename ``temps`` to ``finals`` (the index last), replacing any bundle at ``prefix``.
 
     An existing bundle is first moved aside: its index before its data. On failure the
@@ -164,9 +164,8 @@ def recover_interrupted_saves(
 
 
 def remove_unindexed_data(store: Store, directory: str, owns: Callable[[str], bool]) -> list[str]:
-    """Delete the data files of bundles ``owns`` accepts that have no index: what a save
-    killed before its index went up leaves on a store without rename, and what a failed
-    coordinated save (``ckptlib.distributed``) leaves on any store. Returns their
+    """Delete the data files of bundles ``owns`` accepts that have no index: on a store
+    without rename, what a save killed before its index went up leaves. Returns their
     prefixes. Only for a caller that knows no save of those bundles is running."""
     names = set(store.listdir(directory))
     removed: dict[str, None] = {}
@@ -182,7 +181,7 @@ def remove_unindexed_data(store: Store, directory: str, owns: Callable[[str], bo
 
 
 def _recover_bundle(store: Store, prefix: str, asides: dict[str, str]) -> None:
-    """``asides``: final name -> moved-aside file, for one prefix. ``_install`` moves the
+    """``asides``: final name -> moved-aside file, for one prefix. ``install_files`` moves the
     old index, then every old shard, then installs the new shards and the new index last."""
     index = index_filename(prefix)
     old_index = asides.get(index)

@@ -169,15 +169,18 @@ class CheckpointManager:
             if self._coordinator is not None:
                 self._background.drain()  # no exchange of this save while the last one's runs
             self._background.raise_error()
+        counter = self._counter + 1
+        if self._coordinator is not None:
+            self._counter += 1  # on every process alike, whatever becomes of the save
         with failing_together(self._coordinator):
-            tensors = tensors_of(state, object_graph=self._object_graph, save_counter=self._counter + 1)
-            number = self._counter + 1 if checkpoint_number is None else int(checkpoint_number)
+            tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
+            number = counter if checkpoint_number is None else int(checkpoint_number)
             prefix = f"{self._prefix}-{number}"
             io = self._io if self._background is None else background_policy(self._io)
             writer = BundleWriter(prefix, num_shards=self._num_shards, sync=self._sync, io=io)
 
         # Counted when made where the save may finish (or fail) elsewhere: in the background,
-        # or on rank 0 alone; every process of a coordinated save must count alike.
+        # or on rank 0 alone (coordinated saves are counted above, before anything can fail).
         count_when_made = self._background is not None or self._coordinator is not None
 
         def retain() -> Retention:
@@ -192,13 +195,12 @@ class CheckpointManager:
         if self._background is None:
             with failing_together(self._coordinator):
                 writer.add_all(tensors)
-            if count_when_made:
-                self._counter += 1
             commit_it()
         else:
             with failing_together(self._coordinator):
                 self._background.submit(writer, tensors, commit_it)
-            self._counter += 1
+            if self._coordinator is None:
+                self._counter += 1
         return prefix
 
     def wait(self) -> None:

@@ -158,6 +158,8 @@ class Saver:
             if self._coordinator is not None:
                 self._background.drain()  # no exchange of this save while the last one's runs
             self._background.raise_error()
+        if self._coordinator is not None:
+            self._saves += 1  # on every process alike, whatever becomes of the save
         with failing_together(self._coordinator):
             tensors = tensors_of(state, object_graph=self._object_graph, save_counter=counter)
             store = store_for(save_path)
@@ -175,7 +177,7 @@ class Saver:
                 io=self._io if self._background is None else background_policy(self._io),
             )
         # Counted when made where the save may finish (or fail) elsewhere: in the background,
-        # or on rank 0 alone; every process of a coordinated save must count alike.
+        # or on rank 0 alone (coordinated saves are counted above, before anything can fail).
         count_when_made = self._background is not None or self._coordinator is not None
 
         def before_write() -> None:
@@ -203,15 +205,14 @@ class Saver:
         if self._background is None:
             with failing_together(self._coordinator):
                 writer.add_all(tensors)
-            if count_when_made:
-                self._saves += 1
             commit_it()
             if not write_state and not count_when_made:
                 self._saves += 1
         else:
             with failing_together(self._coordinator):
                 self._background.submit(writer, tensors, commit_it)
-            self._saves += 1
+            if self._coordinator is None:
+                self._saves += 1
         return prefix
 
     def wait(self) -> None:

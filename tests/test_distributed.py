@@ -211,9 +211,9 @@ def test_a_single_process_coordinator_saves_an_ordinary_checkpoint(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.glob("*.index")) == ["model.ckpt-1.index", "model.ckpt-2.index"]
 
 
-def test_a_coordinated_checkpoint_left_uncommitted_is_replaced_by_the_next_save(mem_store) -> None:
-    """Rank 0 wrote the index, then its state-file update failed: the next save of that
-    step replaces the abandoned bundle instead of refusing it for ever."""
+def test_a_coordinated_save_replaces_a_checkpoint_of_its_prefix_as_one_process_does(mem_store) -> None:
+    """Rank 0 wrote the index, then its state-file update failed: the next save of that step
+    replaces the bundle left behind; and a replacement that fails midway puts the old one back."""
     manager = ckptlib.CheckpointManager("mem://c", max_to_keep=3, coordinator=SingleProcess())
     manager.save({"w": np.zeros(3)}, checkpoint_number=1)
     mem_store.fail("update", error=OSError(13, "Permission denied"))
@@ -225,8 +225,27 @@ def test_a_coordinated_checkpoint_left_uncommitted_is_replaced_by_the_next_save(
     manager.save({"w": np.full(3, 2.0)}, checkpoint_number=2)  # a restarted job saves step 2 again
     assert ckptlib.latest_checkpoint("mem://c") == "mem://c/ckpt-2"
     np.testing.assert_array_equal(ckptlib.restore("mem://c/ckpt-2")["w"], np.full(3, 2.0))
-    with pytest.raises(ckptlib.UnsupportedFeatureError):  # a listed one is never replaced
-        manager.save({"w": np.zeros(3)}, checkpoint_number=2)
+    mem_store.fail("rename", match="ckpt-2.index")  # the new index never arrives
+    with pytest.raises(OSError):
+        manager.save({"w": np.full(3, 9.0)}, checkpoint_number=2)
+    mem_store.faults.clear()
+    np.testing.assert_array_equal(ckptlib.restore("mem://c/ckpt-2")["w"], np.full(3, 2.0))
+    assert not [name for name in mem_store.listdir("mem://c") if ".ckptlib-" in name]
+
+
+def test_a_coordinated_save_does_not_overwrite_a_checkpoint_on_a_store_without_rename(s3_bucket: str) -> None:
+    saver = ckptlib.Saver(coordinator=SingleProcess())
+    saver.save({"w": np.zeros(3)}, f"{s3_bucket}/run/model.ckpt", global_step=1)
+    with pytest.raises(ckptlib.UnsupportedFeatureError, match="cannot replace"):
+        saver.save({"w": np.ones(3)}, f"{s3_bucket}/run/model.ckpt", global_step=1)
+    np.testing.assert_array_equal(ckptlib.restore(f"{s3_bucket}/run/model.ckpt-1")["w"], np.zeros(3))
+
+
+def test_every_process_counts_a_failed_coordinated_save(tmp_path: Path) -> None:
+    manager = ckptlib.CheckpointManager(str(tmp_path), max_to_keep=3, coordinator=SingleProcess())
+    with pytest.raises(ckptlib.InvalidTensorError):
+        manager.save({"w": object()})
+    assert manager.save({"w": np.ones(3)}) == str(tmp_path / "ckpt-2")
 
 
 def test_coordinated_savers_refuse_sharding_options() -> None:
@@ -236,12 +255,3 @@ def test_coordinated_savers_refuse_sharding_options() -> None:
         ckptlib.CheckpointManager("x", max_to_keep=1, num_shards=2, coordinator=SingleProcess())
     with pytest.raises(ValueError, match="max_pending_saves must be 1"):
         ckptlib.Saver(async_save=True, max_pending_saves=2, coordinator=SingleProcess())
-
-
-def test_repair_removes_data_files_a_failed_coordinated_save_left(tmp_path: Path) -> None:
-    ckptlib.save({"w": np.ones(3)}, str(tmp_path / "model.ckpt-1"))
-    orphan = tmp_path / "model.ckpt-2.data-00001-of-00002"
-    orphan.write_bytes(b"x" * 10)
-    assert ckptlib.repair(str(tmp_path)) is True
-    assert not orphan.exists()
-    assert ckptlib.checkpoint_exists(str(tmp_path / "model.ckpt-1"))

@@ -2,20 +2,24 @@
 
 ::
 
-    every process                               rank 0
-    1  manifest of what it holds   -- gather -> the same plan everywhere (``plan``)
-    2  writes its own data file, durable (a temporary name where the store renames)
-                                   -- gather -> every process's index entries
-    3  puts its file in place      -- gather
-    4                                           merges the entries, writes the index (the
-                                                commit mark), then state file and rotation
-                                   -- gather -> the outcome, on every process
+    every process                                 rank 0
+    1  manifest of what it holds     -- gather -> the same plan everywhere (``plan``)
+    2  writes its own data file, durable, under a temporary name where the store renames
+                                     -- gather -> every data file's name and index entries
+    3                                             merges the entries; puts every data file
+                                                  in place, then the index (the commit mark),
+                                                  as one process does (``install``)
+                                     -- gather
+    4                                             state file and rotation
+                                     -- gather -> the outcome, on every process
 
 Every gather also carries each process's outcome so far: a process that fails raises its
 own error, and every other one raises ``CoordinationError`` naming it, at the same step,
 after taking its own file away again; a process that dies makes the gather raise (the
-coordinator's timeout bounds the wait). Until rank 0 writes the index nothing is visible,
-so a failure at any step leaves the previous checkpoints as they were.
+coordinator's timeout bounds the wait). Until rank 0 installs the index nothing new is
+visible, and an install that fails puts back the bundle it was replacing, so a failure at
+any step leaves the previous checkpoints as they were. What a killed process left (its
+temporary file) is swept by a later save, under the store's save lock.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from ckptlib.errors import CoordinationError, CorruptCheckpointError, InvalidTen
 from ckptlib.format.bundle import HEADER_KEY, Entry, decode_entry, encode_entry, encode_header
 from ckptlib.format.filenames import data_filename, index_filename
 from ckptlib.format.table import BytesSource, TableReader, build_table
-from ckptlib.install import recover_interrupted_saves, remove_stale_shards
-from ckptlib.store import Store, store_for
+from ckptlib.install import install_files, recover_interrupted_saves, remove_stale_shards
+from ckptlib.store import NewFile, Store, store_for
 from ckptlib.writer import BundleWriter
 
 logger = logging.getLogger("ckptlib")
@@ -96,39 +100,37 @@ def write_together(
     writer: BundleWriter,
     sync: bool,
     commit: Callable[[], None] | None,
-    *,
-    replaceable: Callable[[str], bool] | None = None,
 ) -> None:
     """Write ``writer``'s tensors, together with the same call on every other process, as
     one bundle at its prefix; then, on rank 0, run ``commit`` (state file, rotation). Every
     process returns once the checkpoint is committed, or raises.
 
-    A bundle already at the prefix is refused, unless ``replaceable(prefix)`` says it is
-    one an earlier attempt left without committing (rank 0 then removes it first)."""
+    On a store with rename, each process writes its data file under a temporary name and
+    rank 0 alone puts every file in place, the index last, as a single process does
+    (``install.install_files``): a bundle already at the prefix is replaced, and comes back
+    if anything fails. On a store without rename the data files go straight to their final
+    names, the index last, and a bundle already there is refused."""
     prefix = writer.prefix
     rank = coordinator.rank
+    index_path = index_filename(prefix)
 
     def describe() -> bytes:
-        if rank == 0 and store.exists(index_filename(prefix)):
-            if replaceable is None or not replaceable(prefix):
-                raise UnsupportedFeatureError(
-                    "a checkpoint already exists here; a coordinated save does not replace one "
-                    "(save under a new step, or delete it first)",
-                    path=prefix,
-                )
-            logger.warning("replacing %s, which an earlier coordinated save left uncommitted", prefix)
-            store.delete(index_filename(prefix))
+        if rank == 0 and not store.atomic_rename and store.exists(index_path):
+            raise UnsupportedFeatureError(
+                "a checkpoint already exists here, and this store cannot replace one atomically (it has no "
+                "rename): save under a new prefix (a new step), or delete the old checkpoint first",
+                path=prefix,
+            )
         return manifest_of(prefix, writer.pending, writer.sliced).encode()
 
     manifests = [Manifest.decode(m) for m in exchange(coordinator, describe, "describing the state")]
-    undo: list[Callable[[], None]] = []  # takes this process's data file away again
-    written_path: list[str] = []
-    finals: list[str] = []  # the bundle's data files
-    final: list[str] = []  # this process's, if it writes one
+    mine: list[NewFile] = []
+    finals: list[str] = []  # the bundle's data files, by shard
     shard_of: dict[int, int] = {}
 
     def write() -> bytes:
         plan = make_plan(manifests)  # the same on every process
+        shard_of.update(plan.shard_of)
         finals.extend(data_filename(prefix, plan.shard_of[r], plan.num_shards) for r in sorted(plan.shard_of))
         writer.keep_only(plan.owned[rank])
         if rank == 0:
@@ -140,41 +142,51 @@ def write_together(
                     ", ".join(sorted(plan.dropped)),
                     prefix,
                 )
-        shard_of.update(plan.shard_of)
         if rank not in plan.shard_of:
             return b""
-        final.append(finals[plan.shard_of[rank]])
-        written, index = writer.write_data_to(store, final)
-        undo.append(written[0].abort)
-        written_path.append(written[0].path)
-        return index
+        files, index = writer.write_data_to(store, [finals[plan.shard_of[rank]]])
+        mine.extend(files)
+        path = files[0].path.encode("utf-8", "surrogateescape")
+        return len(path).to_bytes(4, "little") + path + index
 
-    def install() -> bytes:
-        if undo and store.atomic_rename:
-            store.rename(written_path[0], final[0])
-            undo[:] = [lambda: store.delete(final[0])]
+    def put_in_place(written: list[bytes]) -> bytes:
+        if rank != 0:
+            return b""
+        temps: list[str] = []  # by rank, so by shard
+        indexes: list[bytes] = []
+        for data in written:
+            if not data:
+                indexes.append(b"")
+                continue
+            size = int.from_bytes(data[:4], "little")
+            temps.append(data[4 : 4 + size].decode("utf-8", "surrogateescape"))
+            indexes.append(data[4 + size :])
+        index = merged_index(indexes, shard_of, len(finals))
+        if not store.atomic_rename:
+            _write_index(store, index_path, index, sync)
+            remove_stale_shards(store, prefix, finals)
+            return b""
+        new_index = store.create(index_path, len(index), sync=sync)
+        try:
+            new_index.write_at(0, [memoryview(index)], len(index))
+            new_index.finish(sync)
+        except BaseException:
+            new_index.abort()
+            raise
+        install_files(store, prefix, [*temps, new_index.path], [*finals, index_path], sync)
         return b""
 
     try:
-        indexes = exchange(coordinator, write, "writing the data files")
-        exchange(coordinator, install, "putting the data files in place")
+        written = exchange(coordinator, write, "writing the data files")
+        exchange(coordinator, functools.partial(put_in_place, written), "putting the checkpoint in place")
     except BaseException:
-        for take_away in undo:  # no index can exist yet: nothing else needs them
+        # Rank 0 puts everything back itself if its install fails; here each process takes
+        # its own file away, unless an index made it part of a checkpoint (rank 0 may have
+        # died just after writing it).
+        if mine and not (not store.atomic_rename and _exists(store, index_path)):
             with contextlib.suppress(OSError):
-                take_away()
+                mine[0].abort()
         raise
-
-    # From here on the data files stay, whatever happens: once rank 0 has written the index
-    # they are the checkpoint's (a failure before that leaves them unindexed, invisible).
-    def write_index() -> bytes:
-        if rank == 0:
-            if sync and store.atomic_rename:
-                store.sync_dir(os.path.dirname(prefix))  # every process's rename, before the index
-            _write_index(store, prefix, merged_index(indexes, shard_of, len(finals)), sync)
-            remove_stale_shards(store, prefix, finals)  # of an attempt replaced, with another count
-        return b""
-
-    exchange(coordinator, write_index, "writing the index")
 
     def commit_it() -> bytes:
         if rank == 0 and commit is not None:
@@ -182,6 +194,13 @@ def write_together(
         return b""
 
     exchange(coordinator, commit_it, "committing")
+
+
+def _exists(store: Store, path: str) -> bool:
+    try:
+        return store.exists(path)
+    except OSError:
+        return True  # unknown: keep what may be a checkpoint's
 
 
 def merged_index(indexes: list[bytes], shard_of: dict[int, int], num_shards: int) -> bytes:
@@ -213,20 +232,15 @@ def merged_index(indexes: list[bytes], shard_of: dict[int, int], num_shards: int
     return build_table(items)
 
 
-def _write_index(store: Store, prefix: str, index: bytes, sync: bool) -> None:
-    """The index, last: the commit mark of the bundle."""
-    path = index_filename(prefix)
+def _write_index(store: Store, path: str, index: bytes, sync: bool) -> None:
+    """The index of a bundle whose data files are in place (a store without rename): last."""
     new = store.create(path, len(index), sync=sync)
     try:
         new.write_at(0, [memoryview(index)], len(index))
         new.finish(sync)
-        if store.atomic_rename:
-            store.rename(new.path, path)
     except BaseException:
         new.abort()
         raise
-    if sync and store.atomic_rename:
-        store.sync_dir(os.path.dirname(prefix))
 
 
 def save_together(coordinator: Coordinator, writer: BundleWriter) -> None:
