@@ -228,6 +228,8 @@ def finish_pending_saves() -> None:
 
 
 def _forget_parents_saves() -> None:
+    global _MODULE_LOCK
+    _MODULE_LOCK = threading.Lock()  # another thread of the parent may have held it
     for saves in list(_ALL):
         saves._reset()
 

@@ -155,7 +155,8 @@ def snapshot(pending: Pending, arena: Arena, already_private: Iterable[Arena] = 
 def _copy_all(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """``np.copyto`` of every pair; a large state in pieces on several threads (numpy lets go
     of the GIL to copy, and one core cannot keep up with the memory: 1.3x faster on 2 cores)."""
-    threads = min(os.cpu_count() or 1, MAX_COPY_THREADS)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = min(cores, MAX_COPY_THREADS)
     if threads < 2 or sum(source.nbytes for _, source in pairs) < PARALLEL_COPY_BYTES:
         for copy, source in pairs:
             np.copyto(copy, source, casting="no")

@@ -321,6 +321,8 @@ def save(
     its own part of the state and the same ``prefix``: each writes its own data file, and
     the bundle appears, whole, once all have (see ``Saver`` for checkpoints with a state file).
     """
+    if coordinator is not None and num_shards != 1:
+        raise ValueError("a coordinated save writes one data file per process: num_shards must be 1")
     writer = BundleWriter(prefix, num_shards=num_shards, sync=sync, io=io)
     if coordinator is None:
         writer.add_all(tensors_of(tree, object_graph=object_graph))
