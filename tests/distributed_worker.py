@@ -22,6 +22,7 @@ import torch.distributed as dist
 import ckptlib
 import ckptlib.torch
 from ckptlib.distributed import TorchCoordinator
+from ckptlib.store import store_for
 
 RANK = int(os.environ["RANK"])
 WORLD = int(os.environ["WORLD_SIZE"])
@@ -149,28 +150,25 @@ def failing(directory: str, how: str) -> dict[str, Any]:
     saver = ckptlib.Saver(max_to_keep=3, coordinator=coord)
     state: dict[str, Any] = {"w": np.full((64, 64), RANK, np.float32), "shared": np.ones(4)}
     saver.save(state, f"{directory}/model.ckpt", global_step=1)
+    store_class = type(store_for(directory))  # local files, or S3
     if RANK == 1 and how == "kill":
-        from ckptlib.store.local import LocalStore
-
-        create = LocalStore.create
+        create = store_class.create
 
         def create_and_die(self: Any, final_path: str, *a: Any, **k: Any) -> Any:
             if ".data-" in final_path:
                 os.kill(os.getpid(), signal.SIGKILL)
             return create(self, final_path, *a, **k)
 
-        LocalStore.create = create_and_die  # type: ignore[method-assign]
+        store_class.create = create_and_die  # type: ignore[method-assign]
     if RANK == 1 and how == "stall":
-        from ckptlib.store.local import LocalStore
-
-        create_slowly = LocalStore.create
+        create_slowly = store_class.create
 
         def stall(self: Any, final_path: str, *a: Any, **k: Any) -> Any:
             if ".data-" in final_path:
                 time.sleep(float(os.environ["COORD_TIMEOUT_S"]) + 5)
             return create_slowly(self, final_path, *a, **k)
 
-        LocalStore.create = stall  # type: ignore[method-assign]
+        store_class.create = stall  # type: ignore[method-assign]
     if RANK == 1 and how == "raise":
         state["bad"] = object()
     started = time.monotonic()

@@ -151,6 +151,23 @@ def test_a_rank_that_fails_fails_the_save_everywhere_in_bounded_time(tmp_path: P
         assert _data_files(directory, "model.ckpt-2") == []
 
 
+def test_a_killed_rank_fails_the_save_on_s3_too(s3_bucket: str) -> None:
+    directory = f"{s3_bucket}/run"
+    os.environ["COORD_TIMEOUT_S"] = "5"
+    try:
+        results = run_ranks("failing", 3, directory, "kill", timeout=120)
+    finally:
+        del os.environ["COORD_TIMEOUT_S"]
+    assert results[1].returncode != 0
+    for r in (results[0], results[2]):
+        assert r.ok, explain(results)
+        assert r.value["error"] == "CoordinationError" and r.value["seconds"] < 60, r.value
+        assert r.value["latest"] == f"{directory}/model.ckpt-1"
+    assert not ckptlib.checkpoint_exists(f"{directory}/model.ckpt-2")
+    with ckptlib.load_checkpoint(directory) as reader:
+        assert reader.verify() == []
+
+
 def test_coordinated_saves_on_s3(tmp_path: Path, s3_bucket: str) -> None:
     directory = f"{s3_bucket}/run"
     results = run_ranks("sharded", 2, directory)
