@@ -37,6 +37,7 @@ from ckptlib.io_policy import IOPolicy
 from ckptlib.manager import CheckpointManager
 from ckptlib.merge import merge_bundles
 from ckptlib.object_graph_view import ObjectGraph
+from ckptlib.private_memory import release_cached_memory
 from ckptlib.reader import CheckpointReader
 from ckptlib.restore import RestoreReport, restore
 from ckptlib.saver import Saver
@@ -78,6 +79,7 @@ __all__ = [
     "load_checkpoint",
     "load_variable",
     "merge_bundles",
+    "release_cached_memory",
     "repair",
     "restore",
     "save",

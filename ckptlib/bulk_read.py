@@ -16,17 +16,12 @@ checksum both release the GIL, so every core copies and checksums. As in ``span_
 which is compared with the run's checksum combined from the tensors' stored ones; only a
 run that fails is checked tensor by tensor, to learn which tensors are damaged.
 
-Large buffers are backed by transparent huge pages where the kernel offers them: most of
-the time spent reading into fresh memory is the kernel faulting in and zeroing its pages,
-and 2 MiB pages take a 512th of the faults (1 GiB read on two threads here: 0.10 s instead
-of 0.15 s; ``np.fromfile``: 0.25 s).
+The buffer comes from ``private_memory``: fresh memory, or one an earlier restore freed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import mmap
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -35,6 +30,7 @@ import numpy as np
 
 from ckptlib.format.crc_columns import crc32c_fast
 from ckptlib.format.crc_combine import combine_runs
+from ckptlib.private_memory import private_buffer
 from ckptlib.store import ReadFile
 
 T = TypeVar("T")
@@ -42,18 +38,6 @@ T = TypeVar("T")
 # Pieces small enough to stay in cache between their read and their checksum, and to spread
 # a 64 MiB tensor over several cores; large enough that a piece's Python costs nothing.
 _PIECE_BYTES = 8 << 20
-# Buffers at least this large are asked for huge pages (smaller ones come from malloc).
-_HUGE_PAGE_BYTES = 4 << 20
-
-
-def private_buffer(nbytes: int) -> np.ndarray:
-    """``nbytes`` of fresh, private, writable memory as a uint8 array (no file behind it)."""
-    if nbytes < _HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return np.empty(nbytes, dtype=np.uint8)
-    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(OSError):  # advice only: the kernel may have huge pages off
-        memory.madvise(mmap.MADV_HUGEPAGE)
-    return np.frombuffer(memory, dtype=np.uint8)
 
 
 def read_spans(

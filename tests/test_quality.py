@@ -68,6 +68,7 @@ def test_public_api_is_pinned() -> None:
             "load_checkpoint",
             "load_variable",
             "merge_bundles",
+            "release_cached_memory",
             "repair",
             "restore",
             "save",

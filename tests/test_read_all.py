@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ckptlib
-from ckptlib import bulk_read, span_checks
+from ckptlib import bulk_read, private_memory, span_checks
 from ckptlib import reader as reader_module
 from ckptlib.format.filenames import data_filename
 
@@ -214,7 +214,7 @@ def test_a_copying_read_all_reads_in_pieces_on_threads_into_one_private_buffer(
 
     monkeypatch.setattr(bulk_read, "crc32c_fast", spy)
     monkeypatch.setattr(bulk_read, "_PIECE_BYTES", 1_000)  # many pieces, cut inside tensors too
-    monkeypatch.setattr(bulk_read, "_HUGE_PAGE_BYTES", 4096)  # the buffer comes from an anonymous map
+    monkeypatch.setattr(private_memory, "MIN_MAPPED_BYTES", 4096)  # the buffer comes from an anonymous map
     rng = np.random.default_rng(2)
     state = {f"t{i:02d}": rng.standard_normal(int(rng.integers(1, 400))).astype(np.float32) for i in range(60)}
     state["big"] = rng.standard_normal(3000).astype(np.float32)
