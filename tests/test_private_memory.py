@@ -161,3 +161,53 @@ def test_a_forked_child_starts_with_an_empty_pool(two) -> None:
     child.start()
     assert queue.get(timeout=60) == 0
     child.join(60)
+
+
+def test_a_buffer_freed_while_the_pool_is_busy_is_kept_later(two) -> None:
+    # give_back can run inside take (a garbage collection set off there) or in another
+    # thread meanwhile: it must neither wait for the lock nor change the list take is using.
+    a_path, b_path, _, b = two
+    first = ckptlib.restore(a_path)
+    start = buffer_start(first)
+    pool = private_memory._POOL
+    with pool.lock:
+        del first
+        gc.collect()
+        assert pool.kept == [] and len(pool.returned) == 1
+    second = ckptlib.restore(b_path)
+    assert buffer_start(second) == start
+    np.testing.assert_array_equal(second["w0"], b["w0"])
+
+
+def _free_inherited(queue: multiprocessing.Queue, held: list[dict[str, np.ndarray]], path: str) -> None:  # type: ignore[type-arg]
+    held.clear()  # the parent's restore dies here, while the parent's pool is locked
+    gc.collect()
+    restored = ckptlib.restore(path)
+    queue.put(float(restored["w0"][0]))
+
+
+def test_a_child_forked_while_the_pool_is_locked_frees_inherited_arrays(two) -> None:
+    a_path, b_path, _, b = two
+    held = [ckptlib.restore(a_path)]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    locked, done = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:  # another thread of the parent, busy in the pool at the fork
+        with private_memory._POOL.lock:
+            locked.set()
+            done.wait(120)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    locked.wait(60)
+    child = context.Process(target=_free_inherited, args=(queue, held, b_path))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == float(b["w0"][0])
+    finally:
+        done.set()
+        holder.join(60)
+        child.join(10)
+        if child.is_alive():
+            child.kill()
