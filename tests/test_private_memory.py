@@ -27,7 +27,7 @@ def buffer_start(restored: dict[str, np.ndarray]) -> int:
 
 def state(seed: int, mib: int = 8) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {f"w{i}": rng.standard_normal(mib * MIB // 8 // 2).astype(np.float32) for i in range(2)}
+    return {f"w{i}": rng.standard_normal(mib * MIB // 8).astype(np.float32) for i in range(2)}  # mib MiB in all
 
 
 @pytest.fixture(autouse=True)
@@ -211,3 +211,15 @@ def test_a_child_forked_while_the_pool_is_locked_frees_inherited_arrays(two) -> 
         child.join(10)
         if child.is_alive():
             child.kill()
+
+
+def test_a_slightly_smaller_restore_reuses_a_larger_buffer(tmp_path: Path) -> None:
+    larger, smaller = state(1, mib=8), state(2, mib=7)
+    ckptlib.save(larger, tmp_path / "larger", sync=False)
+    ckptlib.save(smaller, tmp_path / "smaller", sync=False)
+    start = buffer_start(ckptlib.restore(tmp_path / "larger"))
+    gc.collect()
+    restored = ckptlib.restore(tmp_path / "smaller")
+    assert buffer_start(restored) == start
+    for name, value in smaller.items():
+        np.testing.assert_array_equal(restored[name], value)
